@@ -1,0 +1,132 @@
+"""The only module that prints.
+
+On a terminal it uses rich (colours, tables); in CI it writes plain lines, one per event, that
+GitLab's job log renders (ANSI colours only, no cursor movement, no OSC 8 hyperlinks: reference
+gitlab-ci.md §1.4). Collapsible-section markers are written raw to the stream, never through rich,
+which would drop the ``\\r`` and highlight the timestamp (reference gitlab-ci.md §1.4, verified
+with rich 15).
+
+Human progress goes to ``out`` (stdout); errors and warnings go to ``err`` (stderr). Machine-
+readable output (``--json``, ``compile -o -``) is written with :meth:`Console.data`.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Sequence
+from typing import IO
+
+from rich.console import Console as RichConsole
+from rich.markup import escape
+from rich.table import Table
+
+_SECTION_NAME_RE = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+class Console:
+    """Writes what kfp-launch says to the user.
+
+    Args:
+        out: the stream for progress and results (stdout).
+        err: the stream for warnings and errors (stderr).
+        in_gitlab: true inside a GitLab job: colours forced on (the log renders ANSI SGR) but never
+            interactive, and collapsible sections are emitted.
+        color: force colours on/off; None lets rich decide (TTY, ``NO_COLOR``...).
+        width: the line width for tables, in characters (None: the terminal's, or 120 in CI).
+        clock: wall clock in seconds since the epoch, for section timestamps.
+    """
+
+    def __init__(
+        self,
+        *,
+        out: IO[str],
+        err: IO[str],
+        in_gitlab: bool = False,
+        color: bool | None = None,
+        width: int | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._out_stream = out
+        self.in_gitlab = in_gitlab
+        self._clock = clock
+        force = True if in_gitlab and color is None else color
+        common = {
+            "force_terminal": force,
+            "force_interactive": False if in_gitlab else None,
+            "no_color": color is False,
+            "width": width or (120 if in_gitlab else None),
+            "highlight": False,
+            "soft_wrap": True,
+        }
+        self._out = RichConsole(file=out, **common)  # type: ignore[arg-type]  # rich's kwargs are typed loosely
+        self._err = RichConsole(file=err, stderr=True, **common)  # type: ignore[arg-type]
+        self._warned: set[str] = set()
+
+    @property
+    def is_interactive(self) -> bool:
+        """True on a terminal where live redraws are fine (never in CI)."""
+        return bool(self._out.is_terminal and self._out.is_interactive and not self.in_gitlab)
+
+    def line(self, text: str = "", *, style: str | None = None) -> None:
+        """Print one line of progress (``text`` is plain text, not rich markup)."""
+        self._out.print(escape(text), style=style)
+        self._out_stream.flush()
+
+    def markup(self, text: str) -> None:
+        """Print one line written in rich markup (callers escape user data)."""
+        self._out.print(text)
+        self._out_stream.flush()
+
+    def url(self, label: str, url: str) -> None:
+        """Print ``label: URL`` with the URL bare, so GitLab turns it into a link (no OSC 8)."""
+        self._out_stream.write(f"{label}: {url}\n")
+        self._out_stream.flush()
+
+    def warn(self, text: str, *, once_key: str | None = None) -> None:
+        """Print ``warning: text`` on stderr; with ``once_key``, only the first time."""
+        if once_key is not None:
+            if once_key in self._warned:
+                return
+            self._warned.add(once_key)
+        self._err.print(f"[bold yellow]warning:[/] {escape(text)}")
+
+    def error(self, message: str, hint: str = "") -> None:
+        """Print ``error: message`` and ``hint: hint`` on stderr."""
+        self._err.print(f"[bold red]error:[/] {escape(message)}")
+        if hint:
+            self._err.print(f"[bold]hint:[/] {escape(hint)}")
+
+    def data(self, text: str) -> None:
+        """Write machine-readable text to stdout verbatim (JSON, YAML)."""
+        self._out_stream.write(text if text.endswith("\n") else text + "\n")
+        self._out_stream.flush()
+
+    def table(self, columns: Sequence[str], rows: Sequence[Sequence[str]], *, title: str | None = None) -> None:
+        """Print a table; cells are plain text."""
+        table = Table(title=title, show_edge=False, header_style="bold", pad_edge=False)
+        for column in columns:
+            table.add_column(column)
+        for row in rows:
+            table.add_row(*(escape(cell) for cell in row))
+        self._out.print(table)
+        self._out_stream.flush()
+
+    def section_start(self, name: str, header: str, *, collapsed: bool = False, announce: bool = True) -> None:
+        """Open a GitLab collapsible section; elsewhere print the header when ``announce``."""
+        if not self.in_gitlab:
+            if announce:
+                self.markup(f"[bold]{escape(header)}[/]")
+            return
+        flag = "[collapsed=true]" if collapsed else ""
+        safe = _SECTION_NAME_RE.sub("_", name)
+        self._out_stream.write(f"\x1b[0Ksection_start:{int(self._clock())}:{safe}{flag}\r\x1b[0K{header}\n")
+        self._out_stream.flush()
+
+    def section_end(self, name: str) -> None:
+        """Close a GitLab collapsible section (no-op outside GitLab)."""
+        if not self.in_gitlab:
+            return
+        safe = _SECTION_NAME_RE.sub("_", name)
+        self._out_stream.write(f"\x1b[0Ksection_end:{int(self._clock())}:{safe}\r\x1b[0K\n")
+        self._out_stream.flush()

@@ -1,0 +1,131 @@
+"""Exit codes and the error hierarchy of kfp-launch.
+
+Every error a user can cause is a :class:`KfpLaunchError` subclass carrying a one-paragraph
+``message`` (what happened, to what), a ``hint`` (what to do) and the :class:`ExitCode` the
+process ends with. The single boundary in ``cli.py`` prints them as ``error:``/``hint:`` lines;
+no other module catches broad exceptions.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """Process exit codes, stable across releases (documented in README.md).
+
+    Meant for GitLab's ``allow_failure: exit_codes`` and ``retry: exit_codes``.
+    """
+
+    SUCCESS = 0
+    """The run succeeded (a SKIPPED run too, with a warning)."""
+    INTERNAL = 1
+    """An internal error: a bug in kfp-launch."""
+    USAGE = 2
+    """A usage error: what the argument parser rejects."""
+    INVALID_INPUT = 3
+    """Invalid input, configuration or pipeline; nothing was submitted."""
+    AUTH = 4
+    """Authentication or permission refused by Kubeflow."""
+    UNREACHABLE = 5
+    """Kubeflow unreachable or failing for longer than the allowed outage."""
+    RUN_FAILED = 6
+    """The run failed."""
+    RUN_CANCELED = 7
+    """The run was canceled or terminated by someone else."""
+    DEADLINE = 8
+    """The wait deadline was exceeded (the run was terminated or detached)."""
+    SIGHUP = 129
+    """Interrupted by SIGHUP (128 + 1)."""
+    SIGINT = 130
+    """Interrupted by SIGINT (128 + 2)."""
+    SIGTERM = 143
+    """Interrupted by SIGTERM (128 + 15), e.g. a canceled GitLab job."""
+
+
+EXIT_CODE_MEANINGS: dict[ExitCode, str] = {
+    ExitCode.SUCCESS: "run succeeded (SKIPPED too, with a warning)",
+    ExitCode.INTERNAL: "internal error (a bug in kfp-launch)",
+    ExitCode.USAGE: "usage error (rejected by the argument parser)",
+    ExitCode.INVALID_INPUT: "invalid input, configuration or pipeline (nothing submitted)",
+    ExitCode.AUTH: "authentication or permission refused by Kubeflow",
+    ExitCode.UNREACHABLE: "Kubeflow unreachable or failing for longer than the allowed outage",
+    ExitCode.RUN_FAILED: "run failed",
+    ExitCode.RUN_CANCELED: "run canceled or terminated by someone else",
+    ExitCode.DEADLINE: "wait deadline exceeded",
+    ExitCode.SIGHUP: "interrupted by SIGHUP",
+    ExitCode.SIGINT: "interrupted by SIGINT",
+    ExitCode.SIGTERM: "interrupted by SIGTERM (e.g. a canceled CI job)",
+}
+
+
+class KfpLaunchError(Exception):
+    """Base of every error kfp-launch reports to the user.
+
+    Args:
+        message: what happened and to what, one paragraph, no traceback.
+        hint: what the user should do about it; may be empty.
+
+    Attributes:
+        exit_code: the :class:`ExitCode` the process ends with.
+    """
+
+    exit_code: ExitCode = ExitCode.INTERNAL
+
+    def __init__(self, message: str, *, hint: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+
+class UsageError(KfpLaunchError):
+    """A command-line argument is malformed (exit 2)."""
+
+    exit_code = ExitCode.USAGE
+
+
+class InputError(KfpLaunchError):
+    """Invalid input, configuration or pipeline; nothing was submitted (exit 3)."""
+
+    exit_code = ExitCode.INVALID_INPUT
+
+
+class ConfigError(InputError):
+    """A setting (flag, environment variable or ``[tool.kfp-launch]`` value) is invalid (exit 3)."""
+
+
+class JobNotFoundError(InputError):
+    """No module ``<package>.<job>`` exists in the project (exit 3)."""
+
+
+class PipelineError(InputError):
+    """The job's module fails to import, or defines no usable ``@dsl.pipeline`` (exit 3)."""
+
+
+class ParameterError(InputError):
+    """Pipeline parameters are unknown, missing or of the wrong type (exit 3)."""
+
+
+class ContextError(InputError):
+    """The CI context (branch, commit) cannot be determined (exit 3)."""
+
+
+class KfpAuthError(KfpLaunchError):
+    """Kubeflow refused the credentials or the permission (HTTP 401/403, login page) (exit 4)."""
+
+    exit_code = ExitCode.AUTH
+
+
+class KfpUnavailableError(KfpLaunchError):
+    """Kubeflow was unreachable or failing for longer than the allowed outage (exit 5)."""
+
+    exit_code = ExitCode.UNREACHABLE
+
+
+class KfpApiError(KfpLaunchError):
+    """Kubeflow answered a request with an error that is neither auth nor transient (exit 3).
+
+    Typically HTTP 400 (invalid argument) or 404 (run not found): the input was wrong.
+    """
+
+    exit_code = ExitCode.INVALID_INPUT

@@ -1,0 +1,223 @@
+"""The use cases behind the CLI commands, readable top to bottom.
+
+Each function takes resolved :class:`Settings`, the project directory and a :class:`Console`, and
+returns an :class:`ExitCode` (or raises a :class:`KfpLaunchError`).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from kfp_launch.console import Console
+from kfp_launch.errors import ConfigError, ExitCode, InputError, ParameterError, PipelineError, UsageError
+from kfp_launch.models import CompiledPipeline, LocalRunOutcome, ResolvedParameters, TaskResult
+from kfp_launch.parameters import ParameterLayer, load_params_file, parse_param_assignments, resolve_parameters
+from kfp_launch.settings import Settings
+
+
+def compile_pipeline(job: str, settings: Settings, project_dir: Path) -> CompiledPipeline:
+    """Import and compile ``<pipelines_package>.<job>`` (see :func:`pipeline_package.compile_job`)."""
+    from kfp_launch.pipeline_package import compile_job
+
+    return compile_job(job, project_dir=project_dir, package=settings.pipelines_package)
+
+
+def list_jobs(settings: Settings, project_dir: Path, console: Console, *, as_json: bool) -> ExitCode:
+    """Print every job with its parameters; a module that fails to import is listed with its error.
+
+    Returns:
+        SUCCESS, or INVALID_INPUT when there are no jobs or a module is broken.
+    """
+    from kfp_launch.pipeline_package import list_job_modules
+
+    package = settings.pipelines_package
+    rows: list[dict[str, object]] = []
+    for name in list_job_modules(project_dir, package):
+        try:
+            compiled = compile_pipeline(name, settings, project_dir)
+        except PipelineError as exc:
+            if "defines no @dsl.pipeline" in exc.message:
+                continue  # a helper module, not a job
+            rows.append({"job": name, "error": exc.message.splitlines()[0]})
+            continue
+        rows.append(_job_row(compiled))
+    if as_json:
+        console.data(json.dumps(rows, indent=2, default=str))
+    elif rows:
+        console.table(["job", "pipeline", "parameters"], [_job_cells(r) for r in rows])
+    if not rows:
+        raise InputError(
+            f"No jobs found in {project_dir / package}.",
+            hint=f"add a module {package}/<job>.py that defines a @dsl.pipeline, or run from your project's root.",
+        )
+    return ExitCode.INVALID_INPUT if any("error" in r for r in rows) else ExitCode.SUCCESS
+
+
+def _job_row(compiled: CompiledPipeline) -> dict[str, object]:
+    return {
+        "job": compiled.job,
+        "pipeline": compiled.pipeline_name,
+        "function": compiled.function,
+        "parameters": [
+            {"name": p.name, "type": p.type.label, "default": p.default, "required": p.is_required}
+            for p in compiled.parameters
+        ],
+        "profiles": sorted(compiled.profiles),
+    }
+
+
+def _job_cells(row: dict[str, object]) -> list[str]:
+    if "error" in row:
+        return [str(row["job"]), "(broken)", str(row["error"])]
+    params = row["parameters"]
+    assert isinstance(params, list)
+    text = ", ".join(
+        f"{p['name']}: {p['type']}" + ("" if p["required"] else f" = {json.dumps(p['default'])}") for p in params
+    )
+    return [str(row["job"]), str(row["pipeline"]), text or "(none)"]
+
+
+def compile_to_file(job: str, output: str | None, settings: Settings, project_dir: Path, console: Console) -> None:
+    """Compile ``job`` and write its YAML package to ``output`` (``-`` for stdout; default ``JOB.yaml``).
+
+    Raises:
+        InputError: the output path cannot be written.
+    """
+    compiled = compile_pipeline(job, settings, project_dir)
+    if output == "-":
+        console.data(compiled.package_yaml)
+        return
+    path = Path(output) if output else project_dir / f"{compiled.job}.yaml"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(compiled.package_yaml, encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"Cannot write the pipeline package to {path}: {exc.strerror or exc}.",
+                         hint="choose another --output path.") from None
+    console.line(f"wrote {path} (pipeline {compiled.pipeline_name}, {len(compiled.parameters)} parameters)")
+
+
+def resolve_run_parameters(compiled: CompiledPipeline, settings: Settings, project_dir: Path) -> ResolvedParameters:
+    """Resolve the run's parameters: defaults < profile < params file < ``--param``.
+
+    Raises:
+        ParameterError: unknown profile, unreadable params file, or invalid parameters.
+        UsageError / ConfigError: a ``--param`` (or its env/pyproject equivalent) is not KEY=VALUE.
+    """
+    layers: list[ParameterLayer] = []
+    if settings.profile:
+        layers.append(ParameterLayer(source=f"profile {settings.profile}", values=_profile(compiled, settings.profile)))
+    if settings.params_file:
+        path = project_dir / settings.params_file
+        layers.append(ParameterLayer(source=f"params file {settings.params_file}", values=load_params_file(path)))
+    if settings.param:
+        origin = settings.sources.get("param", "--param")
+        try:
+            assignments = parse_param_assignments(settings.param, origin=origin)
+        except UsageError as exc:
+            if origin == "--param":
+                raise
+            raise ConfigError(exc.message, hint=exc.hint) from None
+        layers.append(ParameterLayer(source="--param" if origin == "--param" else origin, values=assignments, raw=True))
+    return resolve_parameters(compiled.parameters, layers, job=compiled.job)
+
+
+def _profile(compiled: CompiledPipeline, name: str) -> dict[str, object]:
+    if name in compiled.profiles:
+        return dict(compiled.profiles[name])
+    known = ", ".join(sorted(compiled.profiles)) or "none"
+    raise ParameterError(
+        f'Job {compiled.job} has no profile "{name}".',
+        hint=f"profiles of {compiled.module}: {known} (defined in its PROFILES dict).",
+    )
+
+
+def run_local_job(job: str, settings: Settings, project_dir: Path, console: Console) -> ExitCode:
+    """Compile ``job``, run it with kfp.local, print tasks, outputs and metrics.
+
+    Returns:
+        SUCCESS, or RUN_FAILED when a task failed.
+
+    Raises:
+        KfpLaunchError: compile or parameter errors (nothing runs).
+    """
+    from kfp_launch.local_runner import local_pipeline_root, run_local
+
+    console.section_start("kfp_launch_compile", f"Compiling job {job}", collapsed=True, announce=False)
+    compiled = compile_pipeline(job, settings, project_dir)
+    params = resolve_run_parameters(compiled, settings, project_dir)
+    console.section_end("kfp_launch_compile")
+    _print_summary(compiled, params, console)
+    root = local_pipeline_root(project_dir / settings.local_root, compiled.job)
+    console.line(f"pipeline root: {root}")
+    console.section_start("kfp_launch_run", f"Running {compiled.pipeline_name} locally with kfp.local")
+    try:
+        outcome = run_local(
+            compiled,
+            params.arguments(),
+            pipeline_root=root,
+            on_task=lambda task: _print_task(task, console),
+            echo=sys.stderr if settings.verbose else None,
+        )
+    except RuntimeError as exc:
+        raise PipelineError(
+            f"kfp.local cannot run job {compiled.job}: {exc}",
+            hint="kfp.local runs lightweight Python components only; run this job on Kubeflow.",
+        ) from None
+    finally:
+        console.section_end("kfp_launch_run")
+    _print_outcome(outcome, console)
+    return ExitCode.SUCCESS if outcome.succeeded else ExitCode.RUN_FAILED
+
+
+def _print_summary(compiled: CompiledPipeline, params: ResolvedParameters, console: Console) -> None:
+    console.line(f"job: {compiled.job} ({compiled.module}:{compiled.function}, pipeline {compiled.pipeline_name})")
+    if params.values:
+        console.table(
+            ["parameter", "value", "from"],
+            [[v.name, json.dumps(v.value), v.source] for v in params.values],
+        )
+
+
+def _print_task(task: TaskResult, console: Console) -> None:
+    mark, style = ("✓", "green") if task.state == "SUCCEEDED" else ("✗", "red")
+    took = f"  {task.duration_s:.1f}s" if task.duration_s is not None else ""
+    console.line(f"  {mark} {task.name}  {task.state}{took}", style=style)
+    if task.state == "FAILED":
+        if task.error:
+            console.line(f"      {task.error}", style="red")
+        for line in task.log_tail:
+            console.line(f"      | {line}")
+
+
+def _print_outcome(outcome: LocalRunOutcome, console: Console) -> None:
+    if outcome.outputs:
+        console.line("outputs:")
+        for name, value in outcome.outputs.items():
+            console.line(f"  {name} = {_format_value(value)}")
+    if outcome.metrics:
+        console.line("metrics:")
+        for metric in outcome.metrics:
+            console.line(f"  {metric.task}/{metric.artifact}  {metric.name} = {metric.value:g}")
+    console.line(f"artifacts: {outcome.run_dir}")
+    console.line(f"log: {outcome.log_path}")
+    if outcome.succeeded:
+        console.markup(f"[bold green]run SUCCEEDED[/] in {outcome.duration_s:.1f}s")
+        return
+    task = outcome.failed_task or "(unknown task)"
+    failing = next((t for t in outcome.tasks if t.name == outcome.failed_task), None)
+    reason = f": {failing.error}" if failing and failing.error else ""
+    raise_message = f"run FAILED in {outcome.duration_s:.1f}s: task {task} failed{reason}"
+    console.error(raise_message, f"see the task's log above and the full log in {outcome.log_path}")
+
+
+def _format_value(value: object) -> str:
+    if isinstance(value, float):
+        return repr(round(value, 6))
+    if hasattr(value, "uri"):
+        return str(getattr(value, "uri"))
+    return json.dumps(value, default=str)
+
+

@@ -1,0 +1,214 @@
+"""Plain frozen values that cross module boundaries (no vendor types here)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+class ParameterType(str, Enum):
+    """A pipeline parameter's type, as the compiled pipeline's IR declares it.
+
+    Source: ``PipelineSpec.root.input_definitions.parameters[*].parameter_type``
+    (``kfp.pipeline_spec.pipeline_spec_pb2.ParameterType``), which is also what the KFP API
+    server validates run parameters against (reference kfp-api.md §6).
+    """
+
+    INTEGER = "NUMBER_INTEGER"
+    FLOAT = "NUMBER_DOUBLE"
+    STRING = "STRING"
+    BOOLEAN = "BOOLEAN"
+    LIST = "LIST"
+    STRUCT = "STRUCT"
+    TASK_FINAL_STATUS = "TASK_FINAL_STATUS"
+
+    @property
+    def label(self) -> str:
+        """Short user-facing name: ``int``, ``float``, ``str``, ``bool``, ``list``, ``dict``."""
+        return _LABELS[self]
+
+    @property
+    def python_annotation(self) -> str:
+        """The Python type annotation for a generated dataclass field, e.g. ``"list[object]"``."""
+        return _ANNOTATIONS[self]
+
+
+_LABELS = {
+    ParameterType.INTEGER: "int",
+    ParameterType.FLOAT: "float",
+    ParameterType.STRING: "str",
+    ParameterType.BOOLEAN: "bool",
+    ParameterType.LIST: "list",
+    ParameterType.STRUCT: "dict",
+    ParameterType.TASK_FINAL_STATUS: "task-final-status",
+}
+_ANNOTATIONS = {
+    ParameterType.INTEGER: "int",
+    ParameterType.FLOAT: "float",
+    ParameterType.STRING: "str",
+    ParameterType.BOOLEAN: "bool",
+    ParameterType.LIST: "list[object]",
+    ParameterType.STRUCT: "dict[str, object]",
+    ParameterType.TASK_FINAL_STATUS: "object",
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class PipelineParameter:
+    """One input parameter of a compiled pipeline.
+
+    Attributes:
+        name: the parameter name as in the pipeline function's signature.
+        type: its IR type.
+        default: the default value as a plain Python value (``None`` when there is none).
+        has_default: whether the pipeline declares a default.
+        optional: whether KFP accepts a run without a value (a default, or ``Optional[...] = None``).
+        description: the parameter's docstring description, if any.
+    """
+
+    name: str
+    type: ParameterType
+    default: object = None
+    has_default: bool = False
+    optional: bool = False
+    description: str = ""
+
+    @property
+    def is_required(self) -> bool:
+        """True when a run must provide a value (not optional and no default)."""
+        return not self.optional and not self.has_default
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompiledPipeline:
+    """A job's pipeline, compiled to a KFP v2 pipeline package.
+
+    Attributes:
+        job: the job name (module ``<package>.<job>``).
+        module: the full module name, e.g. ``"pipelines.train"``.
+        function: the name of the ``@dsl.pipeline`` object in the module.
+        pipeline_name: the pipeline's name (``pipelineInfo.name``).
+        description: the pipeline's description ('' if none).
+        package_yaml: the pipeline package as YAML text (what ``kfp compile`` writes).
+        parameters: the pipeline's input parameters, in signature order.
+        profiles: the module's ``PROFILES`` mapping (profile name -> parameter values).
+    """
+
+    job: str
+    module: str
+    function: str
+    pipeline_name: str
+    description: str
+    package_yaml: str
+    parameters: tuple[PipelineParameter, ...]
+    profiles: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
+
+    def parameter(self, name: str) -> PipelineParameter | None:
+        """Return the parameter called ``name``, or None."""
+        return next((p for p in self.parameters if p.name == name), None)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ParameterValue:
+    """A resolved parameter value and where it came from.
+
+    Attributes:
+        name: parameter name.
+        value: the typed value (int, float, str, bool, list or dict).
+        source: where it came from: ``"default"``, ``"profile toy"``, ``"params file p.yaml"``
+            or ``"--param"``.
+    """
+
+    name: str
+    value: object
+    source: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResolvedParameters:
+    """The parameters a run gets, after coercion and validation.
+
+    Attributes:
+        values: every parameter that has a value (given or default), in signature order.
+    """
+
+    values: tuple[ParameterValue, ...]
+
+    def arguments(self) -> dict[str, object]:
+        """The values to submit: those not taken from the pipeline's defaults, by name."""
+        return {v.name: v.value for v in self.values if v.source != "default"}
+
+    def as_dict(self) -> dict[str, object]:
+        """Every value by name, defaults included."""
+        return {v.name: v.value for v in self.values}
+
+
+@dataclass(frozen=True, kw_only=True)
+class TaskResult:
+    """How one task of a run ended.
+
+    Attributes:
+        name: the task's name (e.g. ``"build-and-fit"``).
+        state: ``"SUCCEEDED"``, ``"FAILED"``, ``"SKIPPED"``, ``"RUNNING"``…
+        duration_s: wall time in seconds, when known.
+        error: the task's error message ('' if none).
+        log_tail: the last lines of the task's log (empty when unknown).
+    """
+
+    name: str
+    state: str
+    duration_s: float | None = None
+    error: str = ""
+    log_tail: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class MetricValue:
+    """One scalar logged to a ``Metrics`` artifact (``metrics.log_metric(name, value)``).
+
+    Attributes:
+        task: the task that logged it.
+        artifact: the output artifact's name (e.g. ``"metrics"``).
+        name: the metric's name.
+        value: its value (a number).
+    """
+
+    task: str
+    artifact: str
+    name: str
+    value: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class LocalRunOutcome:
+    """The result of a pipeline run with ``kfp.local``.
+
+    Attributes:
+        job: the job name.
+        state: ``"SUCCEEDED"`` or ``"FAILED"``.
+        tasks: tasks in the order they finished.
+        outputs: the pipeline's declared outputs (empty on failure).
+        metrics: every ``Metrics`` value the tasks logged.
+        error: the failure message without ANSI codes ('' on success).
+        failed_task: the innermost failing task's name ('' on success or when unknown).
+        run_dir: the directory holding the run's artifacts.
+        log_path: the file holding the full kfp.local log of the run.
+        duration_s: wall time of the run in seconds.
+    """
+
+    job: str
+    state: str
+    tasks: tuple[TaskResult, ...]
+    outputs: Mapping[str, object]
+    metrics: tuple[MetricValue, ...]
+    error: str
+    failed_task: str
+    run_dir: str
+    log_path: str
+    duration_s: float
+
+    @property
+    def succeeded(self) -> bool:
+        """True when the run ended in SUCCEEDED."""
+        return self.state == "SUCCEEDED"

@@ -1,0 +1,231 @@
+"""Coerce and validate run parameters against the compiled pipeline's input definitions.
+
+Values come in layers, lowest precedence first: pipeline defaults < profile < params file <
+``--param``. Strings (``--param``) are coerced by the parameter's IR type; typed values (a params
+file, a profile) are checked. Every problem is collected and reported in one :class:`ParameterError`
+so the user fixes them all at once, before anything runs.
+
+Coercion rules follow what the KFP API server validates at CreateRun (reference kfp-api.md §1.4 and
+§6): NUMBER_INTEGER needs a whole JSON number, NUMBER_DOUBLE a number, BOOLEAN a bool, STRING a
+string (kept verbatim: ``007`` stays ``"007"``), LIST a JSON array, STRUCT a JSON object.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from kfp_launch.errors import ParameterError, UsageError
+from kfp_launch.models import ParameterType, ParameterValue, PipelineParameter, ResolvedParameters
+
+_TRUE = frozenset({"true", "1", "yes", "on"})
+_FALSE = frozenset({"false", "0", "no", "off"})
+
+
+@dataclass(frozen=True, kw_only=True)
+class ParameterLayer:
+    """One source of parameter values.
+
+    Attributes:
+        source: where the values come from, shown to the user (``"--param"``, ``"profile toy"``).
+        values: name -> value; a ``str`` is coerced by the parameter's type when ``raw`` is true,
+            otherwise the value must already have the right type.
+        raw: true for command-line strings (``--param k=v``), false for typed values.
+    """
+
+    source: str
+    values: Mapping[str, object]
+    raw: bool = False
+
+
+def parse_param_assignments(assignments: Iterable[str], *, origin: str = "--param") -> dict[str, str]:
+    """Split ``KEY=VALUE`` strings (the value may contain ``=``); a later key wins.
+
+    Raises:
+        UsageError: an assignment has no ``=`` or an empty key (exit 2).
+    """
+    values: dict[str, str] = {}
+    for item in assignments:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(
+                f'{origin} "{item}" is not KEY=VALUE.',
+                hint='write it as --param steps=100 (quote values with spaces: --param "name=a b").',
+            )
+        values[key.strip()] = value
+    return values
+
+
+def resolve_parameters(
+    parameters: Sequence[PipelineParameter], layers: Sequence[ParameterLayer], *, job: str
+) -> ResolvedParameters:
+    """Merge ``layers`` over the pipeline defaults, coerce each value and validate the result.
+
+    Args:
+        parameters: the compiled pipeline's parameters, in signature order.
+        layers: value layers, lowest precedence first.
+        job: the job name, for messages.
+
+    Returns:
+        Every parameter that has a value, with its source.
+
+    Raises:
+        ParameterError: unknown names, missing required parameters or wrong types, all listed.
+    """
+    by_name = {p.name: p for p in parameters}
+    problems: list[str] = []
+    invalid: set[str] = set()
+    chosen: dict[str, ParameterValue] = {
+        p.name: ParameterValue(name=p.name, value=p.default, source="default")
+        for p in parameters
+        if p.has_default
+    }
+    for layer in layers:
+        for name, raw in layer.values.items():
+            spec = by_name.get(name)
+            if spec is None:
+                problems.append(f'unknown parameter "{name}" (from {layer.source})')
+                continue
+            if raw is None:
+                continue  # null means "leave it to the pipeline's default"
+            value, problem = coerce_value(spec, raw, raw_string=layer.raw)
+            if problem:
+                problems.append(f'{name} (from {layer.source}): {problem}')
+                invalid.add(name)
+            else:
+                chosen[name] = ParameterValue(name=name, value=value, source=layer.source)
+    problems += [
+        f"{p.name}: required, no value given"
+        for p in parameters
+        if p.is_required and p.name not in chosen and p.name not in invalid
+    ]
+    if problems:
+        raise _parameter_error(job, parameters, problems)
+    return ResolvedParameters(values=tuple(chosen[p.name] for p in parameters if p.name in chosen))
+
+
+def _parameter_error(job: str, parameters: Sequence[PipelineParameter], problems: list[str]) -> ParameterError:
+    accepted = ", ".join(f"{p.name}: {p.type.label}" for p in parameters) or "none"
+    return ParameterError(
+        f"Invalid parameters for job {job}:\n" + "\n".join(f"  - {p}" for p in problems),
+        hint=f"the pipeline accepts: {accepted}. Nothing was run or submitted.",
+    )
+
+
+def coerce_value(spec: PipelineParameter, value: object, *, raw_string: bool) -> tuple[object, str]:
+    """Coerce one value for ``spec``.
+
+    Args:
+        spec: the parameter.
+        value: a string from the command line (``raw_string``) or a typed value.
+        raw_string: whether ``value`` is a command-line string to parse by type.
+
+    Returns:
+        ``(typed_value, "")`` or ``(None, problem)`` where problem says what is wrong.
+    """
+    if isinstance(value, str) and (raw_string or spec.type is not ParameterType.STRING):
+        return _coerce_string(spec.type, value)
+    return _check_typed(spec.type, value)
+
+
+def _coerce_string(kind: ParameterType, text: str) -> tuple[object, str]:
+    if kind is ParameterType.STRING:
+        return text, ""
+    if kind is ParameterType.INTEGER:
+        try:
+            return int(text.strip()), ""
+        except ValueError:
+            return None, f'"{text}" is not an integer'
+    if kind is ParameterType.FLOAT:
+        try:
+            number = float(text.strip())
+        except ValueError:
+            return None, f'"{text}" is not a number'
+        return (number, "") if math.isfinite(number) else (None, f'"{text}" is not a finite number')
+    if kind is ParameterType.BOOLEAN:
+        lowered = text.strip().lower()
+        if lowered in _TRUE or lowered in _FALSE:
+            return lowered in _TRUE, ""
+        return None, f'"{text}" is not a boolean (use true/false, 1/0 or yes/no)'
+    if kind in (ParameterType.LIST, ParameterType.STRUCT):
+        try:
+            parsed = json.loads(text)
+        except json.JSONDecodeError as exc:
+            return None, f"not valid JSON ({exc.msg} at character {exc.pos})"
+        return _check_typed(kind, parsed)
+    return None, f"parameters of type {kind.value} cannot be set"
+
+
+def _check_typed(kind: ParameterType, value: object) -> tuple[object, str]:
+    if kind is ParameterType.STRING:
+        if isinstance(value, str):
+            return value, ""
+        return None, (
+            f"expected a string, got {_describe(value)}; quote it in the file "
+            f"(e.g. \"{_yaml_text(value)}\"), since YAML reads 007 as 7 and yes as true"
+        )
+    if kind is ParameterType.INTEGER:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value, ""
+        if isinstance(value, float) and value.is_integer():
+            return int(value), ""
+        return None, f"expected an integer, got {_describe(value)}"
+    if kind is ParameterType.FLOAT:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            return float(value), ""
+        return None, f"expected a number, got {_describe(value)}"
+    if kind is ParameterType.BOOLEAN:
+        return (value, "") if isinstance(value, bool) else (None, f"expected true or false, got {_describe(value)}")
+    if kind is ParameterType.LIST:
+        return (value, "") if isinstance(value, list) else (None, f"expected a JSON list, got {_describe(value)}")
+    if kind is ParameterType.STRUCT:
+        return (value, "") if isinstance(value, dict) else (None, f"expected a JSON object, got {_describe(value)}")
+    return None, f"parameters of type {kind.value} cannot be set"
+
+
+def _describe(value: object) -> str:
+    return f"{type(value).__name__} {json.dumps(value, default=str)}"
+
+
+def _yaml_text(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def load_params_file(path: Path) -> dict[str, object]:
+    """Read a params file: a YAML or JSON mapping of parameter name -> value.
+
+    ``.json`` files are read as JSON; anything else as YAML (a superset of JSON).
+
+    Raises:
+        ParameterError: the file is missing, unreadable, not valid YAML/JSON, or not a mapping.
+    """
+    import yaml
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ParameterError(
+            f"Cannot read the params file {path}: {exc.strerror or exc}.",
+            hint="check the path given to --params-file.",
+        ) from None
+    try:
+        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise ParameterError(
+            f"The params file {path} is not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'}: {exc}",
+            hint="fix the file; it must be a mapping of parameter name to value.",
+        ) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
+        raise ParameterError(
+            f"The params file {path} must hold a mapping of parameter name to value, "
+            f"not {type(data).__name__}.",
+            hint="write it as `steps: 100` lines (YAML) or {\"steps\": 100} (JSON).",
+        )
+    return data

@@ -1,0 +1,186 @@
+"""Settings: one frozen value built from flags, the environment and ``pyproject.toml``.
+
+Naming rule: an option ``--foo-bar`` can also be set by the environment variable
+``KFP_LAUNCH_FOO_BAR`` and by ``foo_bar`` under ``[tool.kfp-launch]`` in the project's
+``./pyproject.toml``. Precedence: flag > environment > pyproject > built-in default. Exceptions
+(e.g. ``JIRA_TICKET`` for ``--ticket``) are declared in :data:`SPECS`. Every resolved value
+remembers where it came from, for the start-up summary. Secrets are never flags.
+
+The environment is read once, by the CLI, and handed in as a mapping.
+"""
+
+from __future__ import annotations
+
+import shlex
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kfp_launch.errors import ConfigError
+
+DEFAULT_TICKET_PATTERN = r"(?<![A-Za-z0-9])[A-Za-z][A-Za-z0-9]*-[0-9]+(?![A-Za-z0-9])"
+"""Default JIRA issue key pattern: a project key (a letter, then letters/digits), a dash, digits,
+not glued to other letters or digits. Matched case-insensitively."""
+
+_TRUE = frozenset({"true", "1", "yes", "on"})
+_FALSE = frozenset({"false", "0", "no", "off"})
+
+
+def _parse_str(value: object, where: str) -> str:
+    if isinstance(value, str):
+        return value
+    raise ConfigError(f"{where} must be a string, not {type(value).__name__}.", hint="quote the value.")
+
+
+def _parse_bool(value: object, where: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise ConfigError(f'{where} must be a boolean, not "{value}".', hint="use true or false.")
+
+
+def _parse_list(value: object, where: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        try:
+            return tuple(shlex.split(value))
+        except ValueError as exc:
+            raise ConfigError(f"{where} cannot be split into words: {exc}.", hint="check its quotes.") from None
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise ConfigError(f"{where} must be a list of strings.", hint='e.g. param = ["steps=10"].')
+
+
+@dataclass(frozen=True, kw_only=True)
+class SettingSpec:
+    """How one setting is named, parsed and defaulted.
+
+    Attributes:
+        name: the setting's name (``foo_bar``): the pyproject key; the flag is ``--foo-bar``.
+        default: the built-in default.
+        parse: ``(value, where) -> typed value``; raises ConfigError naming ``where``.
+        env: the environment variable (``KFP_LAUNCH_FOO_BAR`` unless an exception).
+        pyproject: whether ``[tool.kfp-launch]`` may set it.
+    """
+
+    name: str
+    default: object
+    parse: Callable[[object, str], object] = _parse_str
+    env: str = ""
+    pyproject: bool = True
+
+    @property
+    def env_var(self) -> str:
+        """The environment variable that sets this setting."""
+        return self.env or "KFP_LAUNCH_" + self.name.upper()
+
+    @property
+    def flag(self) -> str:
+        """The command-line flag, e.g. ``--pipelines-package``."""
+        return "--" + self.name.replace("_", "-")
+
+
+SPECS: dict[str, SettingSpec] = {
+    s.name: s
+    for s in (
+        SettingSpec(name="pipelines_package", default="pipelines"),
+        SettingSpec(name="local_root", default=".kfp-launch/local"),
+        SettingSpec(name="param", default=(), parse=_parse_list),
+        SettingSpec(name="params_file", default=None),
+        SettingSpec(name="profile", default=None),
+        SettingSpec(name="experiment_template", default="{branch}"),
+        SettingSpec(name="ticket_pattern", default=DEFAULT_TICKET_PATTERN),
+        SettingSpec(name="branch", default=None, pyproject=False),
+        SettingSpec(name="ticket", default=None, env="JIRA_TICKET", pyproject=False),
+        SettingSpec(name="verbose", default=False, parse=_parse_bool),
+    )
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Resolved settings. ``sources[name]`` says where each value came from
+    (``"--flag"``, ``"env KFP_LAUNCH_X"``, ``"pyproject.toml"`` or ``"default"``)."""
+
+    pipelines_package: str = "pipelines"
+    local_root: str = ".kfp-launch/local"
+    param: tuple[str, ...] = ()
+    params_file: str | None = None
+    profile: str | None = None
+    experiment_template: str = "{branch}"
+    ticket_pattern: str = DEFAULT_TICKET_PATTERN
+    branch: str | None = None
+    ticket: str | None = None
+    verbose: bool = False
+    sources: Mapping[str, str] = field(default_factory=dict)
+
+
+def help_suffix(name: str) -> str:
+    """The ``[env: …; pyproject: …]`` text appended to an option's help."""
+    spec = SPECS[name]
+    where = f"env: {spec.env_var}"
+    if spec.pyproject:
+        where += f"; pyproject: {spec.name}"
+    return f"[{where}]"
+
+
+def read_pyproject_table(project_dir: Path) -> dict[str, object]:
+    """Return ``[tool.kfp-launch]`` of ``project_dir/pyproject.toml`` ({} if absent).
+
+    Raises:
+        ConfigError: the file is not valid TOML, the table is not a table, or it has unknown keys.
+    """
+    path = project_dir / "pyproject.toml"
+    if not path.is_file():
+        return {}
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"Cannot read {path}: {exc}.", hint="fix the TOML syntax.") from None
+    table = data.get("tool", {}).get("kfp-launch", {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"[tool.kfp-launch] in {path} must be a table.", hint="see README, Settings.")
+    allowed = sorted(n for n, s in SPECS.items() if s.pyproject)
+    unknown = sorted(set(table) - set(allowed))
+    if unknown:
+        raise ConfigError(
+            f"Unknown key(s) under [tool.kfp-launch] in {path}: {', '.join(unknown)}.",
+            hint="valid keys: " + ", ".join(allowed) + ".",
+        )
+    return table
+
+
+def load_settings(
+    flags: Mapping[str, object], environ: Mapping[str, str], project_dir: Path
+) -> Settings:
+    """Resolve every setting: flag > environment > pyproject > default.
+
+    Args:
+        flags: setting name -> value given on the command line; ``None`` (or absent) means not given.
+        environ: the process environment (empty values count as unset).
+        project_dir: where ``pyproject.toml`` is read from.
+
+    Raises:
+        ConfigError: a value from the environment or pyproject does not parse.
+    """
+    table = read_pyproject_table(project_dir)
+    values: dict[str, object] = {}
+    sources: dict[str, str] = {}
+    for name, spec in SPECS.items():
+        values[name], sources[name] = _resolve_one(spec, flags.get(name), environ, table)
+    return Settings(**values, sources=sources)  # type: ignore[arg-type]  # values typed per SPECS
+
+
+def _resolve_one(
+    spec: SettingSpec, flag: object, environ: Mapping[str, str], table: Mapping[str, object]
+) -> tuple[object, str]:
+    if flag is not None and flag != ():
+        return spec.parse(flag, spec.flag), spec.flag
+    env_value = environ.get(spec.env_var, "")
+    if env_value != "":
+        return spec.parse(env_value, f"environment variable {spec.env_var}"), f"env {spec.env_var}"
+    if spec.pyproject and spec.name in table:
+        where = f"{spec.name} in [tool.kfp-launch] of pyproject.toml"
+        return spec.parse(table[spec.name], where), "pyproject.toml"
+    return spec.default, "default"
