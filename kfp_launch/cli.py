@@ -12,11 +12,13 @@ import functools
 import os
 import signal
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Annotated, Any, TypeVar
 
+import click
 import typer
 
 from kfp_launch import __version__
@@ -74,6 +76,16 @@ def _guard(command: F) -> F:
         except Interrupted as exc:
             console.error(f"interrupted by {signal.Signals(exc.signum).name}")
             raise typer.Exit(128 + exc.signum) from None
+        except (typer.Exit, typer.Abort, click.exceptions.ClickException):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the one boundary: a bug must not print a raw traceback
+            console.error(
+                f"internal error (a bug in kfp-launch): {type(exc).__name__}: {exc}",
+                "please report it with the command you ran; set KFP_LAUNCH_DEBUG=1 to see the traceback.",
+            )
+            if os.environ.get("KFP_LAUNCH_DEBUG"):
+                traceback.print_exc()
+            raise typer.Exit(int(ExitCode.INTERNAL)) from None
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)

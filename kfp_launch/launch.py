@@ -7,7 +7,6 @@ returns an :class:`ExitCode` (or raises a :class:`KfpLaunchError`).
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 from kfp_launch.console import Console
@@ -30,19 +29,17 @@ def list_jobs(settings: Settings, project_dir: Path, console: Console, *, as_jso
     Returns:
         SUCCESS, or INVALID_INPUT when there are no jobs or a module is broken.
     """
-    from kfp_launch.pipeline_package import list_job_modules
+    from kfp_launch.pipeline_package import compile_job_pipelines, list_job_modules
 
     package = settings.pipelines_package
     rows: list[dict[str, object]] = []
     for name in list_job_modules(project_dir, package):
         try:
-            compiled = compile_pipeline(name, settings, project_dir)
-        except PipelineError as exc:
-            if "defines no @dsl.pipeline" in exc.message:
-                continue  # a helper module, not a job
+            compiled = compile_job_pipelines(name, project_dir=project_dir, package=package)
+        except InputError as exc:
             rows.append({"job": name, "error": exc.message.splitlines()[0]})
             continue
-        rows.append(_job_row(compiled))
+        rows.extend(_job_row(c) for c in compiled)
     if as_json:
         console.data(json.dumps(rows, indent=2, default=str))
     elif rows:
@@ -159,7 +156,7 @@ def run_local_job(job: str, settings: Settings, project_dir: Path, console: Cons
             params.arguments(),
             pipeline_root=root,
             on_task=lambda task: _print_task(task, console),
-            echo=sys.stderr if settings.verbose else None,
+            echo=settings.verbose,
         )
     except RuntimeError as exc:
         raise PipelineError(

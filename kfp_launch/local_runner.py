@@ -13,17 +13,23 @@ Facts used (reference kfp-api.md §5, read in kfp 2.17.3 ``kfp/local``):
   only in ``executor_output.json`` metadata;
 - ``local.init`` sets a process-global config: one local run at a time per process.
 
-kfp.local's own output is written to a log file (and echoed to ``echo`` when given); the caller
-sees tasks through the ``on_task`` callback.
+The run happens in a worker process (``python -m kfp_launch.local_runner REQUEST``) in its own
+session; kfp.local's own output goes to a log file (and to stderr with ``echo``), and the worker
+reports each finished task as a JSON line the caller turns into ``on_task`` callbacks.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import logging
+import os
 import re
+import signal
+import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -155,18 +161,25 @@ def run_local(
     *,
     pipeline_root: Path,
     on_task: Callable[[TaskResult], None] = lambda _task: None,
-    echo: IO[str] | None = None,
+    echo: bool = False,
     clock: Callable[[], float] = time.monotonic,
+    kill_grace_s: float = 5.0,
 ) -> LocalRunOutcome:
-    """Run ``pipeline`` with kfp.local and report how it ended.
+    """Run ``pipeline`` with kfp.local in a worker process and report how it ended.
+
+    The worker (``python -m kfp_launch.local_runner``) runs in its own session, so that an
+    interrupt (SIGINT/SIGTERM/SIGHUP raised as an exception in this process) terminates the worker
+    and every task subprocess it started, instead of leaving them running; it also keeps
+    kfp.local's process-global configuration and root-logger changes out of this process.
 
     Args:
         pipeline: the compiled pipeline (its YAML package is what runs).
         arguments: parameter values by name (defaults need not be repeated).
         pipeline_root: a fresh directory for this run's artifacts and log (created).
-        on_task: called in kfp.local's thread each time a task finishes.
-        echo: where to echo kfp.local's own output live (None: only the log file).
-        clock: monotonic clock in seconds, for task durations.
+        on_task: called each time a task finishes.
+        echo: also copy kfp.local's own output (task logs) to this process's stderr, live.
+        clock: monotonic clock in seconds, for the run's duration.
+        kill_grace_s: seconds between SIGTERM and SIGKILL when the run is interrupted.
 
     Returns:
         The outcome; a failed task is a result (``state == "FAILED"``), not an exception.
@@ -175,40 +188,113 @@ def run_local(
         RuntimeError: kfp.local cannot run this pipeline at all (e.g. container components);
             the message is kfp's, without ANSI codes. Callers turn it into a PipelineError.
     """
-    from kfp import components, local
-
     pipeline_root.mkdir(parents=True, exist_ok=True)
     log_path = pipeline_root / "kfp-local.log"
-    tracker = _TaskTracker(on_task, clock)
+    request = pipeline_root / "kfp-launch-request.json"
+    request.write_text(
+        json.dumps({"package_yaml": pipeline.package_yaml, "arguments": dict(arguments),
+                    "pipeline_root": str(pipeline_root), "log_path": str(log_path), "echo": echo}),
+        encoding="utf-8",
+    )
     started = clock()
-    outputs: dict[str, Any] = {}
-    error = failed_task = ""
-    with log_path.open("w", encoding="utf-8") as log, _observing(tracker):
-        local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root))
-        component = components.load_component_from_text(pipeline.package_yaml)
-        try:
-            with contextlib.redirect_stdout(_CaptureStream(log, tracker, echo)), warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                task = component(**arguments)
-            outputs = dict(task.outputs)
-        except RuntimeError as exc:
-            error = strip_ansi(str(exc))
-            if "finished with status FAILURE" not in error:
-                raise RuntimeError(error) from None
-            failed_task = _failed_task(error, tracker.finished)
+    tasks: list[TaskResult] = []
+    result: dict[str, Any] = {}
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "kfp_launch.local_runner", str(request)],
+        stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, encoding="utf-8", start_new_session=True,
+        env=_worker_env(),
+    )
+    try:
+        assert worker.stdout is not None
+        for line in worker.stdout:
+            event = json.loads(line)
+            if event["event"] == "task":
+                tasks.append(TaskResult(**{**event["task"], "log_tail": tuple(event["task"]["log_tail"])}))
+                on_task(tasks[-1])
+            elif event["event"] == "done":
+                result = event
+        worker.wait()
+    except BaseException:
+        _kill_group(worker, kill_grace_s)
+        raise
+    if result.get("unsupported"):
+        raise RuntimeError(result["unsupported"])
+    if not result:
+        raise RuntimeError(f"the kfp.local worker ended with exit code {worker.returncode}; see {log_path}")
     run_dir = _run_dir(pipeline_root)
     return LocalRunOutcome(
         job=pipeline.job,
-        state="FAILED" if error else "SUCCEEDED",
-        tasks=tuple(tracker.finished),
-        outputs=outputs,
+        state="FAILED" if result["error"] else "SUCCEEDED",
+        tasks=tuple(tasks),
+        outputs=result["outputs"],
         metrics=read_metrics(run_dir, pipeline.package_yaml) if run_dir else (),
-        error=error,
-        failed_task=failed_task,
+        error=result["error"],
+        failed_task=result["failed_task"],
         run_dir=str(run_dir or pipeline_root),
         log_path=str(log_path),
         duration_s=clock() - started,
     )
+
+
+def _worker_env() -> dict[str, str]:
+    # Tasks run `pip` from PATH for kfp's install prologue; without the interpreter's own bin/ first
+    # (a venv used without activation) they fall back to `python -m ensurepip`, ~3.5 s per task.
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    return env
+
+
+def _kill_group(worker: subprocess.Popen[str], grace_s: float) -> None:
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(worker.pid, signum)
+        except ProcessLookupError:
+            return
+        try:
+            worker.wait(timeout=grace_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _worker_main(request_path: str) -> int:
+    """Run one pipeline with kfp.local, writing JSON-line events to stdout (see :func:`run_local`)."""
+    from kfp import components, local
+
+    request = json.loads(Path(request_path).read_text(encoding="utf-8"))
+    events = sys.stdout
+    echo = sys.stderr if request["echo"] else None
+
+    def emit(event: dict[str, Any]) -> None:
+        events.write(json.dumps(event, default=str) + "\n")
+        events.flush()
+
+    def on_task(task: TaskResult) -> None:
+        emit({"event": "task", "task": dataclasses.asdict(task)})
+
+    tracker = _TaskTracker(on_task, time.monotonic)
+    done: dict[str, Any] = {"event": "done", "outputs": {}, "error": "", "failed_task": ""}
+    with open(request["log_path"], "w", encoding="utf-8") as log, _observing(tracker):
+        local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=request["pipeline_root"])
+        component = components.load_component_from_text(request["package_yaml"])
+        try:
+            with contextlib.redirect_stdout(_CaptureStream(log, tracker, echo)), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                task = component(**request["arguments"])
+            done["outputs"] = {k: _plain(v) for k, v in task.outputs.items()}
+        except RuntimeError as exc:
+            error = strip_ansi(str(exc))
+            if "finished with status FAILURE" in error:
+                done.update(error=error, failed_task=_failed_task(error, tracker.finished))
+            else:
+                done["unsupported"] = error
+    emit(done)
+    return 0
+
+
+def _plain(value: object) -> object:
+    uri = getattr(value, "uri", None)
+    return uri if isinstance(uri, str) else value
 
 
 @contextlib.contextmanager
@@ -278,3 +364,7 @@ def _metrics_output_names(package_yaml: str) -> set[str]:
                 if (spec.get("artifactType") or {}).get("schemaTitle") == "system.Metrics":
                     names.add(name)
     return names
+
+
+if __name__ == "__main__":
+    sys.exit(_worker_main(sys.argv[1]))

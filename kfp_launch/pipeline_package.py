@@ -68,6 +68,28 @@ def compile_job(job_spec: str, *, project_dir: Path, package: str) -> CompiledPi
     return _compile(pipeline, job=job, module=module, function=name)
 
 
+def compile_job_pipelines(job: str, *, project_dir: Path, package: str) -> list[CompiledPipeline]:
+    """Compile what ``kfp-launch jobs`` lists for one module: its ``pipeline``, its only pipeline,
+    or, when it defines several and none is called ``pipeline``, each as ``job:function``.
+
+    Returns:
+        The compiled pipelines; empty when the module defines none (it is not a job).
+
+    Raises:
+        JobNotFoundError, PipelineError: as :func:`compile_job`.
+    """
+    _check_job_name(job, job, project_dir, package)
+    module = import_job_module(job, project_dir=project_dir, package=package)
+    found = _defined_pipelines(module)
+    if "pipeline" in found:
+        found = {"pipeline": found["pipeline"]}
+    ambiguous = len(found) > 1
+    return [
+        _compile(p, job=f"{job}:{name}" if ambiguous else job, module=module, function=name)
+        for name, p in sorted(found.items())
+    ]
+
+
 def import_job_module(job: str, *, project_dir: Path, package: str) -> ModuleType:
     """Import ``<package>.<job>`` from ``project_dir`` (fresh, so relative imports work).
 

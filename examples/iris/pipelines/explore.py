@@ -1,0 +1,15 @@
+"""Job `explore`: fetch the iris data (optionally a seeded sample) and describe it as Markdown.
+
+kfp-launch run explore --local
+"""
+
+from kfp import dsl
+
+from ._components import describe_dataset, fetch_dataset
+
+
+@dsl.pipeline(name="iris-explore", description="Summary statistics of Fisher's iris data.")
+def pipeline(source: str = "data/iris.csv", sample_size: int = 150, seed: int = 42) -> int:
+    """Returns the number of rows described. SOURCE: a path relative to the project dir, or an http(s) URL."""
+    data = fetch_dataset(source=source, sample_size=sample_size, seed=seed).outputs["data"]
+    return describe_dataset(data=data).outputs["Output"]

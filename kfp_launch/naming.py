@@ -1,0 +1,174 @@
+"""Experiment and run display names that Kubeflow stores and finds reliably, whatever the branch holds.
+
+Why each rule (reference/kfp-api.md §1.5 unless noted):
+
+- Name lookups go through a ``filter`` query that the server URL-decodes twice: ``+`` reads as a space
+  and a ``%`` not followed by two hex digits gives HTTP 400. So neither character is kept.
+- ``display_name`` is ``varchar(128)``: MySQL counts characters, not bytes, so the limit is 128
+  characters. Every kept character is in the Basic Multilingual Plane (at most 3 UTF-8 bytes), so a
+  name also fits the older 3-byte MySQL ``utf8`` columns, where 4-byte characters (emoji) fail with 500.
+- Control, format (invisible, bidi-overriding), private-use, surrogate and line/paragraph-separator
+  characters, non-space whitespace and non-characters are replaced: they are unreadable in the UI.
+- The unique index on experiment names is case-insensitive (kubeflow/pipelines#5172: with ``Untitled``
+  present, creating ``untitled`` fails with 409 while looking it up finds nothing), and MySQL's default
+  ``*_ci`` collations also ignore accents. So for experiments, a name with upper-case letters or any
+  non-ASCII character gets the hash suffix too: names without a suffix are lower-case ASCII and
+  identical to their source, and names with one differ in their ASCII hex suffix.
+
+The rules, in order (:func:`sanitize_display_name`):
+
+1. every run of disallowed characters becomes one ``-``; everything else is kept, ``/`` included;
+2. leading and trailing whitespace is stripped;
+3. if 1-2 changed anything, the result is longer than ``max_chars``, or (experiments) it has upper-case
+   or non-ASCII letters, the result is cut to ``max_chars - 9`` characters, stripped of spaces and dashes
+   at both ends, and ``-`` plus the first 8 hex digits of the SHA-256 of the original (UTF-8) is appended
+   (only the digits when nothing is left), so different originals stay different.
+
+GitLab's ``CI_COMMIT_REF_SLUG`` is not used: it is lossy without a hash (gitlab-ci.md §1.1).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import string
+import unicodedata
+
+from kfp_launch.ci_context import CiContext
+from kfp_launch.errors import ConfigError
+
+DEFAULT_EXPERIMENT_TEMPLATE = "{branch}"
+"""The default ``experiment_template``: one experiment per branch."""
+
+EXPERIMENT_TEMPLATE_FIELDS = ("branch", "ticket", "project", "ref")
+"""The fields an ``experiment_template`` may use."""
+
+MAX_DISPLAY_NAME_CHARS = 128
+"""``display_name`` is ``varchar(128)`` in KFP's MySQL schema (kfp-api.md §1.5)."""
+
+TAG_PREFIX = "tag:"
+"""``{branch}`` in a tag pipeline renders as ``tag:<tag>``. A colon is illegal in git ref names
+(git-check-ref-format), so no branch can render the same: ``tag-v1`` could be a branch, ``tag:v1`` cannot."""
+
+_HASH_HEX_CHARS = 8
+_SUFFIX_CHARS = 1 + _HASH_HEX_CHARS
+_DISALLOWED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Zl", "Zp"})
+_FIELDS_HINT = "valid fields: " + ", ".join("{" + field + "}" for field in EXPERIMENT_TEMPLATE_FIELDS)
+
+
+def experiment_name(
+    template: str, *, branch: str | None, ticket: str | None, project: str | None, ref: str | None
+) -> str:
+    """Render ``template`` and sanitise it into a valid, distinct experiment name.
+
+    Args:
+        template: the ``experiment_template`` setting, e.g. ``"{branch}"`` or ``"{ticket}"``.
+        branch: ``CiContext.branch``; None in a tag pipeline, where ``{branch}`` renders as
+            ``tag:<ref>`` (:data:`TAG_PREFIX`).
+        ticket: ``CiContext.ticket``; None renders as an empty string.
+        project: ``CiContext.project_path`` (``group/project``); None renders as an empty string.
+        ref: ``CiContext.ref``, the branch or tag name; None renders as an empty string.
+
+    Returns:
+        A name valid for KFP (see the module docstring); different renderings give different names.
+
+    Raises:
+        ConfigError: the template is invalid (see :func:`validate_experiment_template`), or renders
+            an empty name here (e.g. ``"{ticket}"`` when no ticket was found).
+    """
+    validate_experiment_template(template)
+    values = {
+        "branch": branch if branch is not None else (TAG_PREFIX + ref if ref else ""),
+        "ticket": ticket or "",
+        "project": project or "",
+        "ref": ref or "",
+    }
+    rendered = template.format_map(values)
+    if not rendered.strip():
+        raise ConfigError(
+            f"experiment_template {template!r} renders an empty experiment name "
+            f"(branch={branch!r}, ticket={ticket!r}, project={project!r}, ref={ref!r})",
+            hint="use a field that is always set, such as {branch}, or pass --ticket KEY",
+        )
+    return sanitize_display_name(rendered, case_insensitive_store=True)
+
+
+def experiment_name_for(ci: CiContext, template: str = DEFAULT_EXPERIMENT_TEMPLATE) -> str:
+    """:func:`experiment_name` with the fields taken from ``ci``."""
+    return experiment_name(template, branch=ci.branch, ticket=ci.ticket, project=ci.project_path, ref=ci.ref)
+
+
+def validate_experiment_template(template: str) -> None:
+    """Check the ``experiment_template`` setting: only plain ``{branch}``, ``{ticket}``, ``{project}``,
+    ``{ref}`` fields (no format spec or conversion); ``{{`` and ``}}`` are literal braces.
+
+    Raises:
+        ConfigError: naming the setting and listing the valid fields.
+    """
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        message = f"experiment_template {template!r} is not a valid template: {exc}"
+        raise ConfigError(message, hint=_FIELDS_HINT) from exc
+    for _literal, field, spec, conversion in parsed:
+        if field is None:
+            continue
+        if field not in EXPERIMENT_TEMPLATE_FIELDS:
+            message = f"experiment_template {template!r} uses unknown field {{{field}}}"
+            raise ConfigError(message, hint=_FIELDS_HINT)
+        if spec or conversion:
+            raise ConfigError(
+                f"experiment_template {template!r}: field {{{field}}} takes no format spec or conversion",
+                hint=_FIELDS_HINT + "; names are cut to 128 characters automatically",
+            )
+
+
+def sanitize_display_name(
+    raw: str, *, max_chars: int = MAX_DISPLAY_NAME_CHARS, case_insensitive_store: bool = False
+) -> str:
+    """Turn any string into a KFP display name, deterministically and readably.
+
+    Args:
+        raw: anything: a rendered template, a run name; any characters, any length.
+        max_chars: the longest result, in characters (at least 10).
+        case_insensitive_store: True where names must stay distinct under a case- and
+            accent-insensitive comparison (experiments: their unique index); then upper-case or
+            non-ASCII names get the hash suffix too. Run names need not be unique: leave False.
+
+    Returns:
+        A non-empty name of at most ``max_chars`` BMP characters with no ``+``, ``%``, control or
+        invisible characters and no surrounding whitespace; ``raw`` unchanged when it already is one
+        (and, with ``case_insensitive_store``, is lower-case ASCII); otherwise the cleaned text, cut,
+        with ``-`` and 8 hex digits of SHA-256(raw) appended (only the digits if nothing readable is left).
+    """
+    if max_chars <= _SUFFIX_CHARS:
+        raise ValueError(f"max_chars must be more than {_SUFFIX_CHARS}, got {max_chars}")
+    cleaned = _replace_disallowed(raw).strip()
+    fold_safe = not case_insensitive_store or (cleaned.isascii() and cleaned == cleaned.lower())
+    if cleaned and cleaned == raw and len(cleaned) <= max_chars and fold_safe:
+        return cleaned
+    digest = hashlib.sha256(raw.encode("utf-8", "surrogatepass")).hexdigest()[:_HASH_HEX_CHARS]
+    body = cleaned[: max_chars - _SUFFIX_CHARS].strip(" -")
+    return f"{body}-{digest}" if body else digest
+
+
+def _replace_disallowed(raw: str) -> str:
+    """Replace every run of characters KFP cannot store or filter reliably with one ``-``."""
+    parts: list[str] = []
+    in_run = False
+    for char in raw:
+        allowed = _is_allowed(char)
+        if allowed:
+            parts.append(char)
+        elif not in_run:
+            parts.append("-")
+        in_run = not allowed
+    return "".join(parts)
+
+
+def _is_allowed(char: str) -> bool:
+    code = ord(char)
+    if char in "+%" or code > 0xFFFF or 0xFDD0 <= code <= 0xFDEF or code in (0xFFFE, 0xFFFF):
+        return False
+    if char.isspace():
+        return char == " "
+    return unicodedata.category(char) not in _DISALLOWED_CATEGORIES
