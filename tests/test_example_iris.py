@@ -1,0 +1,65 @@
+"""The README's first command, for real: the Iris example trains through kfp-launch with kfp.local."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO_ROOT, clean_env
+
+EXAMPLE = REPO_ROOT / "examples" / "iris"
+KFP_LAUNCH = Path(sys.executable).parent / "kfp-launch"
+
+
+@pytest.fixture
+def iris(tmp_path: Path) -> Path:
+    dest = tmp_path / "iris"
+    shutil.copytree(EXAMPLE, dest, ignore=shutil.ignore_patterns(".kfp-launch", "__pycache__", "local_outputs"))
+    return dest
+
+
+def kfp_launch(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in {**os.environ, **clean_env()}.items() if v is not None}
+    return subprocess.run([str(KFP_LAUNCH), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def accuracy(stdout: str) -> float:
+    match = re.search(r"evaluate-model/metrics  accuracy = ([0-9.]+)", stdout)
+    assert match, stdout
+    return float(match[1])
+
+
+def test_train_runs_the_four_steps_on_real_data_and_reaches_09(iris: Path) -> None:
+    result = kfp_launch(["run", "train", "--local"], iris)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for task in ("fetch-dataset", "build-and-fit", "evaluate-model", "report"):
+        assert f"✓ {task}  SUCCEEDED" in result.stdout
+    assert accuracy(result.stdout) >= 0.9
+    assert "test_rows = 45" in result.stdout  # 30 % of the 150 rows held out
+
+
+def test_toy_profile_values_reach_the_components(iris: Path) -> None:
+    result = kfp_launch(["run", "train", "--local", "--profile", "toy"], iris)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(r"steps\s+│ 20\s+│ profile toy", result.stdout)
+    assert "test_rows = 18" in result.stdout  # 30 % of the toy profile's 60 rows
+    log = next((iris / ".kfp-launch" / "local").glob("train-*/kfp-local.log")).read_text()
+    assert "kept 60 (sample_size=60" in log and "20 steps at learning_rate" in log
+
+
+def test_explore_job_runs(iris: Path) -> None:
+    result = kfp_launch(["run", "explore", "--local", "-p", "sample_size=40"], iris)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Output = 40" in result.stdout
+
+
+def test_a_missing_data_file_fails_the_run_with_exit_6(iris: Path) -> None:
+    result = kfp_launch(["run", "explore", "--local", "-p", "source=data/nope.csv"], iris)
+    assert result.returncode == 6
+    assert "fetch-dataset" in result.stderr and "FileNotFoundError" in result.stderr
