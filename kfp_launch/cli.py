@@ -208,6 +208,22 @@ def run_command(
     raise typer.Exit(int(launch.run_local_job(job, settings, Path.cwd(), make_console())))
 
 
+@app.command("params")
+@_guard
+def params_command(
+    job: Annotated[str, typer.Argument(metavar="JOB", help="The job: JOB or JOB:function.")],
+    as_dataclass: Annotated[
+        bool, typer.Option("--dataclass", help="Print a typed Python dataclass of the parameters and profiles.")
+    ] = False,
+    pipelines_package: PackageOpt = None,
+) -> None:
+    """Show a job's parameters: name, type, default and the value in each profile."""
+    from kfp_launch import launch
+
+    settings = _settings(pipelines_package=pipelines_package)
+    launch.show_params(job, settings, Path.cwd(), make_console(), as_dataclass=as_dataclass)
+
+
 @app.command("exit-codes")
 def exit_codes_command() -> None:
     """Print the table of exit codes (for allow_failure / retry: exit_codes)."""

@@ -218,3 +218,22 @@ def _format_value(value: object) -> str:
     return json.dumps(value, default=str)
 
 
+
+
+def show_params(job: str, settings: Settings, project_dir: Path, console: Console, *, as_dataclass: bool) -> None:
+    """Print each parameter of ``job`` (name, type, default, value per profile), or a typed dataclass."""
+    from kfp_launch.dataclass_gen import generate_dataclass
+
+    compiled = compile_pipeline(job, settings, project_dir)
+    if as_dataclass:
+        console.data(generate_dataclass(compiled))
+        return
+    profiles = sorted(compiled.profiles)
+    rows = []
+    for p in compiled.parameters:
+        default = "(required)" if p.is_required else ("(none)" if not p.has_default else json.dumps(p.default))
+        cells = [p.name, p.type.label, default]
+        cells += [json.dumps(compiled.profiles[name][p.name]) if p.name in compiled.profiles[name] else "" for name in profiles]
+        rows.append(cells)
+    console.line(f"job {compiled.job}: {compiled.module}:{compiled.function}, pipeline {compiled.pipeline_name}")
+    console.table(["parameter", "type", "default", *(f"profile {n}" for n in profiles)], rows)
