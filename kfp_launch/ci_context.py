@@ -12,7 +12,7 @@ import re
 import subprocess
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -108,7 +108,8 @@ class SubprocessGitReader:
         if ref.returncode == 1:
             at = f" at {commit_sha[:8]}" if commit_sha else ""
             return replace(head, problem=f"HEAD is detached{at} in {cwd}")
-        reason = ref.stderr.strip().splitlines()[-1:] or [f"HEAD is {full_ref}"]
+        # git's first stderr line is the "fatal: ..." reason (not a repository, dubious ownership, ...).
+        reason = ref.stderr.strip().splitlines()[:1] or [f"HEAD is {full_ref}"]
         return replace(head, problem=f"git cannot name the branch in {cwd}: {reason[0]}")
 
     def _git(self, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -282,14 +283,16 @@ class CiContext:
             lines.append(f"merge request !{self.merge_request_iid}{mr_title} {self.merge_request_url or ''}")
         if self.ticket:
             lines.append(f"ticket {self.ticket} (from {self.ticket_source})")
-        if self.in_ci:
-            pipeline = f"GitLab pipeline {self.pipeline_id} ({self.pipeline_source})"
-            lines.append(f"{pipeline} {self.pipeline_url or ''}")
-            lines.append(f"GitLab job {self.job_name} {self.job_url or ''}")
-            if self.user_login:
-                lines.append(f"started by {self.user_login}")
-        else:
+        if not self.in_ci:
             lines.append("launched outside GitLab CI")
+        if self.pipeline_id:
+            lines.append(
+                f"GitLab pipeline {self.pipeline_id} ({self.pipeline_source}) {self.pipeline_url or ''}"
+            )
+        if self.job_name:
+            lines.append(f"GitLab job {self.job_name} {self.job_url or ''}")
+        if self.user_login:
+            lines.append(f"started by {self.user_login}")
         return "\n".join(line.rstrip() for line in lines)
 
     def to_json_dict(self) -> dict[str, object]:
@@ -429,9 +432,7 @@ def _gitlab_ref(environ: Mapping[str, str], branch_override: str | None) -> tupl
     return ("branch", ref_name) if ref_name is not None else ("none", None)
 
 
-def _context_from_git(
-    git: GitReader, cwd: Path, branch_override: str | None, require_ref: bool
-) -> CiContext:
+def _context_from_git(git: GitReader, cwd: Path, branch_override: str | None, require_ref: bool) -> CiContext:
     head = git.read_head(cwd)
     branch = branch_override or head.branch
     if branch is None and require_ref:
@@ -498,4 +499,4 @@ def _datetime_value(environ: Mapping[str, str], name: str) -> datetime | None:
             f"GitLab variable {name}={value!r} is not an ISO 8601 time",
             hint=f"GitLab sets {name} itself; do not override it in the CI configuration",
         ) from exc
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=timezone.utc)
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)

@@ -128,6 +128,26 @@ ProfileOpt = Annotated[
     str | None,
     typer.Option("--profile", help="Use the job's PROFILES[NAME] values " + help_suffix("profile")),
 ]
+BranchOpt = Annotated[
+    str | None,
+    typer.Option("--branch", help="The branch, when git or GitLab cannot tell (detached HEAD) " + help_suffix("branch")),
+]
+TicketOpt = Annotated[
+    str | None,
+    typer.Option("--ticket", help="The JIRA ticket (else found in branch, MR title, commit title) " + help_suffix("ticket")),
+]
+ExperimentTemplateOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--experiment-template",
+        help="Experiment name template: {branch} {ticket} {project} {ref} [default: {branch}] "
+        + help_suffix("experiment_template"),
+    ),
+]
+TicketPatternOpt = Annotated[
+    str | None,
+    typer.Option("--ticket-pattern", help="Regex of a JIRA issue key, matched case-insensitively " + help_suffix("ticket_pattern")),
+]
 VerboseOpt = Annotated[
     bool | None,
     typer.Option("--verbose/--quiet", "-v", help="Show kfp.local's own output live " + help_suffix("verbose")),
@@ -140,6 +160,24 @@ def _check_param_syntax(values: list[str] | None) -> list[str] | None:
         if not sep or not key.strip():
             raise typer.BadParameter(f'"{item}" is not KEY=VALUE (e.g. --param steps=100).')
     return values
+
+
+@app.command("context")
+@_guard
+def context_command(
+    branch: BranchOpt = None,
+    ticket: TicketOpt = None,
+    experiment_template: ExperimentTemplateOpt = None,
+    ticket_pattern: TicketPatternOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON object.")] = False,
+) -> None:
+    """Show the CI context (branch, commit, merge request, ticket) and the experiment it gives."""
+    from kfp_launch import launch
+
+    settings = _settings(
+        branch=branch, ticket=ticket, experiment_template=experiment_template, ticket_pattern=ticket_pattern
+    )
+    launch.show_context(settings, os.environ, Path.cwd(), make_console(), as_json=as_json)
 
 
 @app.command("jobs")
@@ -174,7 +212,10 @@ def compile_command(
 @app.command("run")
 @_guard
 def run_command(
-    job: Annotated[str, typer.Argument(metavar="JOB", help="The job to run: JOB or JOB:function.")],
+    job: Annotated[
+        str | None,
+        typer.Argument(metavar="[JOB]", help="The job to run: JOB or JOB:function (in CI: the GitLab job's name)."),
+    ] = None,
     local: Annotated[bool, typer.Option("--local", help="Run on this machine with kfp.local (no cluster).")] = False,
     param: Annotated[
         list[str] | None,
@@ -187,6 +228,10 @@ def run_command(
         str | None,
         typer.Option("--local-root", help="Where local runs keep artifacts [default: .kfp-launch/local] " + help_suffix("local_root")),
     ] = None,
+    branch: BranchOpt = None,
+    ticket: TicketOpt = None,
+    experiment_template: ExperimentTemplateOpt = None,
+    ticket_pattern: TicketPatternOpt = None,
     verbose: VerboseOpt = None,
 ) -> None:
     """Compile JOB and run it, then exit with a code that says how the run ended."""
@@ -198,14 +243,18 @@ def run_command(
         profile=profile,
         pipelines_package=pipelines_package,
         local_root=local_root,
+        branch=branch,
+        ticket=ticket,
+        experiment_template=experiment_template,
+        ticket_pattern=ticket_pattern,
         verbose=verbose,
     )
     if not local:
         raise InputError(
             "Only local runs are available in this version: Kubeflow submission is not built yet.",
-            hint=f"run it with kfp.local: kfp-launch run {job} --local",
+            hint=f"run it with kfp.local: kfp-launch run {job or 'JOB'} --local",
         )
-    raise typer.Exit(int(launch.run_local_job(job, settings, Path.cwd(), make_console())))
+    raise typer.Exit(int(launch.run_local_job(job, settings, os.environ, Path.cwd(), make_console())))
 
 
 @app.command("params")

@@ -7,13 +7,69 @@ returns an :class:`ExitCode` (or raises a :class:`KfpLaunchError`).
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
+from kfp_launch.ci_context import CiContext
 from kfp_launch.console import Console
 from kfp_launch.errors import ConfigError, ExitCode, InputError, ParameterError, PipelineError, UsageError
 from kfp_launch.models import CompiledPipeline, LocalRunOutcome, ResolvedParameters, TaskResult
 from kfp_launch.parameters import ParameterLayer, load_params_file, parse_param_assignments, resolve_parameters
 from kfp_launch.settings import Settings
+
+
+def read_context(
+    settings: Settings, environ: Mapping[str, str], project_dir: Path, *, require_ref: bool = True
+) -> CiContext:
+    """Read the CI context (GitLab variables, or git on a laptop) with the ``--branch``/``--ticket``
+    overrides and the ``ticket_pattern`` setting.
+
+    Raises:
+        ContextError: no branch can be determined and ``require_ref`` (the hint says to pass --branch).
+        ConfigError: ``ticket_pattern`` is invalid.
+    """
+    return CiContext.from_environ(
+        environ,
+        cwd=project_dir,
+        branch_override=settings.branch,
+        # JIRA_TICKET is also the `ticket` setting's variable; from_environ reads it itself and labels it.
+        ticket_override=settings.ticket if settings.sources.get("ticket") == "--ticket" else None,
+        ticket_pattern=settings.ticket_pattern,
+        require_ref=require_ref,
+    )
+
+
+def experiment_for(ci: CiContext, settings: Settings) -> str | None:
+    """The experiment name for this context (``experiment_template``), or None without a ref.
+
+    Raises:
+        ConfigError: the template is invalid or renders empty.
+    """
+    from kfp_launch.naming import experiment_name_for, validate_experiment_template
+
+    validate_experiment_template(settings.experiment_template)
+    if ci.ref_kind == "none":
+        return None
+    return experiment_name_for(ci, settings.experiment_template)
+
+
+def show_context(
+    settings: Settings, environ: Mapping[str, str], project_dir: Path, console: Console, *, as_json: bool
+) -> None:
+    """Print the CI context and the experiment name it gives (a table, or a JSON object)."""
+    ci = read_context(settings, environ, project_dir)
+    experiment = experiment_for(ci, settings)
+    data = {**ci.to_json_dict(), "experiment": experiment}
+    if as_json:
+        console.data(json.dumps(data, indent=2, ensure_ascii=False))
+        return
+    if ci.ticket is None:
+        console.warn("no JIRA ticket found (branch, merge request title, commit title); set --ticket or JIRA_TICKET")
+    keys = ["in_ci", "pipeline_source", "ref_kind", "branch", "ref", "commit_sha", "commit_title",
+            "merge_request_iid", "merge_request_title", "ticket", "ticket_source", "experiment", "job",
+            "project_path", "pipeline_url", "job_url", "user_login"]
+    rows = [[k, "" if data.get(k) is None else str(data[k])] for k in keys]
+    console.table(["", "value"], rows)
 
 
 def compile_pipeline(job: str, settings: Settings, project_dir: Path) -> CompiledPipeline:
@@ -131,7 +187,9 @@ def _profile(compiled: CompiledPipeline, name: str) -> dict[str, object]:
     )
 
 
-def run_local_job(job: str, settings: Settings, project_dir: Path, console: Console) -> ExitCode:
+def run_local_job(
+    job: str | None, settings: Settings, environ: Mapping[str, str], project_dir: Path, console: Console
+) -> ExitCode:
     """Compile ``job``, run it with kfp.local, print tasks, outputs and metrics.
 
     Returns:
@@ -142,11 +200,13 @@ def run_local_job(job: str, settings: Settings, project_dir: Path, console: Cons
     """
     from kfp_launch.local_runner import local_pipeline_root, run_local
 
+    ci = read_context(settings, environ, project_dir, require_ref=False)
+    job = job_to_run(job, ci)
     console.section_start("kfp_launch_compile", f"Compiling job {job}", collapsed=True, announce=False)
     compiled = compile_pipeline(job, settings, project_dir)
     params = resolve_run_parameters(compiled, settings, project_dir)
     console.section_end("kfp_launch_compile")
-    _print_summary(compiled, params, console)
+    _print_summary(compiled, params, ci, experiment_for(ci, settings), console)
     root = local_pipeline_root(project_dir / settings.local_root, compiled.job)
     console.line(f"pipeline root: {root}")
     console.section_start("kfp_launch_run", f"Running {compiled.pipeline_name} locally with kfp.local")
@@ -169,8 +229,33 @@ def run_local_job(job: str, settings: Settings, project_dir: Path, console: Cons
     return ExitCode.SUCCESS if outcome.succeeded else ExitCode.RUN_FAILED
 
 
-def _print_summary(compiled: CompiledPipeline, params: ResolvedParameters, console: Console) -> None:
+def job_to_run(job: str | None, ci: CiContext) -> str:
+    """The JOB argument, or in CI the GitLab job's name without its parallel/matrix suffix.
+
+    Raises:
+        UsageError: no JOB argument outside CI.
+    """
+    if job:
+        return job
+    if ci.in_ci and ci.job:
+        return ci.job
+    raise UsageError(
+        "Missing the JOB argument: which pipelines.<job> module to run.",
+        hint="e.g. kfp-launch run train --local (in a GitLab job it defaults to the job's name); "
+        "kfp-launch jobs lists them.",
+    )
+
+
+def _print_summary(
+    compiled: CompiledPipeline, params: ResolvedParameters, ci: CiContext, experiment: str | None, console: Console
+) -> None:
     console.line(f"job: {compiled.job} ({compiled.module}:{compiled.function}, pipeline {compiled.pipeline_name})")
+    where = f"{ci.ref_kind} {ci.ref}" if ci.ref else "no branch (not a git checkout; --branch sets one)"
+    console.line(f"experiment: {experiment or '(none)'}  [{where}]")
+    if ci.ticket:
+        console.line(f"ticket: {ci.ticket} (from {ci.ticket_source})")
+    else:
+        console.line("ticket: none found (set --ticket or JIRA_TICKET to tag the experiment)")
     if params.values:
         console.table(
             ["parameter", "value", "from"],

@@ -9,11 +9,12 @@ Why each rule (reference/kfp-api.md §1.5 unless noted):
   name also fits the older 3-byte MySQL ``utf8`` columns, where 4-byte characters (emoji) fail with 500.
 - Control, format (invisible, bidi-overriding), private-use, surrogate and line/paragraph-separator
   characters, non-space whitespace and non-characters are replaced: they are unreadable in the UI.
-- The unique index on experiment names is case-insensitive (kubeflow/pipelines#5172: with ``Untitled``
-  present, creating ``untitled`` fails with 409 while looking it up finds nothing), and MySQL's default
-  ``*_ci`` collations also ignore accents. So for experiments, a name with upper-case letters or any
-  non-ASCII character gets the hash suffix too: names without a suffix are lower-case ASCII and
-  identical to their source, and names with one differ in their ASCII hex suffix.
+- The unique index on experiment names is case-insensitive (kubeflow/pipelines#5172, KFP 1.0.4: with
+  ``Untitled`` present, creating ``untitled`` fails with 409 while looking it up finds nothing), and
+  MySQL's default collation ``utf8mb4_0900_ai_ci`` also ignores accents (kubeflow/pipelines#12379).
+  So for experiments, a name with upper-case letters or any non-ASCII character gets the hash suffix
+  too: names without a suffix are lower-case ASCII and identical to their source, and names with one
+  differ in their ASCII hex suffix.
 
 The rules, in order (:func:`sanitize_display_name`):
 
@@ -45,9 +46,10 @@ EXPERIMENT_TEMPLATE_FIELDS = ("branch", "ticket", "project", "ref")
 MAX_DISPLAY_NAME_CHARS = 128
 """``display_name`` is ``varchar(128)`` in KFP's MySQL schema (kfp-api.md §1.5)."""
 
-TAG_PREFIX = "tag:"
-"""``{branch}`` in a tag pipeline renders as ``tag:<tag>``. A colon is illegal in git ref names
-(git-check-ref-format), so no branch can render the same: ``tag-v1`` could be a branch, ``tag:v1`` cannot."""
+TAG_PREFIX = "tag-"
+"""``{branch}`` in a tag pipeline renders as ``tag-<tag>`` (the product's choice: a tag is not a
+branch). A branch literally named ``tag-v1`` would share tag ``v1``'s experiment; use ``{ref}`` in
+the template, or a distinct template for tag pipelines, if that matters."""
 
 _HASH_HEX_CHARS = 8
 _SUFFIX_CHARS = 1 + _HASH_HEX_CHARS
@@ -63,7 +65,7 @@ def experiment_name(
     Args:
         template: the ``experiment_template`` setting, e.g. ``"{branch}"`` or ``"{ticket}"``.
         branch: ``CiContext.branch``; None in a tag pipeline, where ``{branch}`` renders as
-            ``tag:<ref>`` (:data:`TAG_PREFIX`).
+            ``tag-<ref>`` (:data:`TAG_PREFIX`).
         ticket: ``CiContext.ticket``; None renders as an empty string.
         project: ``CiContext.project_path`` (``group/project``); None renders as an empty string.
         ref: ``CiContext.ref``, the branch or tag name; None renders as an empty string.

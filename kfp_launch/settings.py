@@ -17,11 +17,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kfp_launch.ci_context import DEFAULT_TICKET_PATTERN
 from kfp_launch.errors import ConfigError
-
-DEFAULT_TICKET_PATTERN = r"(?<![A-Za-z0-9])[A-Za-z][A-Za-z0-9]*-[0-9]+(?![A-Za-z0-9])"
-"""Default JIRA issue key pattern: a project key (a letter, then letters/digits), a dash, digits,
-not glued to other letters or digits. Matched case-insensitively."""
 
 _TRUE = frozenset({"true", "1", "yes", "on"})
 _FALSE = frozenset({"false", "0", "no", "off"})
