@@ -11,10 +11,12 @@ The environment is read once, by the CLI, and handed in as a mapping.
 
 from __future__ import annotations
 
+import re
 import shlex
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 from kfp_launch.ci_context import DEFAULT_TICKET_PATTERN
@@ -47,6 +49,62 @@ def _parse_list(value: object, where: str) -> tuple[str, ...]:
     if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
         return tuple(value)
     raise ConfigError(f"{where} must be a list of strings.", hint='e.g. param = ["steps=10"].')
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|h|m|s)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> timedelta:
+    """Parse ``"0.5"`` (seconds), ``"90s"``, ``"45m"``, ``"6h"`` or a sum like ``"1h30m"``.
+
+    Raises:
+        ValueError: the text is not such a duration, or is negative.
+    """
+    raw = text.strip().lower().replace(" ", "")
+    try:
+        seconds = float(raw)
+    except ValueError:
+        parts = _DURATION_PART.findall(raw)
+        if not parts or "".join(n + u for n, u in parts) != raw:
+            raise ValueError(f'"{text}" is not a duration') from None
+        seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+    if seconds < 0 or seconds != seconds:
+        raise ValueError(f'"{text}" is not a duration')
+    return timedelta(seconds=seconds)
+
+
+def _parse_duration(value: object, where: str) -> timedelta:
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)
+    if isinstance(value, str):
+        try:
+            return parse_duration(value)
+        except ValueError:
+            pass
+    raise ConfigError(
+        f'{where} must be a duration, not "{value}".',
+        hint="write plain seconds (0.5) or a number with a unit: 90s, 45m, 6h.",
+    )
+
+
+def _parse_int(value: object, where: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value.strip())
+    raise ConfigError(f'{where} must be a whole number, not "{value}".', hint="e.g. 50.")
+
+
+def _choice(*options: str) -> Callable[[object, str], str]:
+    def parse(value: object, where: str) -> str:
+        if isinstance(value, str) and value.strip().lower() in options:
+            return value.strip().lower()
+        raise ConfigError(f'{where} must be one of {", ".join(options)}, not "{value}".', hint="")
+
+    return parse
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -91,6 +149,24 @@ SPECS: dict[str, SettingSpec] = {
         SettingSpec(name="branch", default=None, pyproject=False),
         SettingSpec(name="ticket", default=None, env="JIRA_TICKET", pyproject=False),
         SettingSpec(name="verbose", default=False, parse=_parse_bool),
+        # Kubeflow connection (reference kfp-api.md §3); secrets are environment-only, see connection.py.
+        SettingSpec(name="host", default=None, env="KFP_HOST"),
+        SettingSpec(name="namespace", default=None, env="KFP_NAMESPACE"),
+        SettingSpec(name="ui_url", default=None, env="KFP_UI_URL"),
+        # Submitting and waiting.
+        SettingSpec(name="wait", default=True, parse=_parse_bool),
+        SettingSpec(name="dry_run", default=False, parse=_parse_bool, pyproject=False),
+        SettingSpec(name="no_cache", default=False, parse=_parse_bool),
+        SettingSpec(name="service_account", default=None),
+        SettingSpec(name="pipeline_root", default=None),
+        SettingSpec(name="run_name_template", default="{job} {commit} {pipeline}"),
+        SettingSpec(name="poll_interval", default=timedelta(seconds=2), parse=_parse_duration),
+        SettingSpec(name="max_outage", default=timedelta(minutes=10), parse=_parse_duration),
+        SettingSpec(name="timeout", default=None, parse=_parse_duration),
+        SettingSpec(name="on_timeout", default="terminate", parse=_choice("terminate", "detach")),
+        SettingSpec(name="on_cancel", default="terminate", parse=_choice("terminate", "detach")),
+        SettingSpec(name="log_lines", default=50, parse=_parse_int),
+        SettingSpec(name="state_file", default=".kfp-launch/state.json"),
     )
 }
 
@@ -110,6 +186,22 @@ class Settings:
     branch: str | None = None
     ticket: str | None = None
     verbose: bool = False
+    host: str | None = None
+    namespace: str | None = None
+    ui_url: str | None = None
+    wait: bool = True
+    dry_run: bool = False
+    no_cache: bool = False
+    service_account: str | None = None
+    pipeline_root: str | None = None
+    run_name_template: str = "{job} {commit} {pipeline}"
+    poll_interval: timedelta = timedelta(seconds=2)
+    max_outage: timedelta = timedelta(minutes=10)
+    timeout: timedelta | None = None
+    on_timeout: str = "terminate"
+    on_cancel: str = "terminate"
+    log_lines: int = 50
+    state_file: str = ".kfp-launch/state.json"
     sources: Mapping[str, str] = field(default_factory=dict)
 
 
