@@ -23,7 +23,7 @@ import typer
 
 from kfp_launch import __version__
 from kfp_launch.console import Console
-from kfp_launch.errors import EXIT_CODE_MEANINGS, ExitCode, InputError, KfpLaunchError
+from kfp_launch.errors import EXIT_CODE_MEANINGS, ExitCode, InputError, Interrupted, KfpLaunchError
 from kfp_launch.settings import Settings, help_suffix, load_settings
 
 app = typer.Typer(
@@ -40,15 +40,17 @@ app = typer.Typer(
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class Interrupted(Exception):
-    """Raised in the main thread when SIGTERM or SIGHUP arrives (SIGINT raises KeyboardInterrupt)."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
+_signals_seen: list[int] = []
 
 
 def _raise_interrupted(signum: int, _frame: FrameType | None) -> None:
+    """Signal handler: the first SIGTERM/SIGHUP/SIGINT raises, later ones are only recorded, so that
+    cleanup (terminating the run) is not itself interrupted."""
+    _signals_seen.append(signum)
+    if len(_signals_seen) > 1:
+        return
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
     raise Interrupted(signum)
 
 
@@ -64,7 +66,8 @@ def _guard(command: F) -> F:
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         console = make_console()
-        previous = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGTERM, signal.SIGHUP)}
+        _signals_seen.clear()
+        previous = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}
         try:
             return command(*args, **kwargs)
         except KfpLaunchError as exc:
@@ -232,6 +235,22 @@ def run_command(
     ticket: TicketOpt = None,
     experiment_template: ExperimentTemplateOpt = None,
     ticket_pattern: TicketPatternOpt = None,
+    host: Annotated[str | None, typer.Option("--host", help="KFP API URL, e.g. https://kubeflow.example.com/pipeline [env: KFP_HOST or KF_PIPELINES_ENDPOINT; pyproject: host]")] = None,
+    namespace: Annotated[str | None, typer.Option("--namespace", help="Kubeflow profile namespace (multi-user) " + help_suffix("namespace"))] = None,
+    ui_url: Annotated[str | None, typer.Option("--ui-url", help="KFP UI base URL for links " + help_suffix("ui_url"))] = None,
+    wait: Annotated[bool | None, typer.Option("--wait/--no-wait", help="Wait for the run to end [default: wait] " + help_suffix("wait"))] = None,
+    dry_run: Annotated[bool | None, typer.Option("--dry-run", help="Compile, resolve experiment and parameters, print the plan; change nothing " + help_suffix("dry_run"))] = None,
+    no_cache: Annotated[bool | None, typer.Option("--no-cache", help="Turn execution caching off for this run " + help_suffix("no_cache"))] = None,
+    service_account: Annotated[str | None, typer.Option("--service-account", help="Kubernetes service account of the run " + help_suffix("service_account"))] = None,
+    pipeline_root: Annotated[str | None, typer.Option("--pipeline-root", help="Where the run's artifacts go (e.g. s3://bucket/root) " + help_suffix("pipeline_root"))] = None,
+    run_name_template: Annotated[str | None, typer.Option("--run-name-template", help="Run name: {job} {commit} {pipeline} {branch} {ticket} {mr} [default: {job} {commit} {pipeline}] " + help_suffix("run_name_template"))] = None,
+    poll_interval: Annotated[str | None, typer.Option("--poll-interval", help="First poll interval, then it backs off [default: 2s] " + help_suffix("poll_interval"))] = None,
+    max_outage: Annotated[str | None, typer.Option("--max-outage", help="Give up (exit 5) after Kubeflow fails this long [default: 10m] " + help_suffix("max_outage"))] = None,
+    timeout: Annotated[str | None, typer.Option("--timeout", help="Wait deadline (90s, 45m, 6h) [default in CI: job timeout - 5m] " + help_suffix("timeout"))] = None,
+    on_timeout: Annotated[str | None, typer.Option("--on-timeout", help="terminate|detach the run at the deadline [default: terminate] " + help_suffix("on_timeout"))] = None,
+    on_cancel: Annotated[str | None, typer.Option("--on-cancel", help="terminate|detach the run on SIGTERM/SIGINT/SIGHUP [default: terminate] " + help_suffix("on_cancel"))] = None,
+    log_lines: Annotated[int | None, typer.Option("--log-lines", help="Log lines shown per failing task [default: 50] " + help_suffix("log_lines"))] = None,
+    state_file: Annotated[str | None, typer.Option("--state-file", help="Where to record the run for `cancel` [default: .kfp-launch/state.json] " + help_suffix("state_file"))] = None,
     verbose: VerboseOpt = None,
 ) -> None:
     """Compile JOB and run it, then exit with a code that says how the run ended."""
@@ -248,13 +267,58 @@ def run_command(
         experiment_template=experiment_template,
         ticket_pattern=ticket_pattern,
         verbose=verbose,
+        host=host, namespace=namespace, ui_url=ui_url, wait=wait, dry_run=dry_run, no_cache=no_cache,
+        service_account=service_account, pipeline_root=pipeline_root, run_name_template=run_name_template,
+        poll_interval=poll_interval, max_outage=max_outage, timeout=timeout, on_timeout=on_timeout,
+        on_cancel=on_cancel, log_lines=log_lines, state_file=state_file,
     )
-    if not local:
-        raise InputError(
-            "Only local runs are available in this version: Kubeflow submission is not built yet.",
-            hint=f"run it with kfp.local: kfp-launch run {job or 'JOB'} --local",
-        )
-    raise typer.Exit(int(launch.run_local_job(job, settings, os.environ, Path.cwd(), make_console())))
+    if local:
+        raise typer.Exit(int(launch.run_local_job(job, settings, os.environ, Path.cwd(), make_console())))
+    from kfp_launch import remote
+
+    raise typer.Exit(int(remote.run_on_kubeflow(job, settings, os.environ, Path.cwd(), make_console())))
+
+
+ConnHostOpt = Annotated[str | None, typer.Option("--host", help="KFP API URL [env: KFP_HOST or KF_PIPELINES_ENDPOINT; pyproject: host]")]
+ConnNamespaceOpt = Annotated[str | None, typer.Option("--namespace", help="Kubeflow profile namespace " + help_suffix("namespace"))]
+
+
+@app.command("watch")
+@_guard
+def watch_command(
+    run_id: Annotated[str, typer.Argument(metavar="RUN_ID", help="The KFP run id.")],
+    host: ConnHostOpt = None,
+    namespace: ConnNamespaceOpt = None,
+    ui_url: Annotated[str | None, typer.Option("--ui-url", help="KFP UI base URL for links " + help_suffix("ui_url"))] = None,
+    poll_interval: Annotated[str | None, typer.Option("--poll-interval", help="First poll interval " + help_suffix("poll_interval"))] = None,
+    max_outage: Annotated[str | None, typer.Option("--max-outage", help="Allowed continuous outage " + help_suffix("max_outage"))] = None,
+    timeout: Annotated[str | None, typer.Option("--timeout", help="Wait deadline " + help_suffix("timeout"))] = None,
+    on_timeout: Annotated[str | None, typer.Option("--on-timeout", help="terminate|detach at the deadline " + help_suffix("on_timeout"))] = None,
+    on_cancel: Annotated[str | None, typer.Option("--on-cancel", help="terminate|detach on a signal " + help_suffix("on_cancel"))] = None,
+    log_lines: Annotated[int | None, typer.Option("--log-lines", help="Log lines per failing task " + help_suffix("log_lines"))] = None,
+) -> None:
+    """Attach to a run and wait for it, exiting with its outcome's code."""
+    from kfp_launch import remote
+
+    settings = _settings(host=host, namespace=namespace, ui_url=ui_url, poll_interval=poll_interval,
+                         max_outage=max_outage, timeout=timeout, on_timeout=on_timeout, on_cancel=on_cancel,
+                         log_lines=log_lines)
+    raise typer.Exit(int(remote.watch_run(run_id, settings, os.environ, Path.cwd(), make_console())))
+
+
+@app.command("cancel")
+@_guard
+def cancel_command(
+    run_id: Annotated[str | None, typer.Argument(metavar="[RUN_ID]", help="The KFP run id.")] = None,
+    state_file: Annotated[str | None, typer.Option("--state-file", help="Cancel the runs recorded in this file (honours their cancel policy).")] = None,
+    host: ConnHostOpt = None,
+    namespace: ConnNamespaceOpt = None,
+) -> None:
+    """Terminate a run (or the runs of a state file); exits 0 if already finished."""
+    from kfp_launch import remote
+
+    settings = _settings(host=host, namespace=namespace)
+    raise typer.Exit(int(remote.cancel_runs(run_id, state_file, settings, os.environ, Path.cwd(), make_console())))
 
 
 @app.command("params")

@@ -112,6 +112,14 @@ class Console:
         self._out.print(table)
         self._out_stream.flush()
 
+    def stamp(self) -> str:
+        """The local wall-clock time as ``HH:MM:SS``, for progress lines."""
+        return time.strftime("%H:%M:%S", time.localtime(self._clock()))
+
+    def live(self) -> "LiveTable":
+        """A table redrawn in place on a terminal (never used in CI: see :attr:`is_interactive`)."""
+        return LiveTable(self._out)
+
     def section_start(self, name: str, header: str, *, collapsed: bool = False, announce: bool = True) -> None:
         """Open a GitLab collapsible section; elsewhere print the header when ``announce``."""
         if not self.in_gitlab:
@@ -130,3 +138,28 @@ class Console:
         safe = _SECTION_NAME_RE.sub("_", name)
         self._out_stream.write(f"\x1b[0Ksection_end:{int(self._clock())}:{safe}\r\x1b[0K\n")
         self._out_stream.flush()
+
+
+class LiveTable:
+    """A rich ``Live`` display of task states (context manager); :meth:`show` replaces the table."""
+
+    def __init__(self, console: RichConsole) -> None:
+        from rich.live import Live
+
+        self._live = Live(console=console, refresh_per_second=4, transient=False, auto_refresh=False)
+
+    def __enter__(self) -> "LiveTable":
+        self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._live.__exit__(None, None, None)
+
+    def show(self, title: str, rows: Sequence[Sequence[str]]) -> None:
+        """Redraw the table: ``rows`` of (task, state, duration) cells."""
+        table = Table(title=title, show_edge=False, header_style="bold", pad_edge=False)
+        for column in ("task", "state", "time"):
+            table.add_column(column)
+        for row in rows:
+            table.add_row(*(escape(cell) for cell in row))
+        self._live.update(table, refresh=True)

@@ -129,3 +129,15 @@ class KfpApiError(KfpLaunchError):
     """
 
     exit_code = ExitCode.INVALID_INPUT
+
+
+class Interrupted(BaseException):  # noqa: N818 - like KeyboardInterrupt: not caught by `except Exception`
+    """SIGTERM or SIGHUP arrived (SIGINT arrives as ``KeyboardInterrupt``); exit ``128 + signum``.
+
+    Raised in the main thread by the CLI's signal handler, once: a second signal while we clean up
+    (terminating the run) is ignored, so cleanup happens exactly once.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"signal {signum}")
+        self.signum = signum

@@ -206,7 +206,7 @@ def run_local_job(
     compiled = compile_pipeline(job, settings, project_dir)
     params = resolve_run_parameters(compiled, settings, project_dir)
     console.section_end("kfp_launch_compile")
-    _print_summary(compiled, params, ci, experiment_for(ci, settings), console)
+    print_run_summary(compiled, params, ci, experiment_for(ci, settings), console)
     root = local_pipeline_root(project_dir / settings.local_root, compiled.job)
     console.line(f"pipeline root: {root}")
     console.section_start("kfp_launch_run", f"Running {compiled.pipeline_name} locally with kfp.local")
@@ -246,9 +246,10 @@ def job_to_run(job: str | None, ci: CiContext) -> str:
     )
 
 
-def _print_summary(
+def print_run_summary(
     compiled: CompiledPipeline, params: ResolvedParameters, ci: CiContext, experiment: str | None, console: Console
 ) -> None:
+    """Print, before anything runs: job, experiment, ticket, and each parameter with its source."""
     console.line(f"job: {compiled.job} ({compiled.module}:{compiled.function}, pipeline {compiled.pipeline_name})")
     where = f"{ci.ref_kind} {ci.ref}" if ci.ref else "no branch (not a git checkout; --branch sets one)"
     console.line(f"experiment: {experiment or '(none)'}  [{where}]")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import Enum
 
 
@@ -154,6 +155,9 @@ class TaskResult:
         duration_s: wall time in seconds, when known.
         error: the task's error message ('' if none).
         log_tail: the last lines of the task's log (empty when unknown).
+        node_ids: on Kubeflow, the pods whose ``main`` container log is the task's log (executor pods
+            first), for the API server's log endpoint.
+        task_id: on Kubeflow, the task's id.
     """
 
     name: str
@@ -161,6 +165,8 @@ class TaskResult:
     duration_s: float | None = None
     error: str = ""
     log_tail: tuple[str, ...] = ()
+    node_ids: tuple[str, ...] = ()
+    task_id: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -212,3 +218,110 @@ class LocalRunOutcome:
     def succeeded(self) -> bool:
         """True when the run ended in SUCCEEDED."""
         return self.state == "SUCCEEDED"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunOutcome:
+    """How a launched run ended (or why the wait stopped): what reports, notes and the exit code use.
+
+    Attributes:
+        job: the job name.
+        pipeline_name: the pipeline's name.
+        state: the final run state: ``SUCCEEDED``, ``FAILED``, ``SKIPPED``, ``CANCELED`` (also for a run
+            terminated by someone else), or, when the wait stopped first, ``TIMED_OUT``, ``INTERRUPTED``,
+            ``DETACHED`` (``--no-wait``) or ``UNREACHABLE``.
+        exit_code: the process exit code this outcome maps to (an :class:`~kfp_launch.errors.ExitCode`).
+        run_id: the KFP run id ('' for local runs).
+        run_url: the run's UI link ('' for local runs).
+        experiment_id: the KFP experiment id ('' for local runs).
+        experiment: the experiment's name ('' when none).
+        tasks: the run's tasks as last seen.
+        metrics: ``Metrics`` values logged by the tasks (local runs only).
+        metrics_available: False on Kubeflow, where the v2beta1 API exposes no metric values (they live
+            in ML Metadata): say so rather than guess.
+        parameters: the parameter values the run got, by name.
+        duration_s: the run's duration in seconds, when known.
+        message: one line explaining a non-success ('' on success).
+        local: True for a kfp.local run.
+    """
+
+    job: str
+    pipeline_name: str
+    state: str
+    exit_code: int
+    run_id: str = ""
+    run_url: str = ""
+    experiment_id: str = ""
+    experiment: str = ""
+    tasks: tuple[TaskResult, ...] = ()
+    metrics: tuple[MetricValue, ...] = ()
+    metrics_available: bool = True
+    parameters: Mapping[str, object] = field(default_factory=dict)
+    duration_s: float | None = None
+    message: str = ""
+    local: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class Experiment:
+    """A KFP experiment.
+
+    Attributes:
+        experiment_id: its id.
+        name: its display name.
+        description: its description.
+        namespace: its namespace ('' in single-user mode).
+        archived: whether its storage state is ARCHIVED.
+    """
+
+    experiment_id: str
+    name: str
+    description: str = ""
+    namespace: str = ""
+    archived: bool = False
+
+
+TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "SKIPPED", "CANCELED"})
+"""Run states after which a run never changes (KFP ``V2beta1RuntimeState``; reference kfp-api.md §2).
+CANCELING and PAUSED are not terminal."""
+
+ACTIVE_STATES = frozenset({"RUNTIME_STATE_UNSPECIFIED", "PENDING", "RUNNING", "PAUSED", "CANCELING"})
+"""States of a run that may still change."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunStatus:
+    """A KFP run as last read from the API server.
+
+    Attributes:
+        run_id, experiment_id, name, description: as KFP stores them.
+        state: the run state (``PENDING``, ``RUNNING``, ``SUCCEEDED``, ...; ``RUNTIME_STATE_UNSPECIFIED``
+            when the server omits it).
+        created_at, finished_at: aware datetimes (``finished_at`` None until the run finishes).
+        error: the run's top-level error message (usually empty even for FAILED runs, §1.3).
+        state_history: ``(state, error message)`` pairs, oldest first.
+        tasks: the run's tasks (``run_details.task_details``).
+        parameters: the runtime parameters.
+    """
+
+    run_id: str
+    experiment_id: str = ""
+    name: str = ""
+    description: str = ""
+    state: str = "RUNTIME_STATE_UNSPECIFIED"
+    created_at: datetime | None = None
+    finished_at: datetime | None = None
+    error: str = ""
+    state_history: tuple[tuple[str, str], ...] = ()
+    tasks: tuple[TaskResult, ...] = ()
+    parameters: Mapping[str, object] = field(default_factory=dict)
+
+    @property
+    def is_terminal(self) -> bool:
+        """True when the state can no longer change (SUCCEEDED, FAILED, SKIPPED, CANCELED)."""
+        return self.state in TERMINAL_STATES
+
+    @property
+    def was_canceling(self) -> bool:
+        """True when the state history shows CANCELING (someone asked KFP to terminate it)."""
+        return any(state == "CANCELING" for state, _ in self.state_history)

@@ -960,7 +960,7 @@ class FakeKfpServer:
         return script
 
     def set_task_log(self, run_id: str, node_id: str, text: str) -> None:
-        """Serve TEXT at ``GET /apis/v1alpha1/runs/{run_id}/nodes/{node_id}/log``."""
+        """Serve TEXT at ``GET /apis/v1alpha1/runs/{run_id}/nodes/{node_id}/log`` (run_id ``"*"``: any run)."""
         with self.lock:
             self.task_logs[(run_id, node_id)] = text
 
@@ -1283,7 +1283,7 @@ class FakeKfpServer:
     def _read_task_log(self, request: RecordedRequest, run_id: str, node_id: str) -> _Response:
         """Plain-text log of a task's node (run_log_server.go); JSON error if the run or node is unknown."""
         self._run_or_404(run_id, "Failed to read run log")
-        text = self.task_logs.get((run_id, node_id))
+        text = self.task_logs.get((run_id, node_id), self.task_logs.get(("*", node_id)))
         if text is None:
             raise _not_found("Node", node_id, "Failed to read run log",
                              f"Failed to read logs of run {run_id}")

@@ -1,0 +1,375 @@
+"""The only ``kfp.Client`` user: experiments, runs, terminate, task logs, with our own error types.
+
+Every call goes through the client's generated API objects with ``_request_timeout`` (the SDK passes
+none anywhere, so a stuck request hangs forever: reference kfp-api.md §1.5, kubeflow/pipelines#8661)
+and ``_preload_content=False``, so we see the raw response: a 200 that is an HTML login page (an auth
+proxy) is an auth failure, not a model full of ``None``\\s (§1.3). Responses are read as the server's
+JSON (snake_case, empty fields omitted) into our plain models; no vendor type leaves this module.
+
+Errors are translated once, here (§1.5): HTTP 401/403 and login pages -> :class:`KfpAuthError`;
+408/429/5xx, refused/reset/dropped connections and timeouts -> :class:`TransientKfpError` (retried by
+the caller); other statuses -> :class:`KfpApiError` (409 -> :class:`KfpConflictError`).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Callable, Mapping
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any, Iterator
+
+from kfp_launch.connection import Connection
+from kfp_launch.errors import KfpApiError, KfpAuthError, KfpUnavailableError
+from kfp_launch.models import Experiment, RunStatus, TaskResult
+
+_TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+_EPOCH_PREFIX = "1970-01-01T00:00:00"
+# kfp.Client reads ~/.config/kfp/context.json (namespace, auth headers) in its constructor (§3.4):
+# we point it at a path that cannot exist so only our explicit settings apply.
+_NO_CONTEXT_FILE = "/nonexistent/kfp-launch/kfp-context.json"
+# With an empty namespace the constructor calls GET /healthz, retrying 5 times with 5 s sleeps, and may
+# write a context file (§3.3). Any other namespace means zero requests; we pass the real namespace on
+# every call ourselves, so the constructor's value is never sent.
+_CONSTRUCTOR_NAMESPACE = "kfp-launch-explicit-namespace"
+
+
+class TransientKfpError(KfpUnavailableError):
+    """A failure that may pass: HTTP 408/429/5xx, a refused/reset/dropped connection, a timeout.
+
+    Attributes:
+        maybe_applied: True when a write may have reached the server before the failure (5xx,
+            timeout, dropped connection on a POST): the caller must check before repeating it.
+    """
+
+    def __init__(self, message: str, *, hint: str = "", maybe_applied: bool = False) -> None:
+        super().__init__(message, hint=hint)
+        self.maybe_applied = maybe_applied
+
+
+class KfpConflictError(KfpApiError):
+    """HTTP 409: the resource exists already (e.g. an experiment name in that namespace)."""
+
+
+class KfpApi:
+    """A session with one KFP API server.
+
+    Args:
+        connection: where and how to connect (secrets included; never logged).
+        connect_timeout_s: TCP connect timeout per request, seconds.
+        read_timeout_s: read timeout per request, seconds.
+    """
+
+    def __init__(self, connection: Connection, *, connect_timeout_s: float = 5.0, read_timeout_s: float = 30.0) -> None:
+        import kfp
+
+        self.connection = connection
+        self.namespace = connection.namespace
+        self._timeout = (connect_timeout_s, read_timeout_s)
+        credentials = None
+        if connection.token_file and not connection.token:
+            from kfp.client import ServiceAccountTokenVolumeCredentials
+
+            # Its hook runs before every request, so a rotated projected token is picked up (§3.1).
+            credentials = ServiceAccountTokenVolumeCredentials(path=connection.token_file)
+        with _isolated_client_construction(kfp.Client):
+            self._client = kfp.Client(
+                host=connection.host,
+                namespace=connection.namespace or _CONSTRUCTOR_NAMESPACE,
+                existing_token=connection.token,
+                credentials=credentials,
+                cookies=connection.cookie,
+                proxy=connection.proxy,
+                ssl_ca_cert=connection.ca_bundle,
+            )
+        self._experiments = self._client._experiment_api
+        self._runs = self._client._run_api
+        self.requests_made = 0
+
+    # -- experiments ---------------------------------------------------------------------------
+
+    def find_experiment(self, name: str) -> Experiment | None:
+        """Look an experiment up by exact name in our namespace (``GET /experiments?filter=``).
+
+        Raises:
+            KfpAuthError, TransientKfpError, KfpApiError: as the module says.
+        """
+        data = self._call(
+            self._experiments.experiment_service_list_experiments,
+            f'look up experiment "{name}"',
+            filter=_name_filter(name),
+            namespace=self.namespace,
+            page_size=2,
+        )
+        found = [_experiment(e) for e in data.get("experiments") or []]
+        exact = [e for e in found if e.name == name]
+        return exact[0] if exact else None
+
+    def create_experiment(self, name: str, description: str) -> Experiment:
+        """Create an experiment (``POST /experiments``).
+
+        Raises:
+            KfpConflictError: it exists already (HTTP 409; e.g. a concurrent job created it).
+        """
+        import kfp_server_api
+
+        body = kfp_server_api.V2beta1Experiment(display_name=name, description=description, namespace=self.namespace)
+        data = self._call(self._experiments.experiment_service_create_experiment, f'create experiment "{name}"',
+                          experiment=body, write=True)
+        return _experiment(data)
+
+    def unarchive_experiment(self, experiment_id: str) -> None:
+        """Unarchive an experiment (``POST /experiments/{id}:unarchive``)."""
+        self._call(self._experiments.experiment_service_unarchive_experiment,
+                   f"unarchive experiment {experiment_id}", experiment_id=experiment_id, write=True, expect_json=False)
+
+    # -- runs ----------------------------------------------------------------------------------
+
+    def create_run(
+        self,
+        *,
+        experiment_id: str,
+        display_name: str,
+        description: str,
+        package_path: str,
+        parameters: Mapping[str, object],
+        pipeline_root: str | None,
+        enable_caching: bool | None,
+        service_account: str | None,
+    ) -> RunStatus:
+        """Submit a run of a pipeline package (``POST /runs``) with a description.
+
+        The request body is built by the SDK's own ``_create_job_config`` (the same spec, caching
+        override and runtime config as ``Client.run_pipeline``), which cannot set a description itself.
+
+        Raises:
+            TransientKfpError: with ``maybe_applied`` when the run may exist despite the error.
+        """
+        import kfp_server_api
+
+        config = self._client._create_job_config(
+            params=dict(parameters), pipeline_package_path=package_path, pipeline_id=None, version_id=None,
+            enable_caching=enable_caching, cache_key=None, pipeline_root=pipeline_root,
+        )
+        body = kfp_server_api.V2beta1Run(
+            experiment_id=experiment_id, display_name=display_name, description=description,
+            pipeline_spec=config.pipeline_spec, runtime_config=config.runtime_config, service_account=service_account,
+        )
+        data = self._call(self._runs.run_service_create_run, f'create run "{display_name}"', run=body, write=True)
+        return _run(data)
+
+    def get_run(self, run_id: str) -> RunStatus:
+        """Read a run with its task details (``GET /runs/{id}``)."""
+        return _run(self._call(self._runs.run_service_get_run, f"read run {run_id}", run_id=run_id))
+
+    def list_runs(self, experiment_id: str, *, display_name: str | None = None, page_size: int = 100) -> list[RunStatus]:
+        """The newest runs of an experiment (``GET /runs?experiment_id=``), optionally by exact name.
+
+        Args:
+            experiment_id: the experiment.
+            display_name: only runs with exactly this name.
+            page_size: how many (the server caps it at 200).
+        """
+        kwargs: dict[str, Any] = {"experiment_id": experiment_id, "page_size": page_size, "sort_by": "created_at desc"}
+        if display_name is not None:
+            kwargs["filter"] = _name_filter(display_name)
+        data = self._call(self._runs.run_service_list_runs, f"list runs of experiment {experiment_id}", **kwargs)
+        return [_run(r) for r in data.get("runs") or []]
+
+    def terminate_run(self, run_id: str, *, timeout_s: float | None = None) -> None:
+        """Ask KFP to terminate a run (``POST /runs/{id}:terminate``; the run goes CANCELING).
+
+        Args:
+            run_id: the run.
+            timeout_s: a shorter per-request timeout (e.g. while handling SIGTERM).
+
+        Raises:
+            KfpApiError: HTTP 400 when the run is no longer active (KFP answers "Row not found").
+        """
+        timeout = (min(self._timeout[0], timeout_s), timeout_s) if timeout_s else None
+        self._call(self._runs.run_service_terminate_run, f"terminate run {run_id}", run_id=run_id, write=True,
+                   expect_json=False, timeout=timeout)
+
+    def task_log(self, run_id: str, node_id: str) -> str:
+        """A task's log as text (``GET /apis/v1alpha1/runs/{run}/nodes/{node}/log``, §1.6): the
+        ``main`` container of the pod named ``node_id`` (backend ``ResourceManager.ReadLog``)."""
+        api_client = self._runs.api_client
+        path = f"/apis/v1alpha1/runs/{run_id}/nodes/{node_id}/log"
+        what = f"read the log of {node_id}"
+        with self._translated(what, write=False):
+            raw = api_client.call_api(
+                path, "GET", header_params={"Accept": "text/plain"}, auth_settings=["Bearer"],
+                _preload_content=False, _request_timeout=self._timeout, _return_http_data_only=True,
+            )
+        self.requests_made += 1
+        return bytes(raw.data).decode("utf-8", errors="replace")
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    def _call(
+        self, method: Callable[..., Any], what: str, *, write: bool = False, expect_json: bool = True,
+        timeout: tuple[float, float] | None = None, **kwargs: Any,
+    ) -> dict[str, Any]:
+        with self._translated(what, write=write):
+            raw = method(_preload_content=False, _request_timeout=timeout or self._timeout, **kwargs)
+        self.requests_made += 1
+        return _json_body(raw, what, expect_json=expect_json)
+
+    @contextmanager
+    def _translated(self, what: str, *, write: bool) -> Iterator[None]:
+        import kfp_server_api
+        import urllib3
+
+        try:
+            # Only the generated low-level API is used: it prints nothing (the high-level Client
+            # methods print "Run details: <url>" to stdout, §1.4).
+            yield
+        except kfp_server_api.ApiException as exc:
+            raise _api_error(exc, what, self.connection, write=write) from None
+        except urllib3.exceptions.HTTPError as exc:
+            raise _transport_error(exc, what, self.connection, write=write) from None
+
+
+@contextmanager
+def _isolated_client_construction(client_class: Any) -> Iterator[None]:
+    original = client_class._LOCAL_KFP_CONTEXT
+    client_class._LOCAL_KFP_CONTEXT = _NO_CONTEXT_FILE
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the constructor's FutureWarning on every call
+            yield
+    finally:
+        client_class._LOCAL_KFP_CONTEXT = original
+
+
+def _name_filter(name: str) -> str:
+    # The client's own form (§1.2): operation 1 = EQUALS.
+    return json.dumps({"predicates": [{"operation": 1, "key": "display_name", "stringValue": name}]})
+
+
+def _json_body(raw: Any, what: str, *, expect_json: bool) -> dict[str, Any]:
+    data = bytes(raw.data or b"")
+    content_type = (raw.headers.get("content-type") or "").lower()
+    text = data.lstrip()[:1]
+    if "html" in content_type or text == b"<":
+        raise KfpAuthError(
+            f"Kubeflow answered {what} with an HTML page (HTTP {raw.status}) instead of JSON: "
+            "a login page of the authentication proxy in front of Kubeflow.",
+            hint="the credentials are missing or expired: set KFP_TOKEN, KF_PIPELINES_SA_TOKEN_PATH or "
+            "KFP_COOKIE (see README, Connecting to Kubeflow).",
+        )
+    if not data.strip():
+        if expect_json:
+            raise KfpApiError(f"Kubeflow answered {what} with an empty body (HTTP {raw.status}).")
+        return {}
+    try:
+        parsed = json.loads(data)
+    except ValueError:
+        raise KfpApiError(f"Kubeflow answered {what} with a body that is not JSON (HTTP {raw.status}).") from None
+    return parsed if isinstance(parsed, dict) else {}
+
+
+def _server_message(body: object) -> str:
+    try:
+        data = json.loads(body) if isinstance(body, (str, bytes)) else None
+    except ValueError:
+        data = None
+    if isinstance(data, dict) and isinstance(data.get("message"), str):
+        return data["message"]
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else str(body or "")
+    return " ".join(text.split())[:300]
+
+
+def _api_error(exc: Any, what: str, connection: Connection, *, write: bool) -> Exception:
+    status = int(exc.status or 0)
+    message = _server_message(exc.body)
+    if status in (401, 403):
+        verb = "refused the credentials" if status == 401 else "denied permission"
+        return KfpAuthError(
+            f"Kubeflow {verb} to {what}: HTTP {status} {message}".rstrip(),
+            hint=f"check the token/cookie (auth: {connection.auth_kind}) and that it may use namespace "
+            f"{connection.namespace or '(single-user)'}.",
+        )
+    if status in _TRANSIENT_STATUSES:
+        return TransientKfpError(f"Kubeflow failed to {what}: HTTP {status} {message}".rstrip(), maybe_applied=write)
+    error_class = KfpConflictError if status == 409 else KfpApiError
+    return error_class(f"Kubeflow refused to {what}: HTTP {status} {message}".rstrip(),
+                       hint="nothing was changed by this request.")
+
+
+def _transport_error(exc: Exception, what: str, connection: Connection, *, write: bool) -> Exception:
+    reason = getattr(exc, "reason", None)
+    import ssl
+
+    if isinstance(reason, ssl.SSLError) or "SSL" in type(reason).__name__:
+        return KfpUnavailableError(
+            f"TLS failed to {what} at {connection.host}: {reason}",
+            hint="if Kubeflow uses a private CA, set KFP_CA_BUNDLE to its PEM file; verification is never skipped.",
+        )
+    name = type(reason or exc).__name__
+    return TransientKfpError(f"Could not reach Kubeflow at {connection.host} to {what}: {name}",
+                             maybe_applied=write)
+
+
+def _time(value: object) -> datetime | None:
+    if not isinstance(value, str) or not value or value.startswith(_EPOCH_PREFIX):
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def _experiment(data: Mapping[str, Any]) -> Experiment:
+    if not data.get("experiment_id"):
+        raise KfpApiError("Kubeflow returned an experiment without an id.")
+    return Experiment(
+        experiment_id=data["experiment_id"],
+        name=data.get("display_name", ""),
+        description=data.get("description", ""),
+        namespace=data.get("namespace", ""),
+        archived=data.get("storage_state") == "ARCHIVED",
+    )
+
+
+def _error_message(error: object) -> str:
+    return str(error.get("message", "")) if isinstance(error, Mapping) else ""
+
+
+def _run(data: Mapping[str, Any]) -> RunStatus:
+    if not data.get("run_id"):
+        raise KfpApiError("Kubeflow returned a run without an id.")
+    details = data.get("run_details") or {}
+    history = tuple(
+        (str(h.get("state", "")), _error_message(h.get("error"))) for h in data.get("state_history") or []
+    )
+    return RunStatus(
+        run_id=data["run_id"],
+        experiment_id=data.get("experiment_id", ""),
+        name=data.get("display_name", ""),
+        description=data.get("description", ""),
+        state=str(data.get("state") or "RUNTIME_STATE_UNSPECIFIED"),
+        created_at=_time(data.get("created_at")),
+        finished_at=_time(data.get("finished_at")),
+        error=_error_message(data.get("error")),
+        state_history=history,
+        tasks=tuple(_task(t) for t in details.get("task_details") or []),
+        parameters=dict((data.get("runtime_config") or {}).get("parameters") or {}),
+    )
+
+
+def _task(data: Mapping[str, Any]) -> TaskResult:
+    start, end = _time(data.get("start_time")), _time(data.get("end_time"))
+    errors = [_error_message(data.get("error"))] + [_error_message(h.get("error")) for h in data.get("state_history") or []]
+    pods = [c.get("pod_name") for c in data.get("child_tasks") or [] if c.get("pod_name")]
+    if data.get("pod_name"):
+        pods.append(data["pod_name"])
+    return TaskResult(
+        name=data.get("display_name") or data.get("task_id", "?"),
+        state=str(data.get("state") or "RUNTIME_STATE_UNSPECIFIED"),
+        duration_s=(end - start).total_seconds() if start and end else None,
+        error=next((e for e in errors if e), ""),
+        node_ids=tuple(dict.fromkeys(pods)),
+        task_id=str(data.get("task_id", "")),
+    )

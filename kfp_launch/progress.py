@@ -1,0 +1,59 @@
+"""Showing a run's progress: one line per state change in CI, a live task table on a terminal."""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from types import TracebackType
+
+from kfp_launch.console import Console, LiveTable
+from kfp_launch.models import RunStatus
+
+_STYLES = {"SUCCEEDED": "green", "FAILED": "red", "CANCELED": "yellow", "CANCELING": "yellow", "SKIPPED": "yellow"}
+
+
+class RunProgress:
+    """Prints what changed since the last :meth:`update` (context manager: owns the live table).
+
+    Args:
+        console: where to print.
+        live: use a live table (default: when the console is an interactive terminal, never in CI).
+    """
+
+    def __init__(self, console: Console, *, live: bool | None = None) -> None:
+        self._console = console
+        self._live_wanted = console.is_interactive if live is None else live
+        self._stack = ExitStack()
+        self._table: LiveTable | None = None
+        self._run_state = ""
+        self._task_states: dict[str, str] = {}
+
+    def __enter__(self) -> RunProgress:
+        if self._live_wanted:
+            self._table = self._stack.enter_context(self._console.live())
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self._stack.close()
+
+    def update(self, status: RunStatus) -> None:
+        """Show the run's state and each task's state if they changed."""
+        changed = [t for t in status.tasks if self._task_states.get(t.name) != t.state]
+        run_changed = status.state != self._run_state
+        self._run_state = status.state
+        for task in changed:
+            self._task_states[task.name] = task.state
+        if self._table is not None:
+            if run_changed or changed:
+                rows = [[t.name, t.state, f"{t.duration_s:.0f}s" if t.duration_s is not None else ""] for t in status.tasks]
+                self._table.show(f"run {status.state}", rows)
+            return
+        if run_changed:
+            self._console.line(f"{self._console.stamp()} run {status.state}", style=_STYLES.get(status.state))
+        for task in changed:
+            took = f" ({task.duration_s:.0f}s)" if task.duration_s is not None else ""
+            self._console.line(f"{self._console.stamp()}   task {task.name} {task.state}{took}",
+                               style=_STYLES.get(task.state))
+
+    def note(self, text: str) -> None:
+        """Print a line about the wait itself (retries, outages)."""
+        self._console.line(f"{self._console.stamp()} {text}", style="dim")

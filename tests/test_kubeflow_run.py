@@ -1,0 +1,432 @@
+"""Running on Kubeflow: the real kfp.Client against the fake KFP server, end to end through the CLI
+or the use case with an injected clock."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import Result
+
+from kfp_launch.console import Console
+from kfp_launch.errors import ExitCode, KfpAuthError, KfpUnavailableError
+from kfp_launch.kfp_api import KfpApi
+from kfp_launch.remote import Runtime, run_on_kubeflow
+from kfp_launch.settings import load_settings
+from tests.conftest import RunCli, clean_env
+from tests.fake_kfp import PATH_EXPERIMENTS, PATH_RUN, PATH_RUN_TERMINATE, PATH_RUNS, FakeKfpServer, RunStep
+
+TOKEN = "s3cr3t-token-value"
+COOKIE_VALUE = "authservice_session=c00kie-s3cr3t"
+SECRETS = (TOKEN, "c00kie-s3cr3t")
+
+CI = {
+    "CI": "true",
+    "GITLAB_CI": "true",
+    "CI_COMMIT_SHA": "0123456789abcdef0123456789abcdef01234567",
+    "CI_COMMIT_BRANCH": "feature/ML-42-faster",
+    "CI_COMMIT_REF_NAME": "feature/ML-42-faster",
+    "CI_COMMIT_TITLE": "Make it faster",
+    "CI_PIPELINE_SOURCE": "push",
+    "CI_PIPELINE_ID": "1001",
+    "CI_PIPELINE_URL": "https://gitlab.example.com/mlops/demo/-/pipelines/1001",
+    "CI_JOB_ID": "77",
+    "CI_JOB_NAME": "good",
+    "CI_JOB_URL": "https://gitlab.example.com/mlops/demo/-/jobs/77",
+    "CI_PROJECT_PATH": "mlops/demo",
+    "CI_PROJECT_URL": "https://gitlab.example.com/mlops/demo",
+    "GITLAB_USER_LOGIN": "alice",
+}
+
+
+@pytest.fixture
+def kfp() -> Iterator[FakeKfpServer]:
+    with FakeKfpServer() as server:
+        yield server
+
+
+def env_for(server: FakeKfpServer, **extra: str) -> dict[str, str]:
+    return {**CI, "KFP_HOST": server.url, "KFP_NAMESPACE": "team-a", "KFP_TOKEN": TOKEN,
+            "KFP_LAUNCH_POLL_INTERVAL": "0.01", **extra}
+
+
+def launch(run_cli: RunCli, project: Path, server: FakeKfpServer, *args: str, **env: str) -> Result:
+    result = run_cli(["run", "good", *args], cwd=project, env=env_for(server, **env))
+    for secret in SECRETS:
+        assert secret not in result.output, "a secret reached the output"
+    return result
+
+
+def runs(server: FakeKfpServer) -> list[dict]:
+    with server.lock:
+        return list(server.runs.values())
+
+
+FAILED_TASKS = [
+    {"task_id": "t1", "display_name": "add", "state": "SUCCEEDED"},
+    {"task_id": "t2", "display_name": "score", "state": "FAILED", "pod_name": "good-driver-2",
+     "error": {"code": 2, "message": "Error (exit code 1)"}, "child_tasks": [{"pod_name": "good-exec-2"}]},
+]
+
+
+@pytest.mark.parametrize(
+    ("states", "code", "fragment"),
+    [
+        (["RUNNING", "SUCCEEDED"], ExitCode.SUCCESS, "run SUCCEEDED"),
+        (["RUNNING", "SKIPPED"], ExitCode.SUCCESS, "SKIPPED (exit 0)"),
+        (["RUNNING", "FAILED"], ExitCode.RUN_FAILED, "run FAILED"),
+        (["RUNNING", "CANCELED"], ExitCode.RUN_CANCELED, "run CANCELED"),
+        (["RUNNING", "CANCELING", "FAILED"], ExitCode.RUN_CANCELED, "terminated by someone else"),
+        (["PENDING", "PAUSED", "RUNNING", "SUCCEEDED"], ExitCode.SUCCESS, "run SUCCEEDED"),
+    ],
+)
+def test_exit_code_of_each_terminal_state(
+    run_cli: RunCli, project: Path, kfp: FakeKfpServer, states: list[str], code: int, fragment: str
+) -> None:
+    kfp.script_run(states)
+    result = launch(run_cli, project, kfp)
+    assert result.exit_code == code, result.output
+    assert fragment in result.output
+    assert len(runs(kfp)) == 1
+
+
+def test_run_url_state_file_and_description_link_back_to_gitlab(run_cli: RunCli, project: Path, kfp: FakeKfpServer) -> None:
+    kfp.script_run(["SUCCEEDED"])
+    result = launch(run_cli, project, kfp, "-p", "a=7", JIRA_URL="https://jira.example.com")
+    assert result.exit_code == 0, result.output
+    run = runs(kfp)[0]
+    assert f"run: {kfp.url}/#/runs/details/{run['run_id']}\n" in result.stdout  # bare URL, GitLab links it
+    description = run["description"]
+    for expected in (
+        "Branch: feature/ML-42-faster https://gitlab.example.com/mlops/demo/-/tree/feature/ML-42-faster",
+        f"Commit: {CI['CI_COMMIT_SHA']}",
+        "GitLab pipeline: https://gitlab.example.com/mlops/demo/-/pipelines/1001",
+        "GitLab job: https://gitlab.example.com/mlops/demo/-/jobs/77",
+        "Ticket: ML-42 https://jira.example.com/browse/ML-42",
+        "Triggered by: alice",
+    ):
+        assert expected in description
+    assert description.splitlines()[-1].startswith("kfp-launch-key: mlops/demo/1001/good/")
+    assert run["display_name"] == "good 01234567 1001"
+    assert run["runtime_config"]["parameters"] == {"a": 7}
+    state = (project / ".kfp-launch" / "state.json").read_text()
+    assert run["run_id"] in state and '"cancel_policy": "terminate"' in state and TOKEN not in state
+    experiment = next(iter(kfp.experiments.values()))
+    assert experiment["display_name"] == "feature/ML-42-faster-" + experiment["display_name"][-8:]
+    assert "JIRA ML-42" in experiment["description"] and "project mlops/demo" in experiment["description"]
+
+
+def test_second_launch_on_the_same_branch_reuses_the_experiment(run_cli: RunCli, project: Path, kfp: FakeKfpServer) -> None:
+    kfp.script_run(["SUCCEEDED"])
+    kfp.script_run(["SUCCEEDED"])
+    assert launch(run_cli, project, kfp).exit_code == 0
+    assert launch(run_cli, project, kfp, CI_PIPELINE_ID="1002").exit_code == 0
+    assert len(kfp.experiments) == 1
+    assert {r["experiment_id"] for r in runs(kfp)} == set(kfp.experiments)
+    assert len(kfp.requests_to("POST", PATH_EXPERIMENTS)) == 1
+
+
+def test_concurrent_launches_on_a_new_branch_create_one_experiment(kfp: FakeKfpServer) -> None:
+    from kfp_launch.connection import Connection
+    from kfp_launch.submission import ensure_experiment
+
+    # Hold the first create until the other client has listed (and so decided to create too).
+    kfp.hang(method="POST", path=PATH_EXPERIMENTS, release_on=("POST", PATH_EXPERIMENTS))
+    results: list[str] = []
+
+    def one() -> None:
+        api = KfpApi(Connection(host=kfp.url, namespace="team-a", token=TOKEN), read_timeout_s=10)
+        results.append(ensure_experiment(api, "feat/race", "d", say=lambda _m: None).experiment_id)
+
+    threads = [threading.Thread(target=one) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert len(results) == 2 and results[0] == results[1]
+    assert len(kfp.experiments) == 1
+    assert len(kfp.requests_to("POST", PATH_EXPERIMENTS)) == 2  # both tried; the loser looked it up again
+
+
+def test_archived_experiment_is_unarchived_and_said(run_cli: RunCli, project: Path, kfp: FakeKfpServer) -> None:
+    experiment = kfp.add_experiment("main", namespace="team-a", storage_state="ARCHIVED")
+    kfp.script_run(["SUCCEEDED"])
+    result = launch(run_cli, project, kfp, CI_COMMIT_BRANCH="main", CI_COMMIT_REF_NAME="main")
+    assert result.exit_code == 0, result.output
+    assert "unarchived" in result.output
+    experiment_id = experiment["experiment_id"] if isinstance(experiment, dict) else experiment
+    assert kfp.experiments[experiment_id]["storage_state"] == "AVAILABLE"
+    assert runs(kfp)[0]["experiment_id"] == experiment_id
+
+
+def test_burst_of_503_and_a_hung_request_still_end_with_the_right_code(project: Path, kfp: FakeKfpServer) -> None:
+    kfp.script_run(["RUNNING", "RUNNING", "FAILED"])
+    kfp.fail(503, method="GET", path=PATH_RUN, times=5)
+    kfp.hang(method="GET", path=PATH_RUN, skip=6, times=1)
+    code, out = run_use_case(project, kfp, read_timeout_s=0.3)
+    assert code == ExitCode.RUN_FAILED, out
+    assert "HTTP 503" in out
+
+
+def test_outage_longer_than_max_outage_exits_5(project: Path, kfp: FakeKfpServer) -> None:
+    kfp.script_run(["RUNNING"])
+    kfp.fail(503, method="GET", path=PATH_RUN, skip=1, times=None)
+    clock = FakeClock()
+    code, out = run_use_case(project, kfp, clock=clock, env={"KFP_LAUNCH_MAX_OUTAGE": "10m"})
+    assert code == ExitCode.UNREACHABLE, out
+    assert "more than --max-outage" in out
+    assert 600 <= clock.now < 700  # simulated: gave up after the allowed outage, not before
+    failed = [r for r in kfp.requests_to("GET", PATH_RUN) if r.status == 503]
+    assert 10 < len(failed) < 100  # backed off, did not hammer
+
+
+def test_token_file_rotation_mid_wait_succeeds(project: Path, kfp: FakeKfpServer, tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("token-one")
+    kfp.accepted_tokens = {"token-one"}
+    script = kfp.script_run(["RUNNING", "RUNNING", "RUNNING", "SUCCEEDED"])
+
+    def rotate_after_first_poll(_seconds: float) -> None:
+        if script.position >= 1 and kfp.accepted_tokens == {"token-one"}:
+            kfp.accepted_tokens = {"token-two"}  # the old token is now refused ...
+            token_file.write_text("token-two")  # ... and the projected file holds the new one
+
+    env = {"KFP_TOKEN": "", "KF_PIPELINES_SA_TOKEN_PATH": str(token_file)}
+    code, out = run_use_case(project, kfp, env=env, sleep=rotate_after_first_poll)
+    assert code == ExitCode.SUCCESS, out
+    tokens = [r.bearer_token for r in kfp.requests]
+    assert "token-one" in tokens and "token-two" in tokens
+
+
+def test_persistent_401_exits_4_after_a_bounded_number_of_requests(run_cli: RunCli, project: Path, kfp: FakeKfpServer) -> None:
+    kfp.script_run(["RUNNING"])
+    kfp.unauthorized_after(4)
+    result = launch(run_cli, project, kfp)
+    assert result.exit_code == ExitCode.AUTH, result.output
+    assert "refused the credentials" in result.stderr
+    assert len(kfp.requests) <= 8
+
+
+def test_html_login_page_exits_4(run_cli: RunCli, project: Path, kfp: FakeKfpServer) -> None:
+    kfp.html_login(times=None)
+    result = launch(run_cli, project, kfp, KFP_TOKEN="", KFP_COOKIE=COOKIE_VALUE)
+    assert result.exit_code == ExitCode.AUTH, result.output
+    assert "HTML page" in result.stderr and "login page" in result.stderr
+    assert kfp.requests[0].headers.get("cookie") == COOKIE_VALUE
+    assert not runs(kfp)
+
+
+def test_deadline_terminates_the_run_and_exits_8(project: Path, kfp: FakeKfpServer) -> None:
+    kfp.script_run(["RUNNING"])
+    clock = FakeClock()
+    code, out = run_use_case(project, kfp, clock=clock, env={"KFP_LAUNCH_TIMEOUT": "2h"})
+    assert code == ExitCode.DEADLINE, out
+    assert 7200 <= clock.now <= 7200 + 31
+    assert len(kfp.requests_to("POST", PATH_RUN_TERMINATE)) == 1
+    assert runs(kfp)[0]["state"] == "CANCELING"
+
+
+def test_ci_job_timeout_sets_the_default_deadline(project: Path, kfp: FakeKfpServer) -> None:
+    kfp.script_run(["RUNNING"])
+    clock = FakeClock()
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 600))
+    env = {"CI_JOB_STARTED_AT": started, "CI_JOB_TIMEOUT": "3600", "KFP_LAUNCH_ON_TIMEOUT": "detach"}
+    code, out = run_use_case(project, kfp, clock=clock, env=env)
+    assert code == ExitCode.DEADLINE, out
+    assert 2690 <= clock.now <= 2710  # 3600 - 600 already spent - 300 margin
+    assert not kfp.requests_to("POST", PATH_RUN_TERMINATE)  # detach: left running
+
+
+def test_sigterm_mid_wait_sends_exactly_one_terminate_and_exits_143(project: Path, kfp: FakeKfpServer) -> None:
+    kfp.script_run(["RUNNING"])
+    env = {k: v for k, v in {**os.environ, **clean_env(env_for(kfp, KFP_LAUNCH_POLL_INTERVAL="0.2"))}.items() if v is not None}
+    proc = subprocess.Popen([sys.executable, "-m", "kfp_launch", "run", "good"], cwd=project, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        kfp.wait_for_request("GET", PATH_RUN, count=2, timeout_s=60)
+        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signal.SIGTERM)  # a second signal must not terminate twice
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, out + err
+    assert len(kfp.requests_to("POST", PATH_RUN_TERMINATE)) == 1
+    assert "interrupted by SIGTERM" in err
+    assert TOKEN not in out + err
+
+
+def test_create_run_error_after_the_run_was_stored_leaves_exactly_one_run(run_cli: RunCli, project: Path, kfp: FakeKfpServer) -> None:
+    kfp.script_run(["SUCCEEDED"])
+    kfp.fail(500, method="POST", path=PATH_RUNS, times=1, after_handling=True)
+    result = launch(run_cli, project, kfp)
+    assert result.exit_code == 0, result.output
+    assert len(runs(kfp)) == 1
+    assert len(kfp.requests_to("POST", PATH_RUNS)) == 1  # resolved by the key, not by posting again
+
+
+def test_dropped_connection_on_create_is_resolved_by_key(run_cli: RunCli, project: Path, kfp: FakeKfpServer) -> None:
+    kfp.script_run(["SUCCEEDED"])
+    kfp.drop(method="POST", path=PATH_RUNS, times=1, after_handling=True)
+    assert launch(run_cli, project, kfp).exit_code == 0
+    assert len(runs(kfp)) == 1
+
+
+def test_create_refused_before_storing_is_retried_once_more(run_cli: RunCli, project: Path, kfp: FakeKfpServer) -> None:
+    kfp.script_run(["SUCCEEDED"])
+    kfp.fail(503, method="POST", path=PATH_RUNS, times=1)
+    assert launch(run_cli, project, kfp).exit_code == 0
+    assert len(runs(kfp)) == 1
+    assert len(kfp.requests_to("POST", PATH_RUNS)) == 2
+
+
+def test_retried_job_attaches_to_its_active_run(run_cli: RunCli, project: Path, kfp: FakeKfpServer) -> None:
+    kfp.script_run(["RUNNING"])
+    first = launch(run_cli, project, kfp, "--no-wait")
+    assert first.exit_code == 0, first.output
+    run_id = runs(kfp)[0]["run_id"]
+    kfp.script_run(["RUNNING", "SUCCEEDED"], run_id=run_id)
+    retried = launch(run_cli, project, kfp, CI_JOB_ID="78")
+    assert retried.exit_code == 0, retried.output
+    assert "attached to the active run of this CI job" in retried.output
+    assert len(runs(kfp)) == 1
+
+
+def test_a_new_ci_pipeline_does_not_attach(run_cli: RunCli, project: Path, kfp: FakeKfpServer) -> None:
+    kfp.script_run(["RUNNING"])
+    assert launch(run_cli, project, kfp, "--no-wait").exit_code == 0
+    kfp.script_run(["SUCCEEDED"])
+    assert launch(run_cli, project, kfp, CI_PIPELINE_ID="1002").exit_code == 0
+    assert len(runs(kfp)) == 2
+
+
+def test_failing_run_names_the_task_and_prints_its_log_tail(run_cli: RunCli, project: Path, kfp: FakeKfpServer) -> None:
+    kfp.script_run([RunStep("RUNNING"), RunStep("FAILED")], task_details=FAILED_TASKS)
+    log = "\n".join(f"line {i}" for i in range(100)) + "\nValueError: bad input\n"
+    kfp.set_task_log("*", "good-exec-2", log)
+    result = launch(run_cli, project, kfp, "--log-lines", "5")
+    assert result.exit_code == ExitCode.RUN_FAILED
+    out = result.stdout
+    assert "task score FAILED: Error (exit code 1)" in out
+    assert "| ValueError: bad input" in out and "| line 96" in out and "| line 95" not in out
+
+
+def test_no_cache_service_account_and_pipeline_root_reach_the_run(run_cli: RunCli, project: Path, kfp: FakeKfpServer) -> None:
+    kfp.script_run(["SUCCEEDED"])
+    result = launch(run_cli, project, kfp, "--no-cache", "--service-account", "trainer", "--pipeline-root", "s3://b/r")
+    assert result.exit_code == 0, result.output
+    body = kfp.requests_to("POST", PATH_RUNS)[0].body
+    assert body["service_account"] == "trainer"
+    assert body["runtime_config"]["pipeline_root"] == "s3://b/r"
+    assert all(t.get("cachingOptions") == {} for t in body["pipeline_spec"]["root"]["dag"]["tasks"].values())
+
+
+def test_dry_run_changes_nothing(run_cli: RunCli, project: Path, kfp: FakeKfpServer) -> None:
+    result = launch(run_cli, project, kfp, "--dry-run", "-p", "a=3")
+    assert result.exit_code == 0, result.output
+    assert "would be created" in result.stdout and "would submit run" in result.stdout
+    assert all(r.method == "GET" for r in kfp.requests)
+    assert not kfp.experiments and not runs(kfp)
+
+
+def test_no_wait_submits_and_exits_0(run_cli: RunCli, project: Path, kfp: FakeKfpServer) -> None:
+    kfp.script_run(["RUNNING"])
+    result = launch(run_cli, project, kfp, "--no-wait")
+    assert result.exit_code == 0
+    assert not kfp.requests_to("GET", PATH_RUN)
+
+
+def test_parameter_rejected_by_the_server_is_exit_3(run_cli: RunCli, project: Path, kfp: FakeKfpServer) -> None:
+    result = launch(run_cli, project, kfp, "-p", "nope=1")
+    assert result.exit_code == ExitCode.INVALID_INPUT
+    assert not kfp.requests  # rejected locally, before any request
+
+
+def test_missing_host_is_a_config_error_naming_the_variables(run_cli: RunCli, project: Path) -> None:
+    result = run_cli(["run", "good"], cwd=project, env={**CI, "KFP_TOKEN": TOKEN})
+    assert result.exit_code == ExitCode.INVALID_INPUT
+    assert "KFP_HOST" in result.stderr
+    assert TOKEN not in result.output
+
+
+def test_unreachable_host_exits_5_after_max_outage(run_cli: RunCli, project: Path) -> None:
+    env = {**CI, "KFP_HOST": "http://127.0.0.1:9", "KFP_NAMESPACE": "team-a", "KFP_TOKEN": TOKEN,
+           "KFP_LAUNCH_MAX_OUTAGE": "0.2", "KFP_LAUNCH_POLL_INTERVAL": "0.01"}
+    result = run_cli(["run", "good"], cwd=project, env=env)
+    assert result.exit_code == ExitCode.UNREACHABLE, result.output
+    assert "Could not reach Kubeflow" in result.stderr
+
+
+def test_watch_attaches_and_cancel_terminates_via_state_file(run_cli: RunCli, project: Path, kfp: FakeKfpServer) -> None:
+    kfp.script_run(["RUNNING"])
+    assert launch(run_cli, project, kfp, "--no-wait").exit_code == 0
+    run_id = runs(kfp)[0]["run_id"]
+    kfp.script_run(["RUNNING", "SUCCEEDED"], run_id=run_id)
+    watched = run_cli(["watch", run_id], cwd=project, env=env_for(kfp))
+    assert watched.exit_code == 0, watched.output
+    assert f"/#/runs/details/{run_id}" in watched.stdout
+    kfp.script_run(["RUNNING"], run_id=run_id)
+    with kfp.lock:
+        kfp.runs[run_id]["state"] = "RUNNING"
+    canceled = run_cli(["cancel", "--state-file", ".kfp-launch/state.json"], cwd=project, env=env_for(kfp))
+    assert canceled.exit_code == 0, canceled.output
+    assert len(kfp.requests_to("POST", PATH_RUN_TERMINATE)) == 1
+    again = run_cli(["cancel", run_id], cwd=project, env=env_for(kfp))
+    assert again.exit_code == 0, again.output
+    assert "already being terminated (CANCELING)" in again.stdout
+    assert len(kfp.requests_to("POST", PATH_RUN_TERMINATE)) == 1
+
+
+# -- use case with an injected clock -----------------------------------------------------------------
+
+
+class FakeClock:
+    """A monotonic clock that only moves when something sleeps on it."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        assert seconds >= 0
+        self.now += seconds
+
+
+def run_use_case(
+    project: Path, server: FakeKfpServer, *, clock: FakeClock | None = None, env: dict[str, str] | None = None,
+    sleep: object = None, read_timeout_s: float = 5.0,
+) -> tuple[int, str]:
+    import io
+
+    clock = clock or FakeClock()
+    environ = {**env_for(server), **(env or {})}
+    environ = {k: v for k, v in environ.items() if v != ""}
+    settings = load_settings({}, environ, project)
+    out = io.StringIO()
+    console = Console(out=out, err=out)
+
+    def do_sleep(seconds: float) -> None:
+        if callable(sleep):
+            sleep(seconds)
+        clock.sleep(seconds)
+
+    runtime = Runtime(clock=clock, sleep=do_sleep,
+                      api_factory=lambda c: KfpApi(c, connect_timeout_s=1.0, read_timeout_s=read_timeout_s))
+    try:
+        code = run_on_kubeflow("good", settings, environ, project, console, runtime)
+    except (KfpAuthError, KfpUnavailableError) as exc:
+        out.write(f"error: {exc.message}\n")
+        code = exc.exit_code
+    text = out.getvalue()
+    for secret in SECRETS:
+        assert secret not in text
+    return int(code), text
