@@ -430,3 +430,11 @@ def run_use_case(
     for secret in SECRETS:
         assert secret not in text
     return int(code), text
+
+
+def test_sdk_experiment_name_variables_are_ignored_with_a_warning(run_cli: RunCli, project: Path, kfp: FakeKfpServer) -> None:
+    kfp.script_run(["SUCCEEDED"])
+    result = launch(run_cli, project, kfp, KF_PIPELINES_OVERRIDE_EXPERIMENT_NAME="Default")
+    assert result.exit_code == 0
+    assert "KF_PIPELINES_OVERRIDE_EXPERIMENT_NAME is ignored" in result.stderr
+    assert [e["display_name"] for e in kfp.experiments.values()][0].startswith("feature/ML-42-faster")
