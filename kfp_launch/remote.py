@@ -121,7 +121,7 @@ def run_on_kubeflow(
         console.line("not waiting (--no-wait): kfp-launch watch " + run.run_id)
         return ExitCode.SUCCESS
     outcome = wait_and_explain(api, run, experiment, compiled.job, compiled.pipeline_name, settings, ci, console, rt,
-                               parameters=params.as_dict())
+                               parameters=params.as_dict(), state_path=project_dir / settings.state_file)
     return ExitCode(outcome.exit_code)
 
 
@@ -191,9 +191,12 @@ def wait_deadline(settings: Settings, ci: CiContext, rt: Runtime) -> tuple[float
 
 def wait_and_explain(
     api: KfpApi, run: RunStatus, experiment: Experiment, job: str, pipeline_name: str, settings: Settings,
-    ci: CiContext, console: Console, rt: Runtime, *, parameters: Mapping[str, object],
+    ci: CiContext, console: Console, rt: Runtime, *, parameters: Mapping[str, object], state_path: Path | None = None,
 ) -> RunOutcome:
     """Wait for ``run``; on a signal or the deadline terminate it (per policy); explain; summarize.
+
+    When the deadline passes with ``--on-timeout detach``, the state file's cancel policy becomes
+    ``detach``, so the CI template's after_script leaves the run alone too.
 
     Raises:
         Interrupted / KeyboardInterrupt: after terminating the run (``--on-cancel``), for exit 128+N.
@@ -220,10 +223,19 @@ def wait_and_explain(
     outcome = _outcome(result, api, run, experiment, job, pipeline_name, settings, console,
                        deadline_source=deadline_source, url=url, parameters=parameters,
                        waited_s=rt.clock() - started)
+    if outcome.state == "TIMED_OUT" and settings.on_timeout == "detach" and state_path is not None:
+        _mark_detached(state_path, run.run_id)
     if outcome.state == "FAILED" and result.status is not None:
         explain_failure(api, result.status, settings.log_lines, console)
     _print_final(outcome, console)
     return outcome
+
+
+def _mark_detached(state_path: Path, run_id: str) -> None:
+    if not state_path.is_file():
+        return
+    entries = read_state(state_path)
+    write_state(state_path, [replace(e, cancel_policy="detach") if e.run_id == run_id else e for e in entries])
 
 
 def _on_interrupt(api: KfpApi, run_id: str, settings: Settings, console: Console) -> None:

@@ -704,6 +704,9 @@ class _Handler(BaseHTTPRequestHandler):
     """Hands every request to ``FakeKfpServer._serve``; HTTP/1.1 keep-alive like the real gateway."""
 
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in separate writes: without TCP_NODELAY, Nagle's algorithm and the client's
+    # delayed ACK add ~40 ms to every keep-alive response.
+    disable_nagle_algorithm = True
     server: _HttpServer
 
     def setup(self) -> None:

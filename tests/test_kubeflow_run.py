@@ -242,6 +242,7 @@ def test_ci_job_timeout_sets_the_default_deadline(project: Path, kfp: FakeKfpSer
     assert code == ExitCode.DEADLINE, out
     assert 2690 <= clock.now <= 2710  # 3600 - 600 already spent - 300 margin
     assert not kfp.requests_to("POST", PATH_RUN_TERMINATE)  # detach: left running
+    assert '"cancel_policy": "detach"' in (project / ".kfp-launch" / "state.json").read_text()  # after_script too
 
 
 def test_sigterm_mid_wait_sends_exactly_one_terminate_and_exits_143(project: Path, kfp: FakeKfpServer) -> None:
