@@ -56,7 +56,10 @@ def _raise_interrupted(signum: int, _frame: FrameType | None) -> None:
 
 def make_console() -> Console:
     """Build the console for this process from the environment (GitLab job or not)."""
-    in_gitlab = os.environ.get("GITLAB_CI", "") == "true"
+    # gitlab-ci-local sets GITLAB_CI=false (reference gitlab-ci.md §2.4) but renders sections like GitLab.
+    in_gitlab = os.environ.get("GITLAB_CI", "") == "true" or bool(
+        os.environ.get("CI_JOB_ID") and os.environ.get("CI_SERVER_URL")
+    )
     return Console(out=sys.stdout, err=sys.stderr, in_gitlab=in_gitlab)
 
 

@@ -36,8 +36,8 @@ DEFAULT_MAX_RETRIES = 2
 """Retries of an idempotent request (GET, PUT) after a connection error, a timeout or HTTP 500/502/503/504."""
 
 _JOB_TOKEN_WARNING = (
-    "CI_JOB_TOKEN cannot write merge request notes (GitLab lets a job token only read them); set GITLAB_TOKEN "
-    "to a project access token with the api scope to get the run's note on the merge request"
+    "CI_JOB_TOKEN cannot write merge request notes (GitLab lets a job token only read them); "
+    "set GITLAB_TOKEN to a project access token with the api scope to get the run's note on the merge request"
 )
 _NOT_AFFECTED = "the run and the job's exit code are not affected"
 _MAX_PARAMETERS, _MAX_METRICS, _MAX_VALUE_CHARS, _MAX_ERROR_CHARS, _LOG_LINES = 50, 50, 200, 1_000, 20
@@ -132,9 +132,9 @@ class MergeRequestNotes:
 
     The note starts with the hidden marker :func:`note_marker` (project + CI job name + merge request);
     the newest note whose body starts with it is updated (``GET .../notes``, then ``PUT``; a 403 or 404
-    there means it is not ours or gone), else one is created (``POST``). The GitLab pipeline id is deliberately not in the marker: a retried job and the
-    same job in the merge request's next pipeline update the same note, so the merge request shows one
-    current note per job instead of one per push.
+    there means it is not ours or gone), else one is created (``POST``). The GitLab pipeline id is
+    deliberately not in the marker: a retried job and the same job in the merge request's next pipeline
+    update the same note, so the merge request shows one current note per job instead of one per push.
 
     Requests: lazy project and merge request objects (no ``GET`` of either), never ``gl.auth()``; every
     request has ``timeout_s``; GETs and PUTs are retried ``max_retries`` times on transient errors, a POST
@@ -201,11 +201,15 @@ class MergeRequestNotes:
         body = f"{marker}\n{render_note(run, self._ci, outcome=outcome, jira_url=self._config.jira_url)}"
         is_first_write = self._note_id is None
         if self._note_id is None:
-            self._note_id = self._call(f"read the notes of merge request !{iid}",
-                                       lambda: _find_note(merge_request, marker, self._retrying()))
+            self._note_id = self._call(
+                f"read the notes of merge request !{iid}",
+                lambda: _find_note(merge_request, marker, self._retrying()),
+            )
         if self._note_id is None or not self._update(merge_request, iid, self._note_id, body):
-            note = self._call(f"create a note on merge request !{iid}", lambda: merge_request.notes.create(
-                {"body": body}, **self._once()))
+            note = self._call(
+                f"create a note on merge request !{iid}",
+                lambda: merge_request.notes.create({"body": body}, **self._once()),
+            )
             self._note_id = int(note.id)
         if is_first_write and mr_url:
             self._console.url("merge request note", f"{mr_url}#note_{self._note_id}")
@@ -213,8 +217,10 @@ class MergeRequestNotes:
     def _update(self, merge_request: ProjectMergeRequest, iid: int, note_id: int, body: str) -> bool:
         """PUT the note; False if it is gone (404) or not ours to edit (403), so a new one is created."""
         try:
-            self._call(f"update note {note_id} on merge request !{iid}",
-                       lambda: merge_request.notes.update(note_id, {"body": body}, **self._retrying()))
+            self._call(
+                f"update note {note_id} on merge request !{iid}",
+                lambda: merge_request.notes.update(note_id, {"body": body}, **self._retrying()),
+            )
         except _GitLabFailure as failure:
             if _status(failure.error) not in (403, 404):
                 raise
@@ -223,14 +229,18 @@ class MergeRequestNotes:
 
     def _project_api(self) -> Project:
         if self._project is None:
-            import gitlab  # noqa: PLC0415 - imported lazily, ~0.3 s
+            import gitlab  # lazily: importing it takes ~0.3 s
 
             config = self._config
             client = gitlab.Gitlab(
-                config.url, private_token=config.token, timeout=config.timeout_s, retry_transient_errors=True,
+                config.url,
+                private_token=config.token,
+                timeout=config.timeout_s,
+                retry_transient_errors=True,
                 user_agent=f"kfp-launch (python-gitlab/{gitlab.__version__})",
             )
-            project_id: int | str = int(config.project) if str(config.project).isdigit() else str(config.project)
+            project = str(config.project)
+            project_id: int | str = int(project) if project.isdigit() else project
             self._project = client.projects.get(project_id, lazy=True)
         return self._project
 
@@ -245,8 +255,14 @@ class MergeRequestNotes:
         found = self._call(
             f"find the open merge request of branch {branch!r}",
             lambda: project.mergerequests.list(
-                source_branch=branch, state="opened", order_by="created_at", sort="desc", per_page=20,
-                get_all=False, **self._retrying()),
+                source_branch=branch,
+                state="opened",
+                order_by="created_at",
+                sort="desc",
+                per_page=20,
+                get_all=False,
+                **self._retrying(),
+            ),
         )
         self._looked_up_merge_request = True
         if not found:
@@ -259,26 +275,32 @@ class MergeRequestNotes:
         return self._ci.project_path or str(self._config.project)
 
     def _job_key(self, run: StartedRun) -> str:
-        """The CI job's full name (each ``parallel``/matrix instance has its own note); on a laptop the job."""
+        """The CI job's full name (each parallel/matrix instance has its own note); on a laptop the job."""
         return self._ci.job_name if self._ci.job_name else f"{run.job} (local)"
 
     # ---- python-gitlab plumbing ----------------------------------------------------------------------------
 
     def _retrying(self) -> dict[str, Any]:
-        return {"timeout": self._config.timeout_s, "max_retries": self._config.max_retries,
-                "obey_rate_limit": False}
+        return {
+            "timeout": self._config.timeout_s,
+            "max_retries": self._config.max_retries,
+            "obey_rate_limit": False,
+        }
 
     def _once(self) -> dict[str, Any]:
         return {"timeout": self._config.timeout_s, "retry_transient_errors": False, "obey_rate_limit": False}
 
     def _call(self, doing: str, call: Callable[[], T]) -> T:
-        """Run one python-gitlab call; its errors (and requests' connection errors) become _GitLabFailure."""
-        import gitlab  # noqa: PLC0415 - imported lazily
-        import requests  # noqa: PLC0415 - python-gitlab's transport; its errors pass through unwrapped
+        """Run one python-gitlab call; its errors become :class:`_GitLabFailure`.
+
+        python-gitlab raises ``GitlabError`` for HTTP errors but lets the ``requests`` exceptions of its
+        transport (connection refused or dropped, timeouts) through; those are ``OSError`` subclasses.
+        """
+        import gitlab
 
         try:
             return call()
-        except (gitlab.exceptions.GitlabError, requests.exceptions.RequestException) as error:
+        except (gitlab.exceptions.GitlabError, OSError) as error:
             raise _GitLabFailure(doing, error) from error
 
     def _warn(self, failure: _GitLabFailure) -> None:
@@ -291,20 +313,20 @@ class MergeRequestNotes:
         if status in (401, 403):
             self._disabled = True  # the end of the run would fail the same way
         where = f" on {self._config.url}" if self._config.url else ""
-        text = f"merge request note not written: could not {failure.doing}{where}: {self._describe(failure.error)}"
+        reason = self._describe(failure.error)
+        text = f"merge request note not written: could not {failure.doing}{where}: {reason}"
         self._console.warn(self._redact(f"{text}; {hint + '; ' if hint else ''}{_NOT_AFFECTED}"))
 
-    def _describe(self, error: Exception) -> str:
-        import requests  # noqa: PLC0415 - imported lazily
-
+    @staticmethod
+    def _describe(error: Exception) -> str:
+        """``HTTP 404 Project Not Found``, or the transport error and its cause (a long one keeps its end)."""
         status = _status(error)
-        if status is not None:
-            return f"HTTP {status} {getattr(error, 'error_message', '')}".strip()
-        if isinstance(error, requests.exceptions.Timeout):
-            return f"no answer within {self._config.timeout_s:g} s"
-        if isinstance(error, requests.exceptions.ConnectionError):
-            return f"connection failed ({str(error)[:300]})"
-        return f"{type(error).__name__}: {str(error)[:300]}"
+        if status is not None:  # GitLab's messages mostly start with the status: "404 Project Not Found"
+            message = str(getattr(error, "error_message", "")).strip()
+            return f"HTTP {message}" if message.startswith(str(status)) else f"HTTP {status}: {message}"
+        # requests says "HTTPConnectionPool(...): Max retries exceeded with url: ... (Caused by <the reason>)"
+        text = str(error)
+        return f"{type(error).__name__}: {text if len(text) <= 300 else '…' + text[-299:]}"
 
     def _redact(self, text: str) -> str:
         """TEXT without the token and without user:password parts of URLs."""
@@ -325,7 +347,9 @@ def _find_note(merge_request: ProjectMergeRequest, marker: str, options: Mapping
     never taken for it. Newest first: our note is usually recent, and if an older marked note turned out
     not to be editable (another user's) the one created instead is found next time.
     """
-    notes = merge_request.notes.list(iterator=True, sort="desc", order_by="created_at", per_page=100, **options)
+    notes = merge_request.notes.list(
+        iterator=True, sort="desc", order_by="created_at", per_page=100, **options
+    )
     for note in notes:
         if not getattr(note, "system", False) and str(getattr(note, "body", "")).startswith(marker):
             return int(note.id)
@@ -375,19 +399,25 @@ def render_note(
     state = outcome.state if outcome is not None else "RUNNING"
     emoji, word = _STATE_LABELS.get(state, ("ℹ️", state.lower()))
     lines = [f"#### {emoji} Kubeflow Pipelines run of {_code(run.job)}: {word}", ""]
-    lines += [f"- **{label}:** {value}" for label, value in _facts(run, ci, outcome, jira_url, f"{emoji} {word}")]
+    lines += [
+        f"- **{label}:** {value}" for label, value in _facts(run, ci, outcome, jira_url, f"{emoji} {word}")
+    ]
     if outcome is not None and outcome.message:
         lines += ["", f"**Why:** {_code(outcome.message)}"]
     lines += _parameters_section(run.parameters)
     if outcome is not None:
         lines += _metrics_section(outcome)
         lines += _failed_tasks_section([task for task in outcome.tasks if task.state == "FAILED"])
-    lines += ["", "<sub>Written by kfp-launch; updated in place when the run ends or the job runs again.</sub>"]
+    lines += [
+        "",
+        "<sub>Written by kfp-launch; updated in place when the run ends or the job runs again.</sub>",
+    ]
     return "\n".join(lines) + "\n"
 
 
-def _facts(run: StartedRun, ci: CiContext, outcome: RunOutcome | None, jira_url: str | None,
-           state: str) -> Iterable[tuple[str, str]]:
+def _facts(
+    run: StartedRun, ci: CiContext, outcome: RunOutcome | None, jira_url: str | None, state: str
+) -> Iterable[tuple[str, str]]:
     if run.run_url:
         yield "Run", _link(_code(run.run_id or run.run_url), run.run_url)
     else:
@@ -416,8 +446,10 @@ def _parameters_section(parameters: Mapping[str, object]) -> list[str]:
         return []
     items = list(parameters.items())
     lines = ["", "**Parameters**", "", "| Parameter | Value |", "|---|---|"]
-    lines += [f"| {_code(name, in_table=True)} | {_code(_value_text(value), in_table=True)} |"
-              for name, value in items[:_MAX_PARAMETERS]]
+    lines += [
+        f"| {_code(name, in_table=True)} | {_code(_value_text(value), in_table=True)} |"
+        for name, value in items[:_MAX_PARAMETERS]
+    ]
     if len(items) > _MAX_PARAMETERS:
         lines.append(f"| … and {len(items) - _MAX_PARAMETERS} more | |")
     return lines
@@ -425,12 +457,17 @@ def _parameters_section(parameters: Mapping[str, object]) -> list[str]:
 
 def _metrics_section(outcome: RunOutcome) -> list[str]:
     if not outcome.metrics_available:
-        return ["", "**Metrics:** metrics not available from the KFP API (Kubeflow keeps them in ML Metadata)"]
+        return [
+            "",
+            "**Metrics:** metrics not available from the KFP API (Kubeflow keeps them in ML Metadata)",
+        ]
     if not outcome.metrics:
         return ["", "**Metrics:** none logged"]
     lines = ["", "**Metrics**", "", "| Task | Metric | Value |", "|---|---|---|"]
-    lines += [f"| {_code(m.task, in_table=True)} | {_code(m.name, in_table=True)} | {m.value:.6g} |"
-              for m in outcome.metrics[:_MAX_METRICS]]
+    lines += [
+        f"| {_code(m.task, in_table=True)} | {_code(m.name, in_table=True)} | {m.value:.6g} |"
+        for m in outcome.metrics[:_MAX_METRICS]
+    ]
     if len(outcome.metrics) > _MAX_METRICS:
         lines.append(f"| … and {len(outcome.metrics) - _MAX_METRICS} more | | |")
     return lines
@@ -444,8 +481,16 @@ def _failed_tasks_section(tasks: list[TaskResult]) -> list[str]:
         if task.log_tail:
             log = "\n".join(_clip(plain_text(line), 300) for line in task.log_tail[-_LOG_LINES:])
             fence = "`" * max(3, _longest_backtick_run(log) + 1)
-            lines += ["", "<details><summary>Last log lines</summary>", "", f"{fence}text", log, fence, "",
-                      "</details>"]
+            lines += [
+                "",
+                "<details><summary>Last log lines</summary>",
+                "",
+                f"{fence}text",
+                log,
+                fence,
+                "",
+                "</details>",
+            ]
     return lines
 
 
@@ -473,7 +518,11 @@ def _longest_backtick_run(text: str) -> int:
 
 
 def _value_text(value: object) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
+    text = (
+        value
+        if isinstance(value, str)
+        else json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
+    )
     return _clip(text, _MAX_VALUE_CHARS) if text else '""'
 
 
@@ -485,7 +534,7 @@ def _duration(seconds: float) -> str:
     """``42.1 s``, ``3 min 07 s`` or ``2 h 05 min``."""
     if seconds < 60:
         return f"{seconds:.1f} s"
-    minutes, secs = divmod(int(round(seconds)), 60)
+    minutes, secs = divmod(round(seconds), 60)
     if minutes < 60:
         return f"{minutes} min {secs:02d} s"
     hours, minutes = divmod(minutes, 60)

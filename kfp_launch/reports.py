@@ -126,7 +126,7 @@ def _dotenv_value(value: str, *, keep_hash: bool) -> str:
     return "".join(
         char
         if char.isprintable() and not char.isspace() and char not in "%\"'\\" and (keep_hash or char != "#")
-        else quote(char, safe="")
+        else quote(char, safe="", errors="replace")  # a lone surrogate (undecodable byte) becomes %3F
         for char in value
     )
 
@@ -145,7 +145,8 @@ def render_junit(outcome: RunOutcome) -> str:
     failed, so the merge request's test summary always says why; it is also added when there are no tasks
     at all (GitLab ignores a suite without test cases), passing, failing or skipped (``DETACHED``: not
     waited for). The run URL is in its ``<system-out>``. Control characters and ANSI colour codes are
-    removed from texts (XML 1.0 cannot hold them) and long texts are cut to their end.
+    removed from texts (XML 1.0 cannot hold them); a long ``message`` keeps its start (1,000 characters),
+    a long failure text its end (16,000 characters: the log's last lines and the run URL).
     """
     suite = ET.Element("testsuite", name=_classname(outcome))
     _add_properties(suite, outcome)
@@ -158,10 +159,15 @@ def render_junit(outcome: RunOutcome) -> str:
     seconds = outcome.duration_s
     if seconds is None:
         seconds = sum(task.duration_s or 0.0 for task in outcome.tasks)
-    counts = {"tests": str(len(cases)), "failures": str(failures), "errors": "0", "skipped": str(skipped),
-              "time": _seconds(seconds)}
+    counts = {
+        "tests": str(len(cases)),
+        "failures": str(failures),
+        "errors": "0",
+        "skipped": str(skipped),
+        "time": _seconds(seconds),
+    }
     suite.attrib.update(counts)
-    root = ET.Element("testsuites", name="kfp-launch", **counts)
+    root = ET.Element("testsuites", {"name": "kfp-launch", **counts})
     root.append(suite)
     ET.indent(root)
     return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
@@ -169,9 +175,13 @@ def render_junit(outcome: RunOutcome) -> str:
 
 def _add_properties(suite: ET.Element, outcome: RunOutcome) -> None:
     properties = ET.SubElement(suite, "properties")
-    for name, value in (("kfp.run_id", outcome.run_id), ("kfp.run_url", outcome.run_url),
-                        ("kfp.experiment", outcome.experiment), ("kfp.pipeline", outcome.pipeline_name),
-                        ("kfp.state", outcome.state)):
+    for name, value in (
+        ("kfp.run_id", outcome.run_id),
+        ("kfp.run_url", outcome.run_url),
+        ("kfp.experiment", outcome.experiment),
+        ("kfp.pipeline", outcome.pipeline_name),
+        ("kfp.state", outcome.state),
+    ):
         if value:
             ET.SubElement(properties, "property", name=name, value=plain_text(value))
 
@@ -182,8 +192,9 @@ def _task_case(task: TaskResult, outcome: RunOutcome) -> ET.Element:
         case.set("time", _seconds(task.duration_s))
     if task.state == "FAILED":
         error = task.error or "task failed (no error message from KFP)"
-        failure = ET.SubElement(case, "failure", message=_clip_start(plain_text(error), _JUNIT_MESSAGE_CHARS),
-                                type="FAILED")
+        failure = ET.SubElement(
+            case, "failure", message=_clip_start(plain_text(error), _JUNIT_MESSAGE_CHARS), type="FAILED"
+        )
         parts = [error, "\n".join(task.log_tail), f"run: {outcome.run_url}" if outcome.run_url else ""]
         failure.text = _clip_end(plain_text("\n\n".join(part for part in parts if part)), _JUNIT_TEXT_CHARS)
     elif task.state != "SUCCEEDED":
@@ -203,8 +214,12 @@ def _run_case(outcome: RunOutcome) -> ET.Element:
         case.set("time", _seconds(outcome.duration_s))
     message = outcome.message or f"run ended in state {outcome.state}"
     if outcome.exit_code != 0:
-        failure = ET.SubElement(case, "failure", message=_clip_start(plain_text(message), _JUNIT_MESSAGE_CHARS),
-                                type=outcome.state)
+        failure = ET.SubElement(
+            case,
+            "failure",
+            message=_clip_start(plain_text(message), _JUNIT_MESSAGE_CHARS),
+            type=outcome.state,
+        )
         failure.text = plain_text(f"{message}\nstate: {outcome.state}\nrun: {outcome.run_url or '(none)'}")
     elif outcome.state != "SUCCEEDED":
         ET.SubElement(case, "skipped", message=plain_text(message))
@@ -222,7 +237,7 @@ _XML_ILLEGAL_RE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff\ufffe
 
 
 def plain_text(text: str) -> str:
-    """TEXT without ANSI escape sequences and the control characters XML 1.0 cannot hold (tab and newline stay).
+    """TEXT without ANSI escape sequences and the control characters XML 1.0 cannot hold (keeps \\t, \\n).
 
     For task errors and log tails, which may carry colour codes from the component's output.
     """
@@ -235,7 +250,7 @@ def _clip_start(text: str, limit: int) -> str:
 
 def _clip_end(text: str, limit: int) -> str:
     """The end of TEXT (a log's last lines matter most), marked when cut."""
-    return text if len(text) <= limit else "…" + text[-(limit - 1):]
+    return text if len(text) <= limit else "…" + text[-(limit - 1) :]
 
 
 def _seconds(value: float) -> str:
