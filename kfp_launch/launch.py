@@ -13,7 +13,7 @@ from pathlib import Path
 from kfp_launch.ci_context import CiContext
 from kfp_launch.console import Console
 from kfp_launch.errors import ConfigError, ExitCode, InputError, ParameterError, PipelineError, UsageError
-from kfp_launch.models import CompiledPipeline, LocalRunOutcome, ResolvedParameters, TaskResult
+from kfp_launch.models import CompiledPipeline, LocalRunOutcome, ResolvedParameters, RunOutcome, TaskResult
 from kfp_launch.parameters import ParameterLayer, load_params_file, parse_param_assignments, resolve_parameters
 from kfp_launch.settings import Settings
 
@@ -70,6 +70,55 @@ def show_context(
             "project_path", "pipeline_url", "job_url", "user_login"]
     rows = [[k, "" if data.get(k) is None else str(data[k])] for k in keys]
     console.table(["", "value"], rows)
+
+
+class Reporting:
+    """What every run reports: the report files (always) and the merge request note (in CI, or when
+    ``GITLAB_TOKEN`` is set). A failure to report is a warning; it never changes the exit code.
+
+    Args:
+        settings: the report paths.
+        environ: for the GitLab note's configuration (``CI_SERVER_URL``, ``GITLAB_TOKEN``, ...).
+        ci: the CI context.
+        project_dir: relative report paths are relative to it.
+        console: where warnings go.
+        notes: whether to keep a merge request note (Kubeflow runs).
+    """
+
+    def __init__(
+        self, settings: Settings, environ: Mapping[str, str], ci: CiContext, project_dir: Path, console: Console,
+        *, notes: bool,
+    ) -> None:
+        from kfp_launch.reports import ReportPaths
+
+        self._paths = ReportPaths(
+            dotenv=project_dir / settings.dotenv_report,
+            junit=project_dir / settings.junit_report,
+            metrics=project_dir / settings.metrics_report,
+        )
+        self._console = console
+        self._notes = None
+        if notes and (ci.in_ci or environ.get("GITLAB_TOKEN", "").strip()):
+            from kfp_launch.gitlab_report import GitLabReportConfig, MergeRequestNotes
+
+            self._notes = MergeRequestNotes(GitLabReportConfig.from_environ(environ), ci, console)
+
+    def started(self, outcome: RunOutcome) -> None:
+        """The run exists: create the merge request note."""
+        if self._notes is not None:
+            self._notes.run_started(outcome)
+
+    def finished(self, outcome: RunOutcome) -> None:
+        """The run ended (or the wait stopped): write the report files, update the note."""
+        from kfp_launch.reports import write_reports
+
+        try:
+            written = write_reports(outcome, self._paths)
+            self._console.line("reports: " + ", ".join(str(p) for p in written))
+        except OSError as exc:
+            self._console.warn(f"could not write the reports: {exc}; the exit code is not affected")
+        if self._notes is not None:
+            self._notes.run_finished(outcome)
 
 
 def compile_pipeline(job: str, settings: Settings, project_dir: Path) -> CompiledPipeline:
@@ -226,7 +275,14 @@ def run_local_job(
     finally:
         console.section_end("kfp_launch_run")
     _print_outcome(outcome, console)
-    return ExitCode.SUCCESS if outcome.succeeded else ExitCode.RUN_FAILED
+    code = ExitCode.SUCCESS if outcome.succeeded else ExitCode.RUN_FAILED
+    Reporting(settings, environ, ci, project_dir, console, notes=False).finished(RunOutcome(
+        job=compiled.job, pipeline_name=compiled.pipeline_name, state=outcome.state, exit_code=int(code),
+        experiment=experiment_for(ci, settings) or "", tasks=outcome.tasks, metrics=outcome.metrics,
+        metrics_available=True, parameters=params.as_dict(), duration_s=outcome.duration_s,
+        message=outcome.error, local=True,
+    ))
+    return code
 
 
 def job_to_run(job: str | None, ci: CiContext) -> str:

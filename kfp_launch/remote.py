@@ -20,6 +20,7 @@ from kfp_launch.console import Console
 from kfp_launch.errors import ExitCode, Interrupted, KfpApiError, KfpLaunchError, KfpUnavailableError
 from kfp_launch.kfp_api import KfpApi
 from kfp_launch.launch import (
+    Reporting,
     compile_pipeline,
     experiment_for,
     job_to_run,
@@ -117,11 +118,20 @@ def run_on_kubeflow(
         namespace=connection.namespace, url=connection.run_url(run.run_id), job=compiled.job,
         cancel_policy=settings.on_cancel)])
     console.section_end("kfp_launch_submit")
+    reporting = Reporting(settings, environ, ci, project_dir, console, notes=True)
+    started = RunOutcome(
+        job=compiled.job, pipeline_name=compiled.pipeline_name, state="RUNNING", exit_code=0, run_id=run.run_id,
+        run_url=connection.run_url(run.run_id), experiment_id=experiment.experiment_id, experiment=experiment.name,
+        metrics_available=False, parameters=params.as_dict(),
+    )
+    reporting.started(started)
     if not settings.wait:
         console.line("not waiting (--no-wait): kfp-launch watch " + run.run_id)
+        reporting.finished(replace(started, state="DETACHED", message="submitted without waiting (--no-wait)"))
         return ExitCode.SUCCESS
     outcome = wait_and_explain(api, run, experiment, compiled.job, compiled.pipeline_name, settings, ci, console, rt,
-                               parameters=params.as_dict(), state_path=project_dir / settings.state_file)
+                               parameters=params.as_dict(), state_path=project_dir / settings.state_file,
+                               reporting=reporting)
     return ExitCode(outcome.exit_code)
 
 
@@ -192,6 +202,7 @@ def wait_deadline(settings: Settings, ci: CiContext, rt: Runtime) -> tuple[float
 def wait_and_explain(
     api: KfpApi, run: RunStatus, experiment: Experiment, job: str, pipeline_name: str, settings: Settings,
     ci: CiContext, console: Console, rt: Runtime, *, parameters: Mapping[str, object], state_path: Path | None = None,
+    reporting: Reporting | None = None,
 ) -> RunOutcome:
     """Wait for ``run``; on a signal or the deadline terminate it (per policy); explain; summarize.
 
@@ -215,8 +226,16 @@ def wait_and_explain(
                 on_transient=lambda exc, outage: progress.note(f"{exc.message}; retrying (outage {outage:.0f}s)"),
                 deadline=deadline, age_at_start_s=max(age, 0.0), clock=rt.clock, sleep=rt.sleep,
             )
-    except (Interrupted, KeyboardInterrupt):
+    except (Interrupted, KeyboardInterrupt) as exc:
         _on_interrupt(api, run.run_id, settings, console)
+        if reporting is not None:
+            signum = getattr(exc, "signum", 2)
+            reporting.finished(RunOutcome(
+                job=job, pipeline_name=pipeline_name, state="INTERRUPTED", exit_code=128 + signum, run_id=run.run_id,
+                run_url=url, experiment_id=experiment.experiment_id, experiment=experiment.name,
+                metrics_available=False, parameters=dict(parameters), duration_s=rt.clock() - started,
+                message=f"the CI job was interrupted; --on-cancel {settings.on_cancel}",
+            ))
         raise
     finally:
         console.section_end("kfp_launch_wait")
@@ -228,6 +247,8 @@ def wait_and_explain(
     if outcome.state == "FAILED" and result.status is not None:
         explain_failure(api, result.status, settings.log_lines, console)
     _print_final(outcome, console)
+    if reporting is not None:
+        reporting.finished(outcome)
     return outcome
 
 

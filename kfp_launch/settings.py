@@ -167,6 +167,10 @@ SPECS: dict[str, SettingSpec] = {
         SettingSpec(name="on_cancel", default="terminate", parse=_choice("terminate", "detach")),
         SettingSpec(name="log_lines", default=50, parse=_parse_int),
         SettingSpec(name="state_file", default=".kfp-launch/state.json"),
+        # Report files for GitLab's artifacts:reports (reference gitlab-ci.md §1.5).
+        SettingSpec(name="dotenv_report", default=".kfp-launch/run.env"),
+        SettingSpec(name="junit_report", default=".kfp-launch/junit.xml"),
+        SettingSpec(name="metrics_report", default=".kfp-launch/metrics.txt"),
     )
 }
 
@@ -202,6 +206,9 @@ class Settings:
     on_cancel: str = "terminate"
     log_lines: int = 50
     state_file: str = ".kfp-launch/state.json"
+    dotenv_report: str = ".kfp-launch/run.env"
+    junit_report: str = ".kfp-launch/junit.xml"
+    metrics_report: str = ".kfp-launch/metrics.txt"
     sources: Mapping[str, str] = field(default_factory=dict)
 
 

