@@ -439,3 +439,36 @@ def test_sdk_experiment_name_variables_are_ignored_with_a_warning(run_cli: RunCl
     assert result.exit_code == 0
     assert "KF_PIPELINES_OVERRIDE_EXPERIMENT_NAME is ignored" in result.stderr
     assert [e["display_name"] for e in kfp.experiments.values()][0].startswith("feature/ML-42-faster")
+
+
+def test_merge_request_note_is_created_at_start_and_updated_in_place(run_cli: RunCli, project: Path, kfp: FakeKfpServer) -> None:
+    from tests.fake_gitlab import FakeGitLab
+
+    with FakeGitLab(access_tokens={"glpat-n0te-s3cret": "kfp-bot"}) as gitlab_server:
+        gl_project = gitlab_server.add_project("mlops/demo")
+        gitlab_server.add_merge_request(gl_project["id"], iid=7, source_branch="feat/x")
+        mr = {"CI_MERGE_REQUEST_IID": "7", "CI_MERGE_REQUEST_SOURCE_BRANCH_NAME": "feat/x",
+              "CI_MERGE_REQUEST_TITLE": "ML-42 faster", "CI_PIPELINE_SOURCE": "merge_request_event",
+              "CI_COMMIT_BRANCH": "", "CI_SERVER_URL": gitlab_server.url, "CI_PROJECT_ID": str(gl_project["id"]),
+              "GITLAB_TOKEN": "glpat-n0te-s3cret", "CI_JOB_TOKEN": "job-t0ken", "JIRA_URL": "https://jira.example.com"}
+        kfp.script_run(["RUNNING", "FAILED"], task_details=FAILED_TASKS)
+        result = launch(run_cli, project, kfp, **mr)
+        assert result.exit_code == ExitCode.RUN_FAILED
+        assert "glpat-n0te-s3cret" not in result.output
+        notes = gitlab_server.notes_of(gl_project["id"], 7)
+        assert len(notes) == 1
+        body = notes[0]["body"]
+        run_id = runs(kfp)[0]["run_id"]
+        assert run_id in body and "FAILED" in body and "score" in body
+        assert "https://jira.example.com/browse/ML-42" in body
+        assert len(gitlab_server.requests_to("POST")) == 1 and len(gitlab_server.requests_to("PUT")) == 1
+
+
+def test_gitlab_outage_is_only_a_warning(run_cli: RunCli, project: Path, kfp: FakeKfpServer) -> None:
+    kfp.script_run(["SUCCEEDED"])
+    env = {"CI_MERGE_REQUEST_IID": "7", "CI_SERVER_URL": "http://127.0.0.1:9", "CI_PROJECT_ID": "1",
+           "GITLAB_TOKEN": "glpat-n0te-s3cret"}
+    result = launch(run_cli, project, kfp, **env)
+    assert result.exit_code == 0, result.output
+    assert "warning:" in result.stderr and "not affected" in result.stderr
+    assert "glpat-n0te-s3cret" not in result.output
