@@ -218,10 +218,11 @@ def compile_command(
 @app.command("run")
 @_guard
 def run_command(
-    job: Annotated[
-        str | None,
-        typer.Argument(metavar="[JOB]", help="The job to run: JOB or JOB:function (in CI: the GitLab job's name)."),
+    jobs: Annotated[
+        list[str] | None,
+        typer.Argument(metavar="[JOB]...", help="Jobs to run: JOB or JOB:function (in CI: the GitLab job's name)."),
     ] = None,
+    all_jobs: Annotated[bool, typer.Option("--all", help="Run every job of the project (e.g. with --profile toy).")] = False,
     local: Annotated[bool, typer.Option("--local", help="Run on this machine with kfp.local (no cluster).")] = False,
     param: Annotated[
         list[str] | None,
@@ -275,11 +276,16 @@ def run_command(
         poll_interval=poll_interval, max_outage=max_outage, timeout=timeout, on_timeout=on_timeout,
         on_cancel=on_cancel, log_lines=log_lines, state_file=state_file,
     )
+    jobs = list(jobs or [])
     if local:
-        raise typer.Exit(int(launch.run_local_job(job, settings, os.environ, Path.cwd(), make_console())))
+        raise typer.Exit(int(launch.run_local_jobs(jobs, all_jobs, settings, os.environ, Path.cwd(), make_console())))
+    if all_jobs or len(jobs) > 1:
+        from kfp_launch import fanout
+
+        raise typer.Exit(int(fanout.run_many_on_kubeflow(jobs, all_jobs, settings, os.environ, Path.cwd(), make_console())))
     from kfp_launch import remote
 
-    raise typer.Exit(int(remote.run_on_kubeflow(job, settings, os.environ, Path.cwd(), make_console())))
+    raise typer.Exit(int(remote.run_on_kubeflow(jobs[0] if jobs else None, settings, os.environ, Path.cwd(), make_console())))
 
 
 ConnHostOpt = Annotated[str | None, typer.Option("--host", help="KFP API URL [env: KFP_HOST or KF_PIPELINES_ENDPOINT; pyproject: host]")]

@@ -155,10 +155,10 @@ class LiveTable:
     def __exit__(self, *exc: object) -> None:
         self._live.__exit__(None, None, None)
 
-    def show(self, title: str, rows: Sequence[Sequence[str]]) -> None:
-        """Redraw the table: ``rows`` of (task, state, duration) cells."""
+    def show(self, title: str, columns: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+        """Redraw the table with these columns and rows of plain-text cells."""
         table = Table(title=title, show_edge=False, header_style="bold", pad_edge=False)
-        for column in ("task", "state", "time"):
+        for column in columns:
             table.add_column(column)
         for row in rows:
             table.add_row(*(escape(cell) for cell in row))

@@ -59,6 +59,21 @@ EXIT_CODE_MEANINGS: dict[ExitCode, str] = {
 }
 
 
+SEVERITY: tuple[ExitCode, ...] = (
+    ExitCode.SIGTERM, ExitCode.SIGINT, ExitCode.SIGHUP, ExitCode.RUN_FAILED, ExitCode.DEADLINE,
+    ExitCode.RUN_CANCELED, ExitCode.UNREACHABLE, ExitCode.SUCCESS,
+)
+"""Worst first: the exit code of several runs (``run --all``) is the worst of theirs. An interruption
+wins; a failed run beats a missed deadline, which beats a canceled run; "unreachable" (5) comes last among
+failures because the template retries it, and a retry is only right when nothing else went wrong."""
+
+
+def worst_exit_code(codes: list[int]) -> ExitCode:
+    """The worst of ``codes`` by :data:`SEVERITY` (SUCCESS for an empty list)."""
+    ranked = [ExitCode(c) for c in codes]
+    return min(ranked, key=SEVERITY.index, default=ExitCode.SUCCESS)
+
+
 class KfpLaunchError(Exception):
     """Base of every error kfp-launch reports to the user.
 

@@ -110,15 +110,20 @@ class Reporting:
 
     def finished(self, outcome: RunOutcome) -> None:
         """The run ended (or the wait stopped): write the report files, update the note."""
-        from kfp_launch.reports import write_reports
+        self.finished_many([outcome])
+
+    def finished_many(self, outcomes: list[RunOutcome]) -> None:
+        """Several runs ended: one set of report files for all; the note of each job."""
+        from kfp_launch.reports import write_reports_many
 
         try:
-            written = write_reports(outcome, self._paths)
+            written = write_reports_many(outcomes, self._paths)
             self._console.line("reports: " + ", ".join(str(p) for p in written))
         except OSError as exc:
             self._console.warn(f"could not write the reports: {exc}; the exit code is not affected")
         if self._notes is not None:
-            self._notes.run_finished(outcome)
+            for outcome in outcomes:
+                self._notes.run_finished(outcome)
 
 
 def compile_pipeline(job: str, settings: Settings, project_dir: Path) -> CompiledPipeline:
@@ -234,6 +239,80 @@ def _profile(compiled: CompiledPipeline, name: str) -> dict[str, object]:
         f'Job {compiled.job} has no profile "{name}".',
         hint=f"profiles of {compiled.module}: {known} (defined in its PROFILES dict).",
     )
+
+
+def jobs_to_run(jobs: list[str], all_jobs: bool, ci: CiContext, settings: Settings, project_dir: Path) -> list[str]:
+    """The jobs a ``run`` means: the JOB arguments, every job with ``--all``, or in CI the job's name.
+
+    Raises:
+        UsageError: ``--all`` together with JOB arguments, or no JOB outside CI.
+        InputError: ``--all`` in a project without jobs.
+    """
+    if all_jobs and jobs:
+        raise UsageError("Give JOB arguments or --all, not both.", hint="kfp-launch run --all --profile toy")
+    if not all_jobs:
+        return list(jobs) if jobs else [job_to_run(None, ci)]
+    from kfp_launch.pipeline_package import list_job_modules
+
+    found = list_job_modules(project_dir, settings.pipelines_package)
+    if not found:
+        raise InputError(f"--all found no jobs in {project_dir / settings.pipelines_package}.",
+                         hint="add modules pipelines/<job>.py that define a @dsl.pipeline.")
+    return found
+
+
+def compile_jobs(
+    jobs: list[str], settings: Settings, project_dir: Path, *, skip_non_jobs: bool = False
+) -> list[tuple[CompiledPipeline, ResolvedParameters]]:
+    """Compile every job and resolve its parameters; report every problem together.
+
+    Args:
+        jobs: job specs.
+        settings: the profile, params file and ``--param`` values apply to every job.
+        project_dir: the project.
+        skip_non_jobs: skip modules that define no pipeline (``--all``: helper modules are not jobs).
+
+    Raises:
+        InputError: one or more jobs cannot be compiled or parameterized; all are listed, nothing ran.
+    """
+    from kfp_launch.pipeline_package import compile_job_pipelines
+
+    ready: list[tuple[CompiledPipeline, ResolvedParameters]] = []
+    problems: list[str] = []
+    for job in jobs:
+        try:
+            if skip_non_jobs and ":" not in job:
+                variants = compile_job_pipelines(job, project_dir=project_dir, package=settings.pipelines_package)
+            else:
+                variants = [compile_pipeline(job, settings, project_dir)]
+            ready += [(compiled, resolve_run_parameters(compiled, settings, project_dir)) for compiled in variants]
+        except InputError as exc:
+            problems.append(f"{job}: " + exc.message.replace("\n", "\n    "))
+    if problems:
+        raise InputError(
+            f"{len(problems)} of {len(jobs)} jobs cannot run, so nothing was submitted:\n"
+            + "\n".join(f"  - {p}" for p in problems),
+            hint="fix them, or run the other jobs by name.",
+        )
+    if not ready:
+        raise InputError("None of the modules defines a @dsl.pipeline.", hint="kfp-launch jobs lists the jobs.")
+    return ready
+
+
+def run_local_jobs(
+    jobs: list[str], all_jobs: bool, settings: Settings, environ: Mapping[str, str], project_dir: Path,
+    console: Console,
+) -> ExitCode:
+    """Run one job locally, or several one after the other (all compiled first); the worst exit code."""
+    from kfp_launch.errors import worst_exit_code
+
+    if not all_jobs and len(jobs) <= 1:
+        return run_local_job(jobs[0] if jobs else None, settings, environ, project_dir, console)
+    ci = read_context(settings, environ, project_dir, require_ref=False)
+    ready = compile_jobs(jobs_to_run(jobs, all_jobs, ci, settings, project_dir), settings, project_dir,
+                         skip_non_jobs=all_jobs)
+    codes = [run_local_job(compiled.job, settings, environ, project_dir, console) for compiled, _ in ready]
+    return worst_exit_code([int(c) for c in codes])
 
 
 def run_local_job(

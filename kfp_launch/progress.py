@@ -6,6 +6,7 @@ from contextlib import ExitStack
 from types import TracebackType
 
 from kfp_launch.console import Console, LiveTable
+from kfp_launch.models import TERMINAL_STATES as _TERMINAL
 from kfp_launch.models import RunStatus
 
 _STYLES = {"SUCCEEDED": "green", "FAILED": "red", "CANCELED": "yellow", "CANCELING": "yellow", "SKIPPED": "yellow"}
@@ -45,7 +46,7 @@ class RunProgress:
         if self._table is not None:
             if run_changed or changed:
                 rows = [[t.name, t.state, f"{t.duration_s:.0f}s" if t.duration_s is not None else ""] for t in status.tasks]
-                self._table.show(f"run {status.state}", rows)
+                self._table.show(f"run {status.state}", ("task", "state", "time"), rows)
             return
         if run_changed:
             self._console.line(f"{self._console.stamp()} run {status.state}", style=_STYLES.get(status.state))
@@ -57,3 +58,44 @@ class RunProgress:
     def note(self, text: str) -> None:
         """Print a line about the wait itself (retries, outages)."""
         self._console.line(f"{self._console.stamp()} {text}", style="dim")
+
+
+class RunsProgress:
+    """Progress of several runs at once: one line per run state change in CI, a live table on a terminal.
+
+    Args:
+        console: where to print.
+        jobs: run id -> job name, in display order.
+        live: use a live table (default: when the console is an interactive terminal, never in CI).
+    """
+
+    def __init__(self, console: Console, jobs: dict[str, str], *, live: bool | None = None) -> None:
+        self._console = console
+        self._jobs = jobs
+        self._live_wanted = console.is_interactive if live is None else live
+        self._stack = ExitStack()
+        self._table: LiveTable | None = None
+        self._states: dict[str, str] = {}
+
+    def __enter__(self) -> RunsProgress:
+        if self._live_wanted:
+            self._table = self._stack.enter_context(self._console.live())
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self._stack.close()
+
+    def update(self, statuses: dict[str, RunStatus]) -> None:
+        """Show each run whose state changed."""
+        changed = [s for s in statuses.values() if self._states.get(s.run_id) != s.state]
+        for status in changed:
+            self._states[status.run_id] = status.state
+        if self._table is not None:
+            if changed:
+                rows = [[job, self._states.get(run_id, "PENDING"), run_id] for run_id, job in self._jobs.items()]
+                done = sum(1 for state in self._states.values() if state in _TERMINAL)
+                self._table.show(f"{done}/{len(self._jobs)} runs finished", ("job", "state", "run"), rows)
+            return
+        for status in changed:
+            job = self._jobs.get(status.run_id, status.name)
+            self._console.line(f"{self._console.stamp()} {job} {status.state}", style=_STYLES.get(status.state))

@@ -98,19 +98,19 @@ def run_on_kubeflow(
     console.section_end("kfp_launch_compile")
     print_run_summary(compiled, params, ci, experiment_name, console)
     connection = connection_from(settings, environ)
-    _print_connection(connection, console)
+    print_connection(connection, console)
     for variable in environ_experiment_overrides(environ):
         console.warn(f"{variable} is ignored: kfp-launch resolves the experiment itself and passes its id")
     if settings.dry_run:
         return _dry_run(connection, experiment_name, name, compiled, params, console, rt)
     api = rt.api_factory(connection)
     policy = poll_policy(settings)
-    retry = _retrier(policy, console, rt)
+    retry = retrier(policy, console, rt)
     jira_url = environ.get("JIRA_URL") or None
     console.section_start("kfp_launch_submit", f"Submitting {compiled.pipeline_name} to {connection.host}")
     experiment = retry(lambda: ensure_experiment(
         api, experiment_name, experiment_description(ci, jira_url=jira_url), say=console.line))
-    run, attached = _submit_or_attach(api, experiment, compiled, params, ci, name, settings, retry, jira_url)
+    run, attached = submit_or_attach(api, experiment, compiled, params, ci, name, settings, retry, jira_url)
     console.url("run", connection.run_url(run.run_id))
     console.line(("attached to the active run of this CI job: " if attached else "submitted run ") + run.run_id)
     write_state(project_dir / settings.state_file, [StateEntry(
@@ -135,11 +135,11 @@ def run_on_kubeflow(
     return ExitCode(outcome.exit_code)
 
 
-def _print_connection(connection: Connection, console: Console) -> None:
+def print_connection(connection: Connection, console: Console) -> None:
     console.table(["Kubeflow", "value", "from"], [list(row) for row in connection.summary_rows()])
 
 
-def _retrier(policy: PollPolicy, console: Console, rt: Runtime) -> Callable[[Callable[[], object]], object]:
+def retrier(policy: PollPolicy, console: Console, rt: Runtime) -> Callable[[Callable[[], object]], object]:
     def on_transient(exc: KfpUnavailableError, outage_s: float) -> None:
         console.warn(f"{exc.message} (retrying; failing for {outage_s:.0f}s of at most {policy.max_outage_s:.0f}s)")
 
@@ -161,7 +161,7 @@ def _dry_run(connection: Connection, experiment_name: str, name: str, compiled: 
     return ExitCode.SUCCESS
 
 
-def _submit_or_attach(
+def submit_or_attach(
     api: KfpApi, experiment: Experiment, compiled: CompiledPipeline, params: ResolvedParameters, ci: CiContext,
     name: str, settings: Settings, retry: Callable[[Callable[[], object]], object], jira_url: str | None,
 ) -> tuple[RunStatus, bool]:
@@ -279,7 +279,7 @@ def _outcome(
     waited_s: float,
 ) -> RunOutcome:
     status = result.status or run
-    state, code, message = _classify(result, status)
+    state, code, message = classify(result, status)
     if result.reason == "deadline":
         if settings.on_timeout == "terminate":
             _terminate_quietly(api, run.run_id, console)
@@ -294,7 +294,7 @@ def _outcome(
     )
 
 
-def _classify(result: WaitResult, status: RunStatus) -> tuple[str, ExitCode, str]:
+def classify(result: WaitResult, status: RunStatus) -> tuple[str, ExitCode, str]:
     if result.reason == "outage":
         return "UNREACHABLE", ExitCode.UNREACHABLE, (
             f"Kubeflow failed for {result.outage_s:.0f}s (more than --max-outage): {result.last_error}")
@@ -361,7 +361,7 @@ def watch_run(run_id: str, settings: Settings, environ: Mapping[str, str], proje
     rt = runtime or Runtime()
     connection = connection_from(settings, environ)
     api = rt.api_factory(connection)
-    retry = _retrier(poll_policy(settings), console, rt)
+    retry = retrier(poll_policy(settings), console, rt)
     run = retry(lambda: api.get_run(run_id))
     assert isinstance(run, RunStatus)
     console.url("run", connection.run_url(run.run_id))
@@ -402,7 +402,7 @@ def _cancel_one(entry: StateEntry, settings: Settings, environ: Mapping[str, str
     recorded = replace(settings, host=entry.host or settings.host, namespace=entry.namespace or settings.namespace)
     connection = connection_from(recorded, environ)
     api = rt.api_factory(connection)
-    retry = _retrier(poll_policy(settings), console, rt)
+    retry = retrier(poll_policy(settings), console, rt)
     run = retry(lambda: api.get_run(entry.run_id))
     assert isinstance(run, RunStatus)
     if run.is_terminal:

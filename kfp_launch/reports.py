@@ -72,6 +72,40 @@ def write_reports(outcome: RunOutcome, paths: ReportPaths) -> list[Path]:
     return [path for path, _ in contents]
 
 
+def write_reports_many(outcomes: list[RunOutcome], paths: ReportPaths) -> list[Path]:
+    """Write the reports of several runs (``run JOB JOB ...`` / ``run --all``) to the same three files.
+
+    dotenv: ``KFP_RUN_IDS`` (comma-separated, in job order), ``KFP_RUN_STATES``, the shared
+    ``KFP_EXPERIMENT_ID``/``KFP_EXPERIMENT``, then ``KFP_RUN_ID_<JOB>`` per job (upper-cased, other
+    characters as ``_``) while GitLab's limits allow; JUnit: one suite per run; metrics: every run's lines.
+
+    Raises:
+        OSError: a file cannot be written.
+    """
+    if len(outcomes) == 1:
+        return write_reports(outcomes[0], paths)
+    first = outcomes[0]
+    variables = {
+        "KFP_RUN_IDS": ",".join(o.run_id for o in outcomes if o.run_id),
+        "KFP_RUN_STATES": ",".join(o.state for o in outcomes),
+        "KFP_EXPERIMENT_ID": first.experiment_id,
+        "KFP_EXPERIMENT": first.experiment,
+    }
+    for outcome in outcomes:
+        if outcome.run_id:
+            variables["KFP_RUN_ID_" + re.sub(r"[^A-Za-z0-9_]", "_", outcome.job).upper()] = outcome.run_id
+    metrics = [line for o in outcomes for line in render_metrics(o).splitlines() if line != "# EOF"]
+    contents = (
+        (paths.dotenv, _render_dotenv_variables(variables)),
+        (paths.junit, render_junit_many(outcomes)),
+        (paths.metrics, "\n".join([*metrics, "# EOF"]) + "\n"),
+    )
+    for path, text in contents:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8", newline="\n")
+    return [path for path, _ in contents]
+
+
 # ---- dotenv ------------------------------------------------------------------------------------------------
 
 
@@ -110,9 +144,15 @@ def render_dotenv(outcome: RunOutcome) -> str:
     A variable that would push the file past a limit is left out (lowest priority last, see
     :func:`dotenv_variables`), never truncated; ``KFP_RUN_ID`` and ``KFP_RUN_STATE`` are short and always fit.
     """
+    return _render_dotenv_variables(dotenv_variables(outcome))
+
+
+def _render_dotenv_variables(variables: dict[str, str]) -> str:
     lines: list[str] = []
     size = 0
-    for key, value in dotenv_variables(outcome).items():
+    for key, value in variables.items():
+        if not value:
+            continue
         line = f"{key}={_dotenv_value(value, keep_hash=key == 'KFP_RUN_URL')}\n"
         line_bytes = len(line.encode("utf-8"))
         if len(lines) >= DOTENV_MAX_VARIABLES or size + line_bytes > DOTENV_MAX_BYTES:
@@ -148,6 +188,26 @@ def render_junit(outcome: RunOutcome) -> str:
     removed from texts (XML 1.0 cannot hold them); a long ``message`` keeps its start (1,000 characters),
     a long failure text its end (16,000 characters: the log's last lines and the run URL).
     """
+    return _junit_document([outcome])
+
+
+def render_junit_many(outcomes: list[RunOutcome]) -> str:
+    """The JUnit report of several runs (``run --all``): one ``<testsuite>`` per run, as :func:`render_junit`."""
+    return _junit_document(outcomes)
+
+
+def _junit_document(outcomes: list[RunOutcome]) -> str:
+    suites = [_suite(outcome) for outcome in outcomes]
+    totals = {key: sum(int(suite.get(key, "0")) for suite in suites) for key in ("tests", "failures", "errors", "skipped")}
+    seconds = sum(float(suite.get("time", "0")) for suite in suites)
+    root = ET.Element("testsuites", {"name": "kfp-launch", **{k: str(v) for k, v in totals.items()},
+                                     "time": _seconds(seconds)})
+    root.extend(suites)
+    ET.indent(root)
+    return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
+
+
+def _suite(outcome: RunOutcome) -> ET.Element:
     suite = ET.Element("testsuite", name=_classname(outcome))
     _add_properties(suite, outcome)
     cases = [_task_case(task, outcome) for task in outcome.tasks]
@@ -167,10 +227,7 @@ def render_junit(outcome: RunOutcome) -> str:
         "time": _seconds(seconds),
     }
     suite.attrib.update(counts)
-    root = ET.Element("testsuites", {"name": "kfp-launch", **counts})
-    root.append(suite)
-    ET.indent(root)
-    return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
+    return suite
 
 
 def _add_properties(suite: ET.Element, outcome: RunOutcome) -> None:

@@ -18,7 +18,7 @@ Rules:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -60,18 +60,25 @@ class WaitResult:
     """Why the wait ended.
 
     Attributes:
-        status: the run as last read (None if it was never read).
-        reason: ``"terminal"`` (the run ended), ``"deadline"`` or ``"outage"``.
-        polls: how many times the run was read successfully.
+        statuses: each run as last read, by run id (a run never read successfully is absent).
+        reason: ``"terminal"`` (every run ended), ``"deadline"`` or ``"outage"``.
+        polls: how many reads succeeded (one read covers every run).
+        attempts: how many reads were tried (successful or not), i.e. poll ticks.
         outage_s: the length of the outage that ended the wait (``"outage"`` only), seconds.
         last_error: the last transient error's message ('' if none).
     """
 
-    status: RunStatus | None
+    statuses: Mapping[str, RunStatus]
     reason: str
     polls: int
+    attempts: int = 0
     outage_s: float = 0.0
     last_error: str = ""
+
+    @property
+    def status(self) -> RunStatus | None:
+        """The only run's last status, for single-run waits (None if never read)."""
+        return next(iter(self.statuses.values()), None)
 
 
 def wait_for_run(
@@ -85,15 +92,40 @@ def wait_for_run(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> WaitResult:
-    """Poll ``get_status`` until the run is terminal, the deadline passes or the API stays down.
+    """Poll one run (``get_status``: one GET) until it is terminal; see :func:`wait_for_runs`."""
+
+    def fetch() -> dict[str, RunStatus]:
+        status = get_status()
+        on_status(status)
+        return {status.run_id: status}
+
+    return wait_for_runs(fetch, policy=policy, on_transient=on_transient, deadline=deadline,
+                         age_at_start_s=age_at_start_s, clock=clock, sleep=sleep)
+
+
+def wait_for_runs(
+    fetch: Callable[[], Mapping[str, RunStatus]],
+    *,
+    policy: PollPolicy,
+    expected: int | None = None,
+    on_transient: Callable[[KfpUnavailableError, float], None] = lambda _e, _outage: None,
+    deadline: float | None = None,
+    age_at_start_s: float = 0.0,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> WaitResult:
+    """Poll until every run is terminal, the deadline passes or the API stays down.
+
+    One call of ``fetch`` is one poll tick, whatever the number of runs (e.g. one list request of the
+    experiment's runs), so the request rate does not grow with the runs.
 
     Args:
-        get_status: reads the run once (one GET); raises TransientKfpError/KfpAuthError/KfpApiError.
+        fetch: reads the runs' statuses; raises TransientKfpError/KfpAuthError/KfpApiError.
         policy: the intervals and the allowed outage.
-        on_status: called with every successful read (the caller prints changes).
+        expected: how many runs must be seen before the wait can end (default: whatever fetch returns).
         on_transient: called with each transient error and the outage so far, seconds.
         deadline: the ``clock()`` value after which to stop (None: no deadline).
-        age_at_start_s: the run's age when the wait starts, seconds (for ``watch`` of an old run).
+        age_at_start_s: the runs' age when the wait starts, seconds (for ``watch`` of an old run).
         clock, sleep: monotonic seconds and the matching sleep.
 
     Raises:
@@ -104,12 +136,13 @@ def wait_for_run(
     polls = attempts = 0
     outage_since: float | None = None
     auth_retried = False
-    status: RunStatus | None = None
+    statuses: dict[str, RunStatus] = {}
     last_error = ""
     while True:
         now = clock()
+        attempts += 1
         try:
-            status = get_status()
+            statuses.update(fetch())
         except KfpAuthError:
             if auth_retried:
                 raise
@@ -122,18 +155,19 @@ def wait_for_run(
             last_error = exc.message
             on_transient(exc, clock() - outage_since)
             if clock() - outage_since >= policy.max_outage_s:
-                return WaitResult(status=status, reason="outage", polls=polls, outage_s=clock() - outage_since,
-                                  last_error=last_error)
+                return WaitResult(statuses=statuses, reason="outage", polls=polls, attempts=attempts,
+                                  outage_s=clock() - outage_since, last_error=last_error)
         else:
             polls += 1
             outage_since, auth_retried = None, False
-            on_status(status)
-            if status.is_terminal:
-                return WaitResult(status=status, reason="terminal", polls=polls, last_error=last_error)
-        attempts += 1
+            complete = expected is None or len(statuses) >= expected
+            if complete and statuses and all(s.is_terminal for s in statuses.values()):
+                return WaitResult(statuses=statuses, reason="terminal", polls=polls, attempts=attempts,
+                                  last_error=last_error)
         now = clock()
         if deadline is not None and now >= deadline:
-            return WaitResult(status=status, reason="deadline", polls=polls, last_error=last_error)
+            return WaitResult(statuses=statuses, reason="deadline", polls=polls, attempts=attempts,
+                              last_error=last_error)
         pause = policy.interval(attempts - 1, age_at_start_s + now - started)
         if deadline is not None:
             pause = min(pause, max(0.0, deadline - now))

@@ -1,0 +1,157 @@
+"""Many runs from one command: compile-all-first, one poll loop for all, worst exit code, SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kfp_launch.errors import ExitCode, worst_exit_code
+from tests.conftest import FIXTURES, RunCli, clean_env
+from tests.fake_kfp import PATH_RUN_TERMINATE, PATH_RUNS, FakeKfpServer
+from tests.test_kubeflow_run import CI, TOKEN
+
+JOB = '''from kfp import dsl
+
+from ._steps import add
+
+PROFILES = {"toy": {"a": 1}}
+
+
+@dsl.pipeline(name="job-%(n)s")
+def pipeline(a: int = %(n)s) -> int:
+    return add(a=a, b=1).output
+'''
+
+
+def make_project(tmp_path: Path, jobs: int, *, without_toy: tuple[int, ...] = ()) -> Path:
+    project = tmp_path / "many"
+    (project / "pipelines").mkdir(parents=True)
+    (project / "pipelines" / "__init__.py").write_text("")
+    shutil.copy(FIXTURES / "project" / "pipelines" / "_steps.py", project / "pipelines" / "_steps.py")
+    for n in range(jobs):
+        source = JOB % {"n": n}
+        if n in without_toy:
+            source = source.replace('PROFILES = {"toy": {"a": 1}}', 'PROFILES = {"big": {"a": 100}}')
+        (project / "pipelines" / f"job{n:02d}.py").write_text(source)
+    return project
+
+
+@pytest.fixture
+def kfp() -> Iterator[FakeKfpServer]:
+    with FakeKfpServer() as server:
+        yield server
+
+
+def env_for(server: FakeKfpServer, **extra: str) -> dict[str, str]:
+    return {**CI, "KFP_HOST": server.url, "KFP_NAMESPACE": "team-a", "KFP_TOKEN": TOKEN,
+            "KFP_LAUNCH_POLL_INTERVAL": "0.01", **extra}
+
+
+def poll_requests(server: FakeKfpServer) -> list[object]:
+    """The wait's list requests: `GET /runs` filtered to our run ids (not the attach look-ups)."""
+    return [r for r in server.requests_to("GET", PATH_RUNS) if '"run_id"' in (r.param("filter") or "")]
+
+
+def test_all_with_a_broken_job_submits_nothing_and_lists_every_problem(run_cli: RunCli, project: Path, kfp: FakeKfpServer) -> None:
+    result = run_cli(["run", "--all", "--profile", "toy"], cwd=project, env=env_for(kfp))
+    assert result.exit_code == ExitCode.INVALID_INPUT
+    for broken in ("broken: Importing pipelines.broken failed", "syntax:", "missing_dep:", 'failing: Job failing has no profile "toy"'):
+        assert broken in result.stderr
+    assert "nothing was submitted" in result.stderr
+    assert not kfp.requests  # not even a look-up
+
+
+def test_a_job_without_the_profile_is_listed_with_the_others(run_cli: RunCli, tmp_path: Path, kfp: FakeKfpServer) -> None:
+    project = make_project(tmp_path, 3, without_toy=(1, 2))
+    result = run_cli(["run", "--all", "--profile", "toy"], cwd=project, env=env_for(kfp))
+    assert result.exit_code == ExitCode.INVALID_INPUT
+    assert 'job01: Job job01 has no profile "toy"' in result.stderr
+    assert 'job02: Job job02 has no profile "toy"' in result.stderr
+    assert "2 of 3 jobs cannot run" in result.stderr
+    assert not kfp.runs
+
+
+def test_all_toy_runs_every_job_and_one_failure_gives_exit_6_while_others_finish(
+    run_cli: RunCli, tmp_path: Path, kfp: FakeKfpServer
+) -> None:
+    project = make_project(tmp_path, 3)
+    for states in (["RUNNING", "SUCCEEDED"], ["RUNNING", "FAILED"], ["RUNNING", "RUNNING", "RUNNING", "SUCCEEDED"]):
+        kfp.script_run(states, advance_on_list=True)
+    result = run_cli(["run", "--all", "--profile", "toy"], cwd=project, env=env_for(kfp))
+    assert result.exit_code == ExitCode.RUN_FAILED, result.output
+    states = {run["display_name"].split()[0]: run["state"] for run in kfp.runs.values()}
+    assert states == {"job00": "SUCCEEDED", "job01": "FAILED", "job02": "SUCCEEDED"}  # the slow one still finished
+    assert all(run["runtime_config"]["parameters"] == {"a": 1} for run in kfp.runs.values())  # the toy profile
+    assert len({run["experiment_id"] for run in kfp.runs.values()}) == 1
+    assert "1 of 3 runs did not succeed (exit 6)" in result.stderr
+    env = (project / ".kfp-launch" / "run.env").read_text()
+    assert env.startswith("KFP_RUN_IDS=") and "KFP_RUN_ID_JOB01=" in env
+    junit = (project / ".kfp-launch" / "junit.xml").read_text()
+    assert junit.count("<testsuite ") == 3
+    state = json.loads((project / ".kfp-launch" / "state.json").read_text())
+    assert len(state["runs"]) == 3
+
+
+@pytest.mark.parametrize("runs", [1, 10])
+def test_requests_per_tick_do_not_grow_with_the_number_of_runs(run_cli: RunCli, tmp_path: Path, kfp: FakeKfpServer, runs: int) -> None:
+    project = make_project(tmp_path, runs)
+    for _ in range(runs):
+        kfp.script_run(["RUNNING", "RUNNING", "RUNNING", "SUCCEEDED"], advance_on_list=True)
+    result = run_cli(["run", "--all"], cwd=project, env=env_for(kfp))
+    assert result.exit_code == 0, result.output
+    waits = poll_requests(kfp)
+    assert len(waits) == 4  # four ticks: one list request each, for 1 run as for 10
+    assert not kfp.requests_to("GET", r"/apis/v2beta1/runs/[^/]+")  # no GET per run
+
+
+def test_explicit_jobs_and_all_cannot_be_combined(run_cli: RunCli, tmp_path: Path, kfp: FakeKfpServer) -> None:
+    result = run_cli(["run", "job00", "--all"], cwd=make_project(tmp_path, 2), env=env_for(kfp))
+    assert result.exit_code == ExitCode.USAGE
+
+
+def test_sigterm_terminates_every_active_run(tmp_path: Path, kfp: FakeKfpServer) -> None:
+    project = make_project(tmp_path, 3)
+    kfp.script_run(["SUCCEEDED"], advance_on_list=True)
+    kfp.script_run(["RUNNING"], advance_on_list=True)
+    kfp.script_run(["RUNNING"], advance_on_list=True)
+    env = {k: v for k, v in {**os.environ, **clean_env(env_for(kfp, KFP_LAUNCH_POLL_INTERVAL="0.2"))}.items() if v is not None}
+    proc = subprocess.Popen([sys.executable, "-m", "kfp_launch", "run", "--all"], cwd=project, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(100):
+            if len(poll_requests(kfp)) >= 2:
+                break
+            kfp.wait_for_request("GET", PATH_RUNS, count=len(kfp.requests_to("GET", PATH_RUNS)) + 1, timeout_s=30)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, out + err
+    terminated = {r.path.split("/")[-1].split(":")[0] for r in kfp.requests_to("POST", PATH_RUN_TERMINATE)}
+    running = {run_id for run_id, run in kfp.runs.items() if run["display_name"].split()[0] in ("job01", "job02")}
+    assert terminated == running  # both active runs, not the one that had already succeeded
+    assert len(kfp.requests_to("POST", PATH_RUN_TERMINATE)) == 2
+
+
+@pytest.mark.parametrize(
+    ("codes", "worst"),
+    [([0, 6, 7], 6), ([0, 8, 6], 6), ([7, 8], 8), ([5, 7], 7), ([0, 5], 5), ([0, 0], 0), ([6, 143], 143), ([], 0)],
+)
+def test_worst_exit_code_order(codes: list[int], worst: int) -> None:
+    assert worst_exit_code(codes) == worst
+
+
+def test_local_runs_of_several_jobs(run_cli: RunCli, tmp_path: Path) -> None:
+    project = make_project(tmp_path, 2)
+    result = run_cli(["run", "--all", "--local", "--profile", "toy"], cwd=project)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.count("run SUCCEEDED") == 2
