@@ -182,11 +182,51 @@ def test_templates_are_valid_gitlab_ci(repo: Path, kfp: FakeKfpServer, tmp_path:
     expanded = tmp_path / "expanded.yml"
     expanded.write_text(preview.stdout)
     assert yaml.safe_load(preview.stdout)["train"]["interruptible"] is True
-    # The component file holds two YAML documents (spec, then jobs): validate each alone.
-    spec, jobs = (REPO_ROOT / "templates" / "kfp-launch.yml").read_text().split("\n---\n", 1)
-    (tmp_path / "component-jobs.yml").write_text(jobs)
-    (tmp_path / "component-spec.yml").write_text(spec)
-    for path in (expanded, tmp_path / "component-jobs.yml", tmp_path / "component-spec.yml"):
+    # A component file holds two YAML documents (spec, then jobs): validate each alone.
+    paths = [expanded]
+    for component in ("kfp-launch", "kfp-launch-toy"):
+        spec, jobs = (REPO_ROOT / "templates" / f"{component}.yml").read_text().split("\n---\n", 1)
+        (tmp_path / f"{component}-jobs.yml").write_text(jobs)
+        (tmp_path / f"{component}-spec.yml").write_text(spec)
+        paths += [tmp_path / f"{component}-jobs.yml", tmp_path / f"{component}-spec.yml"]
+    for path in paths:
         check = subprocess.run([sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.gitlab-ci",
                                 str(path)], capture_output=True, text=True, timeout=120)
         assert check.returncode == 0, f"{path.name}: {check.stdout}{check.stderr}"
+
+
+def test_toy_job_runs_every_pipeline_on_the_default_branch(repo: Path, kfp: FakeKfpServer) -> None:
+    commit(repo, ".gitlab-ci.yml", readme_snippet("toy"))
+    kfp.script_run(["RUNNING", "SUCCEEDED"], advance_on_list=True)
+    kfp.script_run(["RUNNING", "SUCCEEDED"], advance_on_list=True)
+    result = gcl(repo, kfp, "--variable", "CI_DEFAULT_BRANCH=main")
+    assert result.returncode == 0, result.stdout[-3000:]
+    runs = sorted((r["display_name"].split()[0], r["runtime_config"]["parameters"]) for r in kfp.runs.values())
+    assert runs == [("explore", {"sample_size": 30}), ("train", {"sample_size": 60, "steps": 20})]
+    assert "PASS  toy-runs" in result.stdout
+
+
+def test_toy_job_does_not_run_on_other_branches(repo: Path, kfp: FakeKfpServer) -> None:
+    commit(repo, ".gitlab-ci.yml", readme_snippet("toy") + "\nother:\n  script: [echo other]\n")
+    listed = gcl(repo, kfp, "--list", "--variable", "CI_DEFAULT_BRANCH=release")
+    assert "other" in listed.stdout and "toy-runs" not in listed.stdout
+
+
+def test_toy_matrix_gives_one_job_per_pipeline(repo: Path, kfp: FakeKfpServer) -> None:
+    commit(repo, ".gitlab-ci.yml", readme_snippet("toy-matrix"))
+    kfp.script_run(["SUCCEEDED"])
+    kfp.script_run(["SUCCEEDED"])
+    result = gcl(repo, kfp, "--variable", "CI_DEFAULT_BRANCH=main")
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "PASS  toy: [train]" in result.stdout and "PASS  toy: [explore]" in result.stdout
+    names = sorted(r["display_name"].split()[0] for r in kfp.runs.values())
+    assert names == ["explore", "train"]
+
+
+def test_toy_component_runs_all_jobs(repo: Path, kfp: FakeKfpServer) -> None:
+    commit(repo, ".gitlab-ci.yml", "include:\n  - component: $CI_SERVER_FQDN/$CI_PROJECT_PATH/kfp-launch-toy@$CI_COMMIT_SHA\n")
+    kfp.script_run(["SUCCEEDED"], advance_on_list=True)
+    kfp.script_run(["SUCCEEDED"], advance_on_list=True)
+    result = gcl(repo, kfp, "--variable", "CI_DEFAULT_BRANCH=main")
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert len(kfp.runs) == 2 and "PASS  kfp-toy-runs" in result.stdout

@@ -8,6 +8,10 @@ from kfp import dsl
 from ._components import describe_dataset, fetch_dataset
 
 
+# `kfp-launch run --all --profile toy` runs every job's toy variant on default-branch commits.
+PROFILES: dict[str, dict[str, object]] = {"toy": {"sample_size": 30}}
+
+
 @dsl.pipeline(name="iris-explore", description="Summary statistics of Fisher's iris data.")
 def pipeline(source: str = "data/iris.csv", sample_size: int = 150, seed: int = 42) -> int:
     """Returns the number of rows described. SOURCE: a path relative to the project dir, or an http(s) URL."""
