@@ -23,7 +23,7 @@ import typer
 
 from kfp_launch import __version__
 from kfp_launch.console import Console
-from kfp_launch.errors import EXIT_CODE_MEANINGS, ExitCode, InputError, Interrupted, KfpLaunchError
+from kfp_launch.errors import EXIT_CODE_MEANINGS, ExitCode, Interrupted, KfpLaunchError, UsageError
 from kfp_launch.settings import Settings, help_suffix, load_settings
 
 app = typer.Typer(
@@ -344,6 +344,44 @@ def params_command(
 
     settings = _settings(pipelines_package=pipelines_package)
     launch.show_params(job, settings, Path.cwd(), make_console(), as_dataclass=as_dataclass)
+
+
+@app.command("runs")
+@_guard
+def runs_command(
+    branch: BranchOpt = None,
+    experiment: Annotated[str | None, typer.Option("--experiment", help="An experiment by name (instead of the branch's).")] = None,
+    job: Annotated[str | None, typer.Option("--job", help="Only runs of this job.")] = None,
+    limit: Annotated[int, typer.Option("--limit", help="How many runs, newest first (1-200).")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    host: ConnHostOpt = None,
+    namespace: ConnNamespaceOpt = None,
+    experiment_template: ExperimentTemplateOpt = None,
+) -> None:
+    """List the runs of this branch's experiment: state, start, duration, commit, parameters."""
+    from kfp_launch import history
+
+    if branch and experiment:
+        raise UsageError("Give --branch or --experiment, not both.", hint="kfp-launch runs --branch feature/x")
+    settings = _settings(branch=branch, host=host, namespace=namespace, experiment_template=experiment_template)
+    history.list_runs(settings, os.environ, Path.cwd(), make_console(), experiment=experiment, job=job, limit=limit,
+                      as_json=as_json)
+
+
+@app.command("compare")
+@_guard
+def compare_command(
+    run_a: Annotated[str, typer.Argument(metavar="RUN_A", help="A run id.")],
+    run_b: Annotated[str, typer.Argument(metavar="RUN_B", help="Another run id.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    host: ConnHostOpt = None,
+    namespace: ConnNamespaceOpt = None,
+) -> None:
+    """Show two runs' parameters side by side, differences first."""
+    from kfp_launch import history
+
+    settings = _settings(host=host, namespace=namespace)
+    history.compare_runs(run_a, run_b, settings, os.environ, make_console(), as_json=as_json)
 
 
 @app.command("exit-codes")
