@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 from kfp_launch.errors import ConfigError, ContextError
+from kfp_launch.settings import DEFAULT_TICKET_PATTERN
 
 RefKind = Literal["branch", "tag", "none"]
 """What ``CiContext.ref`` names: a branch, a tag, or nothing (only with ``require_ref=False``)."""
@@ -24,16 +25,8 @@ RefKind = Literal["branch", "tag", "none"]
 TicketSource = Literal["flag", "JIRA_TICKET", "branch", "merge request title", "commit title"]
 """Where the JIRA ticket was found, in order of precedence."""
 
-DEFAULT_TICKET_PATTERN = r"(?<![^\W_])(?a:[A-Z][A-Z0-9]*-[0-9]+)(?![^\W_])"
-"""A JIRA issue key: a letter, letters/digits, a dash, digits; not glued to other letters or digits.
+# The default pattern lives in settings.py (kept import-light for start-up time).
 
-Matched case-insensitively. ``[^\\W_]`` is any Unicode letter or digit, so ``ABC-12x``, ``1ABC-12`` and
-``éABC-12`` do not match while ``feature/abc-12-x`` and ``abc_ABC-12`` do. The ``(?a:...)`` group keeps
-the key itself ASCII: under IGNORECASE a Unicode ``[A-Z]`` would also match the Kelvin sign or a long s.
-Known and accepted: any word-dash-number reads as a key, e.g. ``utf-8`` gives ``UTF-8`` and
-``release-2024`` gives ``RELEASE-2024``; set ``ticket_pattern`` to your project keys (``(?:ABC|OPS)-\\d+``)
-to avoid that.
-"""
 
 _NOT_A_BRANCH = "HEAD"
 # gitlab-ci-local sets CI_COMMIT_BRANCH=HEAD and CI_COMMIT_REF_NAME=HEAD on a checked-out tag or detached

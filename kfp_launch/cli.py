@@ -16,15 +16,17 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import click
 import typer
 
 from kfp_launch import __version__
-from kfp_launch.console import Console
 from kfp_launch.errors import EXIT_CODE_MEANINGS, ExitCode, Interrupted, KfpLaunchError, UsageError
 from kfp_launch.settings import Settings, help_suffix, load_settings
+
+if TYPE_CHECKING:
+    from kfp_launch.console import Console
 
 app = typer.Typer(
     name="kfp-launch",
@@ -55,7 +57,11 @@ def _raise_interrupted(signum: int, _frame: FrameType | None) -> None:
 
 
 def make_console() -> Console:
-    """Build the console for this process from the environment (GitLab job or not)."""
+    """Build the console for this process from the environment (GitLab job or not).
+
+    rich is imported here, not at module level: ``kfp-launch --help`` does not need it."""
+    from kfp_launch.console import Console
+
     # gitlab-ci-local sets GITLAB_CI=false (reference gitlab-ci.md §2.4) but renders sections like GitLab.
     in_gitlab = os.environ.get("GITLAB_CI", "") == "true" or bool(
         os.environ.get("CI_JOB_ID") and os.environ.get("CI_SERVER_URL")

@@ -19,8 +19,18 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
-from kfp_launch.ci_context import DEFAULT_TICKET_PATTERN
 from kfp_launch.errors import ConfigError
+
+DEFAULT_TICKET_PATTERN = r"(?<![^\W_])(?a:[A-Z][A-Z0-9]*-[0-9]+)(?![^\W_])"
+"""A JIRA issue key: a letter, letters/digits, a dash, digits; not glued to other letters or digits.
+
+Matched case-insensitively. ``[^\\W_]`` is any Unicode letter or digit, so ``ABC-12x``, ``1ABC-12`` and
+``éABC-12`` do not match while ``feature/abc-12-x`` and ``abc_ABC-12`` do. The ``(?a:...)`` group keeps
+the key itself ASCII: under IGNORECASE a Unicode ``[A-Z]`` would also match the Kelvin sign or a long s.
+Known and accepted: any word-dash-number reads as a key, e.g. ``utf-8`` gives ``UTF-8`` and
+``release-2024`` gives ``RELEASE-2024``; set ``ticket_pattern`` to your project keys (``(?:ABC|OPS)-\\d+``)
+to avoid that.
+"""
 
 _TRUE = frozenset({"true", "1", "yes", "on"})
 _FALSE = frozenset({"false", "0", "no", "off"})
