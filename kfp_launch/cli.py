@@ -18,7 +18,6 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
-import click
 import typer
 
 from kfp_launch import __version__
@@ -88,7 +87,7 @@ def _guard(command: F) -> F:
         except Interrupted as exc:
             console.error(f"interrupted by {signal.Signals(exc.signum).name}")
             raise typer.Exit(128 + exc.signum) from None
-        except (typer.Exit, typer.Abort, click.exceptions.ClickException):
+        except (typer.Exit, typer.Abort):
             raise
         except Exception as exc:  # noqa: BLE001 - the one boundary: a bug must not print a raw traceback
             console.error(
