@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.fake_kfp import PATH_RUN, PATH_RUNS, FakeKfpServer  # noqa: E402
+from tests.fake_kfp import PATH_RUN, PATH_RUNS, FakeKfpServer
 
 BIN = Path(sys.executable).parent
 EPOCH0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
@@ -59,13 +59,19 @@ def bench_startup() -> None:
         cwd = Path(tmp)
         kfp = median_wall([str(BIN / "kfp"), "--help"], cwd)
         rows = []
-        for label, args in (("kfp-launch --help", ["--help"]), ("kfp-launch run --help", ["run", "--help"]),
-                            ("kfp-launch context --branch x", ["context", "--branch", "x"])):
+        for label, args in (
+            ("kfp-launch --help", ["--help"]),
+            ("kfp-launch run --help", ["run", "--help"]),
+            ("kfp-launch context --branch x", ["context", "--branch", "x"]),
+        ):
             seconds = median_wall([str(BIN / "kfp-launch"), *args], cwd)
             rows.append([label, f"{seconds:.3f}", f"{seconds / kfp:.2f}"])
         rows.append(["kfp --help", f"{kfp:.3f}", "1.00"])
-    table("Start-up (median of 7, seconds; target: kfp-launch --help <= 0.25 x kfp --help)",
-          ["command", "wall s", "x kfp --help"], rows)
+    table(
+        "Start-up (median of 7, seconds; target: kfp-launch --help <= 0.25 x kfp --help)",
+        ["command", "wall s", "x kfp --help"],
+        rows,
+    )
 
 
 # -- polling economy --------------------------------------------------------------------------------------
@@ -105,7 +111,9 @@ class Scenario:
         if self.clock.now >= self.t_end and not self.finished:
             with self.server.lock:
                 self.server.runs[self.run_id]["state"] = "SUCCEEDED"
-                self.server.runs[self.run_id]["finished_at"] = (EPOCH0 + dt.timedelta(seconds=self.t_end)).strftime("%Y-%m-%dT%H:%M:%SZ")
+                self.server.runs[self.run_id]["finished_at"] = (EPOCH0 + dt.timedelta(seconds=self.t_end)).strftime(
+                    "%Y-%m-%dT%H:%M:%SZ"
+                )
             self.finished = True
 
     def latency(self) -> float:
@@ -187,15 +195,22 @@ def bench_polling() -> None:
         young_lat = max(measure(tool, t).latency() for t in (young if name == "kfp-launch" else (7, 9, 11, 13, 299)))
         old_lat = max(measure(tool, t).latency() for t in (old if name == "kfp-launch" else (301, 303, 1002, 1004)))
         rows.append([name, first_hour, f"{young_lat:.1f}", f"{old_lat:.1f}"])
-    table("Polling economy (one run on the fake server, simulated clock; targets for kfp-launch: <= 144 GETs "
-          "in the first hour, exit latency <= 10 s for runs younger than 5 min, <= 30 s after)",
-          ["waiter", "GETs in the run's first hour", "max exit latency, run < 5 min (s)",
-           "max exit latency, run >= 5 min (s)"], rows)
+    table(
+        "Polling economy (one run on the fake server, simulated clock; targets for kfp-launch: <= 144 GETs "
+        "in the first hour, exit latency <= 10 s for runs younger than 5 min, <= 30 s after)",
+        [
+            "waiter",
+            "GETs in the run's first hour",
+            "max exit latency, run < 5 min (s)",
+            "max exit latency, run >= 5 min (s)",
+        ],
+        rows,
+    )
 
 
 # -- fan-out ----------------------------------------------------------------------------------------------
 
-JOB = '''from kfp import dsl
+JOB = """from kfp import dsl
 
 from ._steps import add
 
@@ -205,15 +220,15 @@ PROFILES = {"toy": {"a": 1}}
 @dsl.pipeline(name="job-%(n)s")
 def pipeline(a: int = %(n)s) -> int:
     return add(a=a, b=1).output
-'''
+"""
 
-STEPS = '''from kfp import dsl
+STEPS = """from kfp import dsl
 
 
 @dsl.component(install_kfp_package=False, base_image="python:3.11-slim")
 def add(a: int, b: int) -> int:
     return a + b
-'''
+"""
 
 
 def make_project(root: Path, jobs: int) -> Path:
@@ -235,22 +250,49 @@ def bench_fanout() -> None:
             env = {k: v for k, v in os.environ.items() if not k.startswith(("CI", "GITLAB_", "KFP_"))}
             env.update(KFP_HOST=server.url, KFP_NAMESPACE="team-a", KFP_TOKEN="t", KFP_LAUNCH_POLL_INTERVAL="0.01")
             # A fresh wrapper process per count, so RUSAGE_CHILDREN's peak is this run's alone.
-            wrapper = ("import resource, subprocess, sys; p = subprocess.run(sys.argv[1:], capture_output=True); "
-                       "print(p.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+            wrapper = (
+                "import resource, subprocess, sys; p = subprocess.run(sys.argv[1:], capture_output=True); "
+                "print(p.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+            )
             start = time.perf_counter()
-            proc = subprocess.run([sys.executable, "-c", wrapper, str(BIN / "kfp-launch"), "run", "--all", "--branch", "bench"],
-                                  cwd=project, env=env, capture_output=True, text=True, check=False)
+            proc = subprocess.run(
+                [sys.executable, "-c", wrapper, str(BIN / "kfp-launch"), "run", "--all", "--branch", "bench"],
+                cwd=project,
+                env=env,
+                capture_output=True,
+                text=True,
+                check=False,
+            )
             wall = time.perf_counter() - start
             code, peak_kb = proc.stdout.split()
             peak_mb = int(peak_kb) / 1024
             polls = [r for r in server.requests_to("GET", PATH_RUNS) if '"run_id"' in (r.param("filter") or "")]
             gets = server.requests_to("GET", PATH_RUN)
-            rows.append([count, code, len(polls), f"{len(polls) / len(polls):.0f}" if polls else "-",
-                         len(gets), f"{peak_mb:.0f}", f"{wall:.1f}"])
-    table("Fan-out: `kfp-launch run --all` (6 polls per run to finish; target: requests per tick constant, "
-          "peak memory < 150 MB)",
-          ["runs", "exit", "poll ticks (list requests)", "requests per tick", "GETs of single runs",
-           "peak RSS of the waiting process, MB", "wall s"], rows)
+            rows.append(
+                [
+                    count,
+                    code,
+                    len(polls),
+                    f"{len(polls) / len(polls):.0f}" if polls else "-",
+                    len(gets),
+                    f"{peak_mb:.0f}",
+                    f"{wall:.1f}",
+                ]
+            )
+    table(
+        "Fan-out: `kfp-launch run --all` (6 polls per run to finish; target: requests per tick constant, "
+        "peak memory < 150 MB)",
+        [
+            "runs",
+            "exit",
+            "poll ticks (list requests)",
+            "requests per tick",
+            "GETs of single runs",
+            "peak RSS of the waiting process, MB",
+            "wall s",
+        ],
+        rows,
+    )
 
 
 # -- compile ----------------------------------------------------------------------------------------------
@@ -272,17 +314,24 @@ def bench_compile() -> None:
         start = time.perf_counter()
         subprocess.run([str(BIN / "kfp-launch"), "jobs"], cwd=project, capture_output=True, check=False)
         command = time.perf_counter() - start
-    table("Compile a 20-pipeline project", ["what", "seconds"],
-          [["import + compile + parameters of 20 jobs, in-process (kfp already imported)", f"{in_process:.2f}"],
-           ["`kfp-launch jobs` (new process: import kfp, compile all 20)", f"{command:.2f}"]])
+    table(
+        "Compile a 20-pipeline project",
+        ["what", "seconds"],
+        [
+            ["import + compile + parameters of 20 jobs, in-process (kfp already imported)", f"{in_process:.2f}"],
+            ["`kfp-launch jobs` (new process: import kfp, compile all 20)", f"{command:.2f}"],
+        ],
+    )
 
 
 SECTIONS = {"startup": bench_startup, "polling": bench_polling, "fanout": bench_fanout, "compile": bench_compile}
 
 if __name__ == "__main__":
     chosen = sys.argv[1:] or list(SECTIONS)
-    print(f"kfp-launch benchmarks, {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs, "
-          f"Python {sys.version.split()[0]}")
+    print(
+        f"kfp-launch benchmarks, {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs, "
+        f"Python {sys.version.split()[0]}"
+    )
     for name in chosen:
         SECTIONS[name]()
     shutil.rmtree(ROOT / ".kfp-launch", ignore_errors=True)

@@ -279,9 +279,7 @@ class CiContext:
         if not self.in_ci:
             lines.append("launched outside GitLab CI")
         if self.pipeline_id:
-            lines.append(
-                f"GitLab pipeline {self.pipeline_id} ({self.pipeline_source}) {self.pipeline_url or ''}"
-            )
+            lines.append(f"GitLab pipeline {self.pipeline_id} ({self.pipeline_source}) {self.pipeline_url or ''}")
         if self.job_name:
             lines.append(f"GitLab job {self.job_name} {self.job_url or ''}")
         if self.user_login:
@@ -361,9 +359,7 @@ def detect_ticket(
     return None
 
 
-def _context_from_gitlab(
-    environ: Mapping[str, str], branch_override: str | None, *, require_ref: bool
-) -> CiContext:
+def _context_from_gitlab(environ: Mapping[str, str], branch_override: str | None, *, require_ref: bool) -> CiContext:
     ref_kind, ref = _gitlab_ref(environ, branch_override)
     if ref_kind == "none" and require_ref:
         raise ContextError(

@@ -125,7 +125,10 @@ def _root(
 
 PackageOpt = Annotated[
     str | None,
-    typer.Option("--pipelines-package", help="Package holding the job modules [default: pipelines] " + help_suffix("pipelines_package")),
+    typer.Option(
+        "--pipelines-package",
+        help="Package holding the job modules [default: pipelines] " + help_suffix("pipelines_package"),
+    ),
 ]
 ParamOpt = Annotated[
     list[str] | None,
@@ -141,11 +144,15 @@ ProfileOpt = Annotated[
 ]
 BranchOpt = Annotated[
     str | None,
-    typer.Option("--branch", help="The branch, when git or GitLab cannot tell (detached HEAD) " + help_suffix("branch")),
+    typer.Option(
+        "--branch", help="The branch, when git or GitLab cannot tell (detached HEAD) " + help_suffix("branch")
+    ),
 ]
 TicketOpt = Annotated[
     str | None,
-    typer.Option("--ticket", help="The JIRA ticket (else found in branch, MR title, commit title) " + help_suffix("ticket")),
+    typer.Option(
+        "--ticket", help="The JIRA ticket (else found in branch, MR title, commit title) " + help_suffix("ticket")
+    ),
 ]
 ExperimentTemplateOpt = Annotated[
     str | None,
@@ -157,7 +164,10 @@ ExperimentTemplateOpt = Annotated[
 ]
 TicketPatternOpt = Annotated[
     str | None,
-    typer.Option("--ticket-pattern", help="Regex of a JIRA issue key, matched case-insensitively " + help_suffix("ticket_pattern")),
+    typer.Option(
+        "--ticket-pattern",
+        help="Regex of a JIRA issue key, matched case-insensitively " + help_suffix("ticket_pattern"),
+    ),
 ]
 VerboseOpt = Annotated[
     bool | None,
@@ -209,7 +219,8 @@ def jobs_command(
 def compile_command(
     job: Annotated[str, typer.Argument(metavar="JOB", help="The job to compile: JOB or JOB:function.")],
     output: Annotated[
-        str | None, typer.Option("--output", "-o", help="Where to write the YAML package ('-' for stdout) [default: JOB.yaml].")
+        str | None,
+        typer.Option("--output", "-o", help="Where to write the YAML package ('-' for stdout) [default: JOB.yaml]."),
     ] = None,
     pipelines_package: PackageOpt = None,
 ) -> None:
@@ -227,39 +238,128 @@ def run_command(
         list[str] | None,
         typer.Argument(metavar="[JOB]...", help="Jobs to run: JOB or JOB:function (in CI: the GitLab job's name)."),
     ] = None,
-    all_jobs: Annotated[bool, typer.Option("--all", help="Run every job of the project (e.g. with --profile toy).")] = False,
+    all_jobs: Annotated[
+        bool, typer.Option("--all", help="Run every job of the project (e.g. with --profile toy).")
+    ] = False,
     local: Annotated[bool, typer.Option("--local", help="Run on this machine with kfp.local (no cluster).")] = False,
     param: Annotated[
         list[str] | None,
-        typer.Option("--param", "-p", callback=_check_param_syntax, help="Set a pipeline parameter, KEY=VALUE (repeatable) " + help_suffix("param")),
+        typer.Option(
+            "--param",
+            "-p",
+            callback=_check_param_syntax,
+            help="Set a pipeline parameter, KEY=VALUE (repeatable) " + help_suffix("param"),
+        ),
     ] = None,
     params_file: ParamsFileOpt = None,
     profile: ProfileOpt = None,
     pipelines_package: PackageOpt = None,
     local_root: Annotated[
         str | None,
-        typer.Option("--local-root", help="Where local runs keep artifacts [default: .kfp-launch/local] " + help_suffix("local_root")),
+        typer.Option(
+            "--local-root",
+            help="Where local runs keep artifacts [default: .kfp-launch/local] " + help_suffix("local_root"),
+        ),
     ] = None,
     branch: BranchOpt = None,
     ticket: TicketOpt = None,
     experiment_template: ExperimentTemplateOpt = None,
     ticket_pattern: TicketPatternOpt = None,
-    host: Annotated[str | None, typer.Option("--host", help="KFP API URL, e.g. https://kubeflow.example.com/pipeline [env: KFP_HOST or KF_PIPELINES_ENDPOINT; pyproject: host]")] = None,
-    namespace: Annotated[str | None, typer.Option("--namespace", help="Kubeflow profile namespace (multi-user) " + help_suffix("namespace"))] = None,
-    ui_url: Annotated[str | None, typer.Option("--ui-url", help="KFP UI base URL for links " + help_suffix("ui_url"))] = None,
-    wait: Annotated[bool | None, typer.Option("--wait/--no-wait", help="Wait for the run to end [default: wait] " + help_suffix("wait"))] = None,
-    dry_run: Annotated[bool | None, typer.Option("--dry-run", help="Compile, resolve experiment and parameters, print the plan; change nothing " + help_suffix("dry_run"))] = None,
-    no_cache: Annotated[bool | None, typer.Option("--no-cache", help="Turn execution caching off for this run " + help_suffix("no_cache"))] = None,
-    service_account: Annotated[str | None, typer.Option("--service-account", help="Kubernetes service account of the run " + help_suffix("service_account"))] = None,
-    pipeline_root: Annotated[str | None, typer.Option("--pipeline-root", help="Where the run's artifacts go (e.g. s3://bucket/root) " + help_suffix("pipeline_root"))] = None,
-    run_name_template: Annotated[str | None, typer.Option("--run-name-template", help="Run name: {job} {commit} {pipeline} {branch} {ticket} {mr} [default: {job} {commit} {pipeline}] " + help_suffix("run_name_template"))] = None,
-    poll_interval: Annotated[str | None, typer.Option("--poll-interval", help="First poll interval, then it backs off [default: 2s] " + help_suffix("poll_interval"))] = None,
-    max_outage: Annotated[str | None, typer.Option("--max-outage", help="Give up (exit 5) after Kubeflow fails this long [default: 10m] " + help_suffix("max_outage"))] = None,
-    timeout: Annotated[str | None, typer.Option("--timeout", help="Wait deadline (90s, 45m, 6h) [default in CI: job timeout - 5m] " + help_suffix("timeout"))] = None,
-    on_timeout: Annotated[str | None, typer.Option("--on-timeout", help="terminate|detach the run at the deadline [default: terminate] " + help_suffix("on_timeout"))] = None,
-    on_cancel: Annotated[str | None, typer.Option("--on-cancel", help="terminate|detach the run on SIGTERM/SIGINT/SIGHUP [default: terminate] " + help_suffix("on_cancel"))] = None,
-    log_lines: Annotated[int | None, typer.Option("--log-lines", help="Log lines shown per failing task [default: 50] " + help_suffix("log_lines"))] = None,
-    state_file: Annotated[str | None, typer.Option("--state-file", help="Where to record the run for `cancel` [default: .kfp-launch/state.json] " + help_suffix("state_file"))] = None,
+    host: Annotated[
+        str | None,
+        typer.Option(
+            "--host",
+            help="KFP API URL, e.g. https://kubeflow.example.com/pipeline [env: KFP_HOST or KF_PIPELINES_ENDPOINT; pyproject: host]",
+        ),
+    ] = None,
+    namespace: Annotated[
+        str | None,
+        typer.Option("--namespace", help="Kubeflow profile namespace (multi-user) " + help_suffix("namespace")),
+    ] = None,
+    ui_url: Annotated[
+        str | None, typer.Option("--ui-url", help="KFP UI base URL for links " + help_suffix("ui_url"))
+    ] = None,
+    wait: Annotated[
+        bool | None,
+        typer.Option("--wait/--no-wait", help="Wait for the run to end [default: wait] " + help_suffix("wait")),
+    ] = None,
+    dry_run: Annotated[
+        bool | None,
+        typer.Option(
+            "--dry-run",
+            help="Compile, resolve experiment and parameters, print the plan; change nothing " + help_suffix("dry_run"),
+        ),
+    ] = None,
+    no_cache: Annotated[
+        bool | None,
+        typer.Option("--no-cache", help="Turn execution caching off for this run " + help_suffix("no_cache")),
+    ] = None,
+    service_account: Annotated[
+        str | None,
+        typer.Option(
+            "--service-account", help="Kubernetes service account of the run " + help_suffix("service_account")
+        ),
+    ] = None,
+    pipeline_root: Annotated[
+        str | None,
+        typer.Option(
+            "--pipeline-root",
+            help="Where the run's artifacts go (e.g. s3://bucket/root) " + help_suffix("pipeline_root"),
+        ),
+    ] = None,
+    run_name_template: Annotated[
+        str | None,
+        typer.Option(
+            "--run-name-template",
+            help="Run name: {job} {commit} {pipeline} {branch} {ticket} {mr} [default: {job} {commit} {pipeline}] "
+            + help_suffix("run_name_template"),
+        ),
+    ] = None,
+    poll_interval: Annotated[
+        str | None,
+        typer.Option(
+            "--poll-interval",
+            help="First poll interval, then it backs off [default: 2s] " + help_suffix("poll_interval"),
+        ),
+    ] = None,
+    max_outage: Annotated[
+        str | None,
+        typer.Option(
+            "--max-outage",
+            help="Give up (exit 5) after Kubeflow fails this long [default: 10m] " + help_suffix("max_outage"),
+        ),
+    ] = None,
+    timeout: Annotated[
+        str | None,
+        typer.Option(
+            "--timeout", help="Wait deadline (90s, 45m, 6h) [default in CI: job timeout - 5m] " + help_suffix("timeout")
+        ),
+    ] = None,
+    on_timeout: Annotated[
+        str | None,
+        typer.Option(
+            "--on-timeout",
+            help="terminate|detach the run at the deadline [default: terminate] " + help_suffix("on_timeout"),
+        ),
+    ] = None,
+    on_cancel: Annotated[
+        str | None,
+        typer.Option(
+            "--on-cancel",
+            help="terminate|detach the run on SIGTERM/SIGINT/SIGHUP [default: terminate] " + help_suffix("on_cancel"),
+        ),
+    ] = None,
+    log_lines: Annotated[
+        int | None,
+        typer.Option("--log-lines", help="Log lines shown per failing task [default: 50] " + help_suffix("log_lines")),
+    ] = None,
+    state_file: Annotated[
+        str | None,
+        typer.Option(
+            "--state-file",
+            help="Where to record the run for `cancel` [default: .kfp-launch/state.json] " + help_suffix("state_file"),
+        ),
+    ] = None,
     verbose: VerboseOpt = None,
 ) -> None:
     """Compile JOB and run it, then exit with a code that says how the run ended."""
@@ -276,10 +376,22 @@ def run_command(
         experiment_template=experiment_template,
         ticket_pattern=ticket_pattern,
         verbose=verbose,
-        host=host, namespace=namespace, ui_url=ui_url, wait=wait, dry_run=dry_run, no_cache=no_cache,
-        service_account=service_account, pipeline_root=pipeline_root, run_name_template=run_name_template,
-        poll_interval=poll_interval, max_outage=max_outage, timeout=timeout, on_timeout=on_timeout,
-        on_cancel=on_cancel, log_lines=log_lines, state_file=state_file,
+        host=host,
+        namespace=namespace,
+        ui_url=ui_url,
+        wait=wait,
+        dry_run=dry_run,
+        no_cache=no_cache,
+        service_account=service_account,
+        pipeline_root=pipeline_root,
+        run_name_template=run_name_template,
+        poll_interval=poll_interval,
+        max_outage=max_outage,
+        timeout=timeout,
+        on_timeout=on_timeout,
+        on_cancel=on_cancel,
+        log_lines=log_lines,
+        state_file=state_file,
     )
     jobs = list(jobs or [])
     if local:
@@ -287,14 +399,22 @@ def run_command(
     if all_jobs or len(jobs) > 1:
         from kfp_launch import fanout
 
-        raise typer.Exit(int(fanout.run_many_on_kubeflow(jobs, all_jobs, settings, os.environ, Path.cwd(), make_console())))
+        raise typer.Exit(
+            int(fanout.run_many_on_kubeflow(jobs, all_jobs, settings, os.environ, Path.cwd(), make_console()))
+        )
     from kfp_launch import remote
 
-    raise typer.Exit(int(remote.run_on_kubeflow(jobs[0] if jobs else None, settings, os.environ, Path.cwd(), make_console())))
+    raise typer.Exit(
+        int(remote.run_on_kubeflow(jobs[0] if jobs else None, settings, os.environ, Path.cwd(), make_console()))
+    )
 
 
-ConnHostOpt = Annotated[str | None, typer.Option("--host", help="KFP API URL [env: KFP_HOST or KF_PIPELINES_ENDPOINT; pyproject: host]")]
-ConnNamespaceOpt = Annotated[str | None, typer.Option("--namespace", help="Kubeflow profile namespace " + help_suffix("namespace"))]
+ConnHostOpt = Annotated[
+    str | None, typer.Option("--host", help="KFP API URL [env: KFP_HOST or KF_PIPELINES_ENDPOINT; pyproject: host]")
+]
+ConnNamespaceOpt = Annotated[
+    str | None, typer.Option("--namespace", help="Kubeflow profile namespace " + help_suffix("namespace"))
+]
 
 
 @app.command("watch")
@@ -303,20 +423,40 @@ def watch_command(
     run_id: Annotated[str, typer.Argument(metavar="RUN_ID", help="The KFP run id.")],
     host: ConnHostOpt = None,
     namespace: ConnNamespaceOpt = None,
-    ui_url: Annotated[str | None, typer.Option("--ui-url", help="KFP UI base URL for links " + help_suffix("ui_url"))] = None,
-    poll_interval: Annotated[str | None, typer.Option("--poll-interval", help="First poll interval " + help_suffix("poll_interval"))] = None,
-    max_outage: Annotated[str | None, typer.Option("--max-outage", help="Allowed continuous outage " + help_suffix("max_outage"))] = None,
+    ui_url: Annotated[
+        str | None, typer.Option("--ui-url", help="KFP UI base URL for links " + help_suffix("ui_url"))
+    ] = None,
+    poll_interval: Annotated[
+        str | None, typer.Option("--poll-interval", help="First poll interval " + help_suffix("poll_interval"))
+    ] = None,
+    max_outage: Annotated[
+        str | None, typer.Option("--max-outage", help="Allowed continuous outage " + help_suffix("max_outage"))
+    ] = None,
     timeout: Annotated[str | None, typer.Option("--timeout", help="Wait deadline " + help_suffix("timeout"))] = None,
-    on_timeout: Annotated[str | None, typer.Option("--on-timeout", help="terminate|detach at the deadline " + help_suffix("on_timeout"))] = None,
-    on_cancel: Annotated[str | None, typer.Option("--on-cancel", help="terminate|detach on a signal " + help_suffix("on_cancel"))] = None,
-    log_lines: Annotated[int | None, typer.Option("--log-lines", help="Log lines per failing task " + help_suffix("log_lines"))] = None,
+    on_timeout: Annotated[
+        str | None, typer.Option("--on-timeout", help="terminate|detach at the deadline " + help_suffix("on_timeout"))
+    ] = None,
+    on_cancel: Annotated[
+        str | None, typer.Option("--on-cancel", help="terminate|detach on a signal " + help_suffix("on_cancel"))
+    ] = None,
+    log_lines: Annotated[
+        int | None, typer.Option("--log-lines", help="Log lines per failing task " + help_suffix("log_lines"))
+    ] = None,
 ) -> None:
     """Attach to a run and wait for it, exiting with its outcome's code."""
     from kfp_launch import remote
 
-    settings = _settings(host=host, namespace=namespace, ui_url=ui_url, poll_interval=poll_interval,
-                         max_outage=max_outage, timeout=timeout, on_timeout=on_timeout, on_cancel=on_cancel,
-                         log_lines=log_lines)
+    settings = _settings(
+        host=host,
+        namespace=namespace,
+        ui_url=ui_url,
+        poll_interval=poll_interval,
+        max_outage=max_outage,
+        timeout=timeout,
+        on_timeout=on_timeout,
+        on_cancel=on_cancel,
+        log_lines=log_lines,
+    )
     raise typer.Exit(int(remote.watch_run(run_id, settings, os.environ, Path.cwd(), make_console())))
 
 
@@ -324,7 +464,10 @@ def watch_command(
 @_guard
 def cancel_command(
     run_id: Annotated[str | None, typer.Argument(metavar="[RUN_ID]", help="The KFP run id.")] = None,
-    state_file: Annotated[str | None, typer.Option("--state-file", help="Cancel the runs recorded in this file (honours their cancel policy).")] = None,
+    state_file: Annotated[
+        str | None,
+        typer.Option("--state-file", help="Cancel the runs recorded in this file (honours their cancel policy)."),
+    ] = None,
     host: ConnHostOpt = None,
     namespace: ConnNamespaceOpt = None,
 ) -> None:
@@ -355,7 +498,9 @@ def params_command(
 @_guard
 def runs_command(
     branch: BranchOpt = None,
-    experiment: Annotated[str | None, typer.Option("--experiment", help="An experiment by name (instead of the branch's).")] = None,
+    experiment: Annotated[
+        str | None, typer.Option("--experiment", help="An experiment by name (instead of the branch's).")
+    ] = None,
     job: Annotated[str | None, typer.Option("--job", help="Only runs of this job.")] = None,
     limit: Annotated[int, typer.Option("--limit", help="How many runs, newest first (1-200).")] = 20,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
@@ -369,8 +514,9 @@ def runs_command(
     if branch and experiment:
         raise UsageError("Give --branch or --experiment, not both.", hint="kfp-launch runs --branch feature/x")
     settings = _settings(branch=branch, host=host, namespace=namespace, experiment_template=experiment_template)
-    history.list_runs(settings, os.environ, Path.cwd(), make_console(), experiment=experiment, job=job, limit=limit,
-                      as_json=as_json)
+    history.list_runs(
+        settings, os.environ, Path.cwd(), make_console(), experiment=experiment, job=job, limit=limit, as_json=as_json
+    )
 
 
 @app.command("compare")

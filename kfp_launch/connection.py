@@ -190,4 +190,5 @@ def _proxy_for(host: str, environ: Mapping[str, str]) -> tuple[str | None, str]:
 
 def _bypassed(netloc: str, no_proxy: str) -> bool:
     # urllib.request.proxy_bypass_environment reads os.environ; pass our mapping's value explicitly.
-    return bool(no_proxy) and bool(urllib.request.proxy_bypass_environment(netloc, {"no": no_proxy}))
+    bypass = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]  # in CPython's urllib.request, not in typeshed
+    return bool(no_proxy) and bool(bypass(netloc, {"no": no_proxy}))

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Sequence
-from typing import IO
+from typing import IO, Self
 
 from rich.console import Console as RichConsole
 from rich.markup import escape
@@ -116,7 +116,7 @@ class Console:
         """The local wall-clock time as ``HH:MM:SS``, for progress lines."""
         return time.strftime("%H:%M:%S", time.localtime(self._clock()))
 
-    def live(self) -> "LiveTable":
+    def live(self) -> LiveTable:
         """A table redrawn in place on a terminal (never used in CI: see :attr:`is_interactive`)."""
         return LiveTable(self._out)
 
@@ -148,7 +148,7 @@ class LiveTable:
 
         self._live = Live(console=console, refresh_per_second=4, transient=False, auto_refresh=False)
 
-    def __enter__(self) -> "LiveTable":
+    def __enter__(self) -> Self:
         self._live.__enter__()
         return self
 

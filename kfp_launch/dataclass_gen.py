@@ -38,7 +38,8 @@ def generate_dataclass(compiled: CompiledPipeline) -> str:
         "from __future__ import annotations",
         "",
         "import dataclasses",
-        "from dataclasses import dataclass" + (", field" if any(p.type in _MUTABLE and p.has_default for p in settable) else ""),
+        "from dataclasses import dataclass"
+        + (", field" if any(p.type in _MUTABLE and p.has_default for p in settable) else ""),
         "",
         "",
         "@dataclass(frozen=True, kw_only=True)",

@@ -60,8 +60,14 @@ EXIT_CODE_MEANINGS: dict[ExitCode, str] = {
 
 
 SEVERITY: tuple[ExitCode, ...] = (
-    ExitCode.SIGTERM, ExitCode.SIGINT, ExitCode.SIGHUP, ExitCode.RUN_FAILED, ExitCode.DEADLINE,
-    ExitCode.RUN_CANCELED, ExitCode.UNREACHABLE, ExitCode.SUCCESS,
+    ExitCode.SIGTERM,
+    ExitCode.SIGINT,
+    ExitCode.SIGHUP,
+    ExitCode.RUN_FAILED,
+    ExitCode.DEADLINE,
+    ExitCode.RUN_CANCELED,
+    ExitCode.UNREACHABLE,
+    ExitCode.SUCCESS,
 )
 """Worst first: the exit code of several runs (``run --all``) is the worst of theirs. An interruption
 wins; a failed run beats a missed deadline, which beats a canceled run; "unreachable" (5) comes last among
@@ -146,7 +152,7 @@ class KfpApiError(KfpLaunchError):
     exit_code = ExitCode.INVALID_INPUT
 
 
-class Interrupted(BaseException):  # noqa: N818 - like KeyboardInterrupt: not caught by `except Exception`
+class Interrupted(BaseException):
     """SIGTERM or SIGHUP arrived (SIGINT arrives as ``KeyboardInterrupt``); exit ``128 + signum``.
 
     Raised in the main thread by the CLI's signal handler, once: a second signal while we clean up

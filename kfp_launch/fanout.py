@@ -12,9 +12,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from kfp_launch.console import Console
+from kfp_launch.ci_context import CiContext
 from kfp_launch.connection import connection_from
+from kfp_launch.console import Console
 from kfp_launch.errors import ExitCode, Interrupted, KfpLaunchError, worst_exit_code
+from kfp_launch.kfp_api import KfpApi
 from kfp_launch.launch import Reporting, compile_jobs, experiment_for, jobs_to_run, read_context
 from kfp_launch.models import CompiledPipeline, Experiment, ResolvedParameters, RunOutcome, RunStatus
 from kfp_launch.progress import RunsProgress
@@ -52,8 +54,13 @@ class Launched:
 
 
 def run_many_on_kubeflow(
-    jobs: list[str], all_jobs: bool, settings: Settings, environ: Mapping[str, str], project_dir: Path,
-    console: Console, runtime: Runtime | None = None,
+    jobs: list[str],
+    all_jobs: bool,
+    settings: Settings,
+    environ: Mapping[str, str],
+    project_dir: Path,
+    console: Console,
+    runtime: Runtime | None = None,
 ) -> ExitCode:
     """Compile every job, submit them all to the branch's experiment, wait for all with one loop.
 
@@ -71,7 +78,9 @@ def run_many_on_kubeflow(
     experiment_name = experiment_for(ci, settings)
     assert experiment_name is not None
     console.line(f"jobs: {', '.join(c.job for c, _ in ready)}")
-    console.line(f"experiment: {experiment_name}  [{ci.ref_kind} {ci.ref}]" + (f"  ticket {ci.ticket}" if ci.ticket else ""))
+    console.line(
+        f"experiment: {experiment_name}  [{ci.ref_kind} {ci.ref}]" + (f"  ticket {ci.ticket}" if ci.ticket else "")
+    )
     connection = connection_from(settings, environ)
     print_connection(connection, console)
     if settings.dry_run:
@@ -83,28 +92,61 @@ def run_many_on_kubeflow(
     retry = retrier(poll_policy(settings), console, rt)
     jira_url = environ.get("JIRA_URL") or None
     console.section_start("kfp_launch_submit", f"Submitting {len(ready)} runs to {connection.host}")
-    experiment = retry(lambda: ensure_experiment(
-        api, experiment_name, experiment_description(ci, jira_url=jira_url), say=console.line))
-    assert isinstance(experiment, Experiment)
+    experiment = retry(
+        lambda: ensure_experiment(api, experiment_name, experiment_description(ci, jira_url=jira_url), say=console.line)
+    )
     launched = []
     for compiled, params in ready:
         name = run_name(settings.run_name_template, job=compiled.job, ci=ci)
-        run, attached = submit_or_attach(api, experiment, compiled, params, ci, name, settings, retry, jira_url)
+        run, _attached = submit_or_attach(api, experiment, compiled, params, ci, name, settings, retry, jira_url)
         console.url(compiled.job, connection.run_url(run.run_id))
         launched.append(Launched(compiled=compiled, params=params, run=run))
-    write_state(project_dir / settings.state_file, [StateEntry(
-        run_id=item.run.run_id, experiment_id=experiment.experiment_id, host=connection.host,
-        namespace=connection.namespace, url=connection.run_url(item.run.run_id), job=item.compiled.job,
-        cancel_policy=settings.on_cancel) for item in launched])
+    write_state(
+        project_dir / settings.state_file,
+        [
+            StateEntry(
+                run_id=item.run.run_id,
+                experiment_id=experiment.experiment_id,
+                host=connection.host,
+                namespace=connection.namespace,
+                url=connection.run_url(item.run.run_id),
+                job=item.compiled.job,
+                cancel_policy=settings.on_cancel,
+            )
+            for item in launched
+        ],
+    )
     console.section_end("kfp_launch_submit")
     reporting = Reporting(settings, environ, ci, project_dir, console, notes=True)
     if not settings.wait:
-        reporting.finished_many([_outcome(item, None, "DETACHED", ExitCode.SUCCESS, "not waited for", experiment, connection.run_url(item.run.run_id)) for item in launched])
+        reporting.finished_many(
+            [
+                _outcome(
+                    item,
+                    None,
+                    "DETACHED",
+                    ExitCode.SUCCESS,
+                    "not waited for",
+                    experiment,
+                    connection.run_url(item.run.run_id),
+                )
+                for item in launched
+            ]
+        )
         return ExitCode.SUCCESS
     return _wait_all(api, launched, experiment, settings, ci, console, rt, reporting)
 
 
-def _wait_all(api, launched, experiment, settings, ci, console, rt, reporting) -> ExitCode:  # type: ignore[no-untyped-def]
+def _wait_all(
+    api: KfpApi,
+    launched: list[Launched],
+    experiment: Experiment,
+    settings: Settings,
+    ci: CiContext,
+    console: Console,
+    rt: Runtime,
+    reporting: Reporting,
+) -> ExitCode:
     ids = [item.run.run_id for item in launched]
     deadline, deadline_source = wait_deadline(settings, ci, rt)
     jobs = {item.run.run_id: item.compiled.job for item in launched}
@@ -112,15 +154,22 @@ def _wait_all(api, launched, experiment, settings, ci, console, rt, reporting) -
     last: dict[str, RunStatus] = {}
     try:
         with RunsProgress(console, jobs) as progress:
+
             def fetch() -> dict[str, RunStatus]:
                 statuses = {s.run_id: s for s in api.list_runs_by_id(experiment.experiment_id, ids)}
                 progress.update(statuses)
                 last.update(statuses)
                 return statuses
 
-            result = wait_for_runs(fetch, policy=poll_policy(settings), expected=len(ids), deadline=deadline,
-                                   on_transient=lambda exc, outage: console.warn(f"{exc.message}; retrying"),
-                                   clock=rt.clock, sleep=rt.sleep)
+            result = wait_for_runs(
+                fetch,
+                policy=poll_policy(settings),
+                expected=len(ids),
+                deadline=deadline,
+                on_transient=lambda exc, outage: console.warn(f"{exc.message}; retrying"),
+                clock=rt.clock,
+                sleep=rt.sleep,
+            )
     except (Interrupted, KeyboardInterrupt):
         active = [run_id for run_id in ids if run_id not in last or not last[run_id].is_terminal]
         _terminate_active(api, active, settings.on_cancel, console)
@@ -128,23 +177,36 @@ def _wait_all(api, launched, experiment, settings, ci, console, rt, reporting) -
     finally:
         console.section_end("kfp_launch_wait")
     outcomes = _outcomes(api, launched, result, experiment, settings, deadline_source, console)
-    console.table(["job", "state", "duration", "run"],
-                  [[o.job, o.state, f"{o.duration_s:.0f}s" if o.duration_s is not None else "", o.run_url] for o in outcomes])
+    console.table(
+        ["job", "state", "duration", "run"],
+        [[o.job, o.state, f"{o.duration_s:.0f}s" if o.duration_s is not None else "", o.run_url] for o in outcomes],
+    )
     reporting.finished_many(outcomes)
     code = worst_exit_code([o.exit_code for o in outcomes])
     if code != ExitCode.SUCCESS:
-        console.error(f"{sum(1 for o in outcomes if o.exit_code)} of {len(outcomes)} runs did not succeed (exit {int(code)})")
+        console.error(
+            f"{sum(1 for o in outcomes if o.exit_code)} of {len(outcomes)} runs did not succeed (exit {int(code)})"
+        )
     return code
 
 
-def _outcomes(api, launched, result: WaitResult, experiment: Experiment, settings: Settings, deadline_source: str,
-              console: Console) -> list[RunOutcome]:  # type: ignore[no-untyped-def]
+def _outcomes(
+    api: KfpApi,
+    launched: list[Launched],
+    result: WaitResult,
+    experiment: Experiment,
+    settings: Settings,
+    deadline_source: str,
+    console: Console,
+) -> list[RunOutcome]:
     outcomes = []
     for item in launched:
         status = result.statuses.get(item.run.run_id)
         url = api.connection.run_url(item.run.run_id)
         if status is not None and status.is_terminal:
-            state, code, message = classify(WaitResult(statuses={status.run_id: status}, reason="terminal", polls=1), status)
+            state, code, message = classify(
+                WaitResult(statuses={status.run_id: status}, reason="terminal", polls=1), status
+            )
             if state == "FAILED":
                 try:
                     explain_failure(api, api.get_run(status.run_id), settings.log_lines, console)
@@ -159,19 +221,29 @@ def _outcomes(api, launched, result: WaitResult, experiment: Experiment, setting
     return outcomes
 
 
-def _outcome(item: Launched, status: RunStatus | None, state: str, code: int, message: str,
-             experiment: Experiment, url: str) -> RunOutcome:
+def _outcome(
+    item: Launched, status: RunStatus | None, state: str, code: int, message: str, experiment: Experiment, url: str
+) -> RunOutcome:
     run = status or item.run
     duration = (run.finished_at - run.created_at).total_seconds() if run.finished_at and run.created_at else None
     return RunOutcome(
-        job=item.compiled.job, pipeline_name=item.compiled.pipeline_name, state=state, exit_code=int(code),
-        run_id=item.run.run_id, run_url=url, experiment_id=experiment.experiment_id, experiment=experiment.name,
-        tasks=run.tasks, metrics_available=False, parameters=item.params.as_dict(), duration_s=duration,
+        job=item.compiled.job,
+        pipeline_name=item.compiled.pipeline_name,
+        state=state,
+        exit_code=int(code),
+        run_id=item.run.run_id,
+        run_url=url,
+        experiment_id=experiment.experiment_id,
+        experiment=experiment.name,
+        tasks=run.tasks,
+        metrics_available=False,
+        parameters=item.params.as_dict(),
+        duration_s=duration,
         message=message,
     )
 
 
-def _terminate_active(api, run_ids: list[str], policy: str, console: Console) -> None:  # type: ignore[no-untyped-def]
+def _terminate_active(api: KfpApi, run_ids: list[str], policy: str, console: Console) -> None:
     if policy == "detach":
         console.warn(f"interrupted: {len(run_ids)} runs keep running (--on-cancel detach)")
         return

@@ -276,7 +276,7 @@ class MergeRequestNotes:
 
     def _job_key(self, run: StartedRun) -> str:
         """The CI job's full name (each parallel/matrix instance has its own note); on a laptop the job."""
-        return self._ci.job_name if self._ci.job_name else f"{run.job} (local)"
+        return self._ci.job_name or f"{run.job} (local)"
 
     # ---- python-gitlab plumbing ----------------------------------------------------------------------------
 
@@ -347,9 +347,7 @@ def _find_note(merge_request: ProjectMergeRequest, marker: str, options: Mapping
     never taken for it. Newest first: our note is usually recent, and if an older marked note turned out
     not to be editable (another user's) the one created instead is found next time.
     """
-    notes = merge_request.notes.list(
-        iterator=True, sort="desc", order_by="created_at", per_page=100, **options
-    )
+    notes = merge_request.notes.list(iterator=True, sort="desc", order_by="created_at", per_page=100, **options)
     for note in notes:
         if not getattr(note, "system", False) and str(getattr(note, "body", "")).startswith(marker):
             return int(note.id)
@@ -399,9 +397,7 @@ def render_note(
     state = outcome.state if outcome is not None else "RUNNING"
     emoji, word = _STATE_LABELS.get(state, ("ℹ️", state.lower()))
     lines = [f"#### {emoji} Kubeflow Pipelines run of {_code(run.job)}: {word}", ""]
-    lines += [
-        f"- **{label}:** {value}" for label, value in _facts(run, ci, outcome, jira_url, f"{emoji} {word}")
-    ]
+    lines += [f"- **{label}:** {value}" for label, value in _facts(run, ci, outcome, jira_url, f"{emoji} {word}")]
     if outcome is not None and outcome.message:
         lines += ["", f"**Why:** {_code(outcome.message)}"]
     lines += _parameters_section(run.parameters)
@@ -518,11 +514,7 @@ def _longest_backtick_run(text: str) -> int:
 
 
 def _value_text(value: object) -> str:
-    text = (
-        value
-        if isinstance(value, str)
-        else json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
-    )
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
     return _clip(text, _MAX_VALUE_CHARS) if text else '""'
 
 

@@ -49,16 +49,29 @@ def _duration(run: RunStatus) -> float | None:
 def run_summary(run: RunStatus) -> dict[str, object]:
     """A JSON-ready summary of a run."""
     return {
-        "run_id": run.run_id, "name": run.name, "job": run_job(run), "state": run.state,
+        "run_id": run.run_id,
+        "name": run.name,
+        "job": run_job(run),
+        "state": run.state,
         "created_at": run.created_at.isoformat() if run.created_at else None,
         "finished_at": run.finished_at.isoformat() if run.finished_at else None,
-        "duration_s": _duration(run), "commit": run_commit(run), "parameters": dict(run.parameters),
+        "duration_s": _duration(run),
+        "commit": run_commit(run),
+        "parameters": dict(run.parameters),
     }
 
 
 def list_runs(
-    settings: Settings, environ: Mapping[str, str], project_dir: Path, console: Console, *,
-    experiment: str | None, job: str | None, limit: int, as_json: bool, runtime: Runtime | None = None,
+    settings: Settings,
+    environ: Mapping[str, str],
+    project_dir: Path,
+    console: Console,
+    *,
+    experiment: str | None,
+    job: str | None,
+    limit: int,
+    as_json: bool,
+    runtime: Runtime | None = None,
 ) -> None:
     """Print the newest ``limit`` runs of an experiment (default: the current branch's).
 
@@ -74,55 +87,96 @@ def list_runs(
     retry = retrier(poll_policy(settings), console, rt)
     found = retry(lambda: api.find_experiment(name))
     if found is None:
-        raise InputError(f'No experiment named "{name}" in namespace {api.namespace or "(single-user)"}.',
-                         hint="kfp-launch context shows the experiment of this branch; --experiment NAME picks another.")
+        raise InputError(
+            f'No experiment named "{name}" in namespace {api.namespace or "(single-user)"}.',
+            hint="kfp-launch context shows the experiment of this branch; --experiment NAME picks another.",
+        )
     page = 200 if job else limit
     runs = retry(lambda: api.list_runs(found.experiment_id, page_size=page))
-    assert isinstance(runs, list)
     if job:
         runs = [r for r in runs if run_job(r) == job]
     runs = runs[:limit]
     if as_json:
-        console.data(json.dumps({"experiment": name, "experiment_id": found.experiment_id,
-                                 "runs": [run_summary(r) for r in runs], "metrics": None, "metrics_note": METRICS_NOTE},
-                                indent=2, default=str))
+        console.data(
+            json.dumps(
+                {
+                    "experiment": name,
+                    "experiment_id": found.experiment_id,
+                    "runs": [run_summary(r) for r in runs],
+                    "metrics": None,
+                    "metrics_note": METRICS_NOTE,
+                },
+                indent=2,
+                default=str,
+            )
+        )
         return
     rows = []
     for run in runs:
         duration = _duration(run)
         params = ", ".join(f"{k}={json.dumps(v)}" for k, v in list(run.parameters.items())[:4])
-        rows.append([run.run_id[:8], run_job(run), run.state,
-                     run.created_at.strftime("%Y-%m-%d %H:%M") if run.created_at else "",
-                     f"{duration:.0f}s" if duration is not None else "", run_commit(run), params])
+        rows.append(
+            [
+                run.run_id[:8],
+                run_job(run),
+                run.state,
+                run.created_at.strftime("%Y-%m-%d %H:%M") if run.created_at else "",
+                f"{duration:.0f}s" if duration is not None else "",
+                run_commit(run),
+                params,
+            ]
+        )
     console.line(f'experiment "{name}" ({found.experiment_id}): {len(runs)} runs')
     console.table(["run", "job", "state", "started (UTC)", "duration", "commit", "parameters"], rows)
     console.line(METRICS_NOTE, style="dim")
 
 
 def compare_runs(
-    run_a: str, run_b: str, settings: Settings, environ: Mapping[str, str], console: Console, *,
-    as_json: bool, runtime: Runtime | None = None,
+    run_a: str,
+    run_b: str,
+    settings: Settings,
+    environ: Mapping[str, str],
+    console: Console,
+    *,
+    as_json: bool,
+    runtime: Runtime | None = None,
 ) -> None:
     """Print the parameters of two runs side by side, differences first."""
     rt = runtime or Runtime()
     api = rt.api_factory(connection_from(settings, environ))
     retry = retrier(poll_policy(settings), console, rt)
-    a, b = (retry(lambda rid=rid: api.get_run(rid)) for rid in (run_a, run_b))
-    assert isinstance(a, RunStatus) and isinstance(b, RunStatus)
+    a = retry(lambda: api.get_run(run_a))
+    b = retry(lambda: api.get_run(run_b))
     names = list(dict.fromkeys([*a.parameters, *b.parameters]))
     differing = [n for n in names if a.parameters.get(n, MISSING) != b.parameters.get(n, MISSING)]
     if as_json:
-        console.data(json.dumps({
-            "runs": [run_summary(a), run_summary(b)],
-            "parameters": {n: [a.parameters.get(n), b.parameters.get(n)] for n in names},
-            "differences": differing, "metrics": None, "metrics_note": METRICS_NOTE,
-        }, indent=2, default=str))
+        console.data(
+            json.dumps(
+                {
+                    "runs": [run_summary(a), run_summary(b)],
+                    "parameters": {n: [a.parameters.get(n), b.parameters.get(n)] for n in names},
+                    "differences": differing,
+                    "metrics": None,
+                    "metrics_note": METRICS_NOTE,
+                },
+                indent=2,
+                default=str,
+            )
+        )
         return
+
     def cell(run: RunStatus, name: str) -> str:
         return json.dumps(run.parameters[name]) if name in run.parameters else MISSING
 
-    rows = [[("≠ " if n in differing else "  ") + n, cell(a, n), cell(b, n)] for n in sorted(names, key=lambda n: n not in differing)]
-    rows += [["  state", a.state, b.state], ["  job", run_job(a), run_job(b)], ["  commit", run_commit(a), run_commit(b)]]
+    rows = [
+        [("≠ " if n in differing else "  ") + n, cell(a, n), cell(b, n)]
+        for n in sorted(names, key=lambda n: n not in differing)
+    ]
+    rows += [
+        ["  state", a.state, b.state],
+        ["  job", run_job(a), run_job(b)],
+        ["  commit", run_commit(a), run_commit(b)],
+    ]
     console.table(["parameter", f"{a.name or a.run_id[:8]}", f"{b.name or b.run_id[:8]}"], rows)
     console.line(f"{len(differing)} of {len(names)} parameters differ")
     console.line(METRICS_NOTE, style="dim")

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any, Iterator
+from typing import Any
 
 from kfp_launch.connection import Connection
 from kfp_launch.errors import KfpApiError, KfpAuthError, KfpUnavailableError
@@ -115,14 +115,23 @@ class KfpApi:
         import kfp_server_api
 
         body = kfp_server_api.V2beta1Experiment(display_name=name, description=description, namespace=self.namespace)
-        data = self._call(self._experiments.experiment_service_create_experiment, f'create experiment "{name}"',
-                          experiment=body, write=True)
+        data = self._call(
+            self._experiments.experiment_service_create_experiment,
+            f'create experiment "{name}"',
+            experiment=body,
+            write=True,
+        )
         return _experiment(data)
 
     def unarchive_experiment(self, experiment_id: str) -> None:
         """Unarchive an experiment (``POST /experiments/{id}:unarchive``)."""
-        self._call(self._experiments.experiment_service_unarchive_experiment,
-                   f"unarchive experiment {experiment_id}", experiment_id=experiment_id, write=True, expect_json=False)
+        self._call(
+            self._experiments.experiment_service_unarchive_experiment,
+            f"unarchive experiment {experiment_id}",
+            experiment_id=experiment_id,
+            write=True,
+            expect_json=False,
+        )
 
     # -- runs ----------------------------------------------------------------------------------
 
@@ -149,12 +158,21 @@ class KfpApi:
         import kfp_server_api
 
         config = self._client._create_job_config(
-            params=dict(parameters), pipeline_package_path=package_path, pipeline_id=None, version_id=None,
-            enable_caching=enable_caching, cache_key=None, pipeline_root=pipeline_root,
+            params=dict(parameters),
+            pipeline_package_path=package_path,
+            pipeline_id=None,
+            version_id=None,
+            enable_caching=enable_caching,
+            cache_key=None,
+            pipeline_root=pipeline_root,
         )
         body = kfp_server_api.V2beta1Run(
-            experiment_id=experiment_id, display_name=display_name, description=description,
-            pipeline_spec=config.pipeline_spec, runtime_config=config.runtime_config, service_account=service_account,
+            experiment_id=experiment_id,
+            display_name=display_name,
+            description=description,
+            pipeline_spec=config.pipeline_spec,
+            runtime_config=config.runtime_config,
+            service_account=service_account,
         )
         data = self._call(self._runs.run_service_create_run, f'create run "{display_name}"', run=body, write=True)
         return _run(data)
@@ -163,7 +181,9 @@ class KfpApi:
         """Read a run with its task details (``GET /runs/{id}``)."""
         return _run(self._call(self._runs.run_service_get_run, f"read run {run_id}", run_id=run_id))
 
-    def list_runs(self, experiment_id: str, *, display_name: str | None = None, page_size: int = 100) -> list[RunStatus]:
+    def list_runs(
+        self, experiment_id: str, *, display_name: str | None = None, page_size: int = 100
+    ) -> list[RunStatus]:
         """The newest runs of an experiment (``GET /runs?experiment_id=``), optionally by exact name.
 
         Args:
@@ -186,9 +206,13 @@ class KfpApi:
         if len(run_ids) > 200:
             raise ValueError("at most 200 runs per request")
         predicate = {"key": "run_id", "operation": "IN", "string_values": {"values": list(run_ids)}}
-        data = self._call(self._runs.run_service_list_runs, f"read {len(run_ids)} runs of experiment {experiment_id}",
-                          experiment_id=experiment_id, page_size=len(run_ids),
-                          filter=json.dumps({"predicates": [predicate]}))
+        data = self._call(
+            self._runs.run_service_list_runs,
+            f"read {len(run_ids)} runs of experiment {experiment_id}",
+            experiment_id=experiment_id,
+            page_size=len(run_ids),
+            filter=json.dumps({"predicates": [predicate]}),
+        )
         return [_run(r) for r in data.get("runs") or []]
 
     def terminate_run(self, run_id: str, *, timeout_s: float | None = None) -> None:
@@ -202,8 +226,14 @@ class KfpApi:
             KfpApiError: HTTP 400 when the run is no longer active (KFP answers "Row not found").
         """
         timeout = (min(self._timeout[0], timeout_s), timeout_s) if timeout_s else None
-        self._call(self._runs.run_service_terminate_run, f"terminate run {run_id}", run_id=run_id, write=True,
-                   expect_json=False, timeout=timeout)
+        self._call(
+            self._runs.run_service_terminate_run,
+            f"terminate run {run_id}",
+            run_id=run_id,
+            write=True,
+            expect_json=False,
+            timeout=timeout,
+        )
 
     def task_log(self, run_id: str, node_id: str) -> str:
         """A task's log as text (``GET /apis/v1alpha1/runs/{run}/nodes/{node}/log``, §1.6): the
@@ -213,8 +243,13 @@ class KfpApi:
         what = f"read the log of {node_id}"
         with self._translated(what, write=False):
             raw = api_client.call_api(
-                path, "GET", header_params={"Accept": "text/plain"}, auth_settings=["Bearer"],
-                _preload_content=False, _request_timeout=self._timeout, _return_http_data_only=True,
+                path,
+                "GET",
+                header_params={"Accept": "text/plain"},
+                auth_settings=["Bearer"],
+                _preload_content=False,
+                _request_timeout=self._timeout,
+                _return_http_data_only=True,
             )
         self.requests_made += 1
         return bytes(raw.data).decode("utf-8", errors="replace")
@@ -222,8 +257,14 @@ class KfpApi:
     # -- plumbing ------------------------------------------------------------------------------
 
     def _call(
-        self, method: Callable[..., Any], what: str, *, write: bool = False, expect_json: bool = True,
-        timeout: tuple[float, float] | None = None, **kwargs: Any,
+        self,
+        method: Callable[..., Any],
+        what: str,
+        *,
+        write: bool = False,
+        expect_json: bool = True,
+        timeout: tuple[float, float] | None = None,
+        **kwargs: Any,
     ) -> dict[str, Any]:
         with self._translated(what, write=write):
             raw = method(_preload_content=False, _request_timeout=timeout or self._timeout, **kwargs)
@@ -289,8 +330,9 @@ def _server_message(body: object) -> str:
         data = json.loads(body) if isinstance(body, (str, bytes)) else None
     except ValueError:
         data = None
-    if isinstance(data, dict) and isinstance(data.get("message"), str):
-        return data["message"]
+    message = data.get("message") if isinstance(data, dict) else None
+    if isinstance(message, str):
+        return message
     text = body.decode("utf-8", "replace") if isinstance(body, bytes) else str(body or "")
     return " ".join(text.split())[:300]
 
@@ -308,8 +350,9 @@ def _api_error(exc: Any, what: str, connection: Connection, *, write: bool) -> E
     if status in _TRANSIENT_STATUSES:
         return TransientKfpError(f"Kubeflow failed to {what}: HTTP {status} {message}".rstrip(), maybe_applied=write)
     error_class = KfpConflictError if status == 409 else KfpApiError
-    return error_class(f"Kubeflow refused to {what}: HTTP {status} {message}".rstrip(),
-                       hint="nothing was changed by this request.")
+    return error_class(
+        f"Kubeflow refused to {what}: HTTP {status} {message}".rstrip(), hint="nothing was changed by this request."
+    )
 
 
 def _transport_error(exc: Exception, what: str, connection: Connection, *, write: bool) -> Exception:
@@ -322,15 +365,14 @@ def _transport_error(exc: Exception, what: str, connection: Connection, *, write
             hint="if Kubeflow uses a private CA, set KFP_CA_BUNDLE to its PEM file; verification is never skipped.",
         )
     name = type(reason or exc).__name__
-    return TransientKfpError(f"Could not reach Kubeflow at {connection.host} to {what}: {name}",
-                             maybe_applied=write)
+    return TransientKfpError(f"Could not reach Kubeflow at {connection.host} to {what}: {name}", maybe_applied=write)
 
 
 def _time(value: object) -> datetime | None:
     if not isinstance(value, str) or not value or value.startswith(_EPOCH_PREFIX):
         return None
     try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return datetime.fromisoformat(value)  # Python 3.11 parses the "Z" suffix
     except ValueError:
         return None
 
@@ -355,9 +397,7 @@ def _run(data: Mapping[str, Any]) -> RunStatus:
     if not data.get("run_id"):
         raise KfpApiError("Kubeflow returned a run without an id.")
     details = data.get("run_details") or {}
-    history = tuple(
-        (str(h.get("state", "")), _error_message(h.get("error"))) for h in data.get("state_history") or []
-    )
+    history = tuple((str(h.get("state", "")), _error_message(h.get("error"))) for h in data.get("state_history") or [])
     return RunStatus(
         run_id=data["run_id"],
         experiment_id=data.get("experiment_id", ""),
@@ -375,7 +415,9 @@ def _run(data: Mapping[str, Any]) -> RunStatus:
 
 def _task(data: Mapping[str, Any]) -> TaskResult:
     start, end = _time(data.get("start_time")), _time(data.get("end_time"))
-    errors = [_error_message(data.get("error"))] + [_error_message(h.get("error")) for h in data.get("state_history") or []]
+    errors = [_error_message(data.get("error"))] + [
+        _error_message(h.get("error")) for h in data.get("state_history") or []
+    ]
     pods = [c.get("pod_name") for c in data.get("child_tasks") or [] if c.get("pod_name")]
     if data.get("pod_name"):
         pods.append(data["pod_name"])

@@ -65,9 +65,25 @@ def show_context(
         return
     if ci.ticket is None:
         console.warn("no JIRA ticket found (branch, merge request title, commit title); set --ticket or JIRA_TICKET")
-    keys = ["in_ci", "pipeline_source", "ref_kind", "branch", "ref", "commit_sha", "commit_title",
-            "merge_request_iid", "merge_request_title", "ticket", "ticket_source", "experiment", "job",
-            "project_path", "pipeline_url", "job_url", "user_login"]
+    keys = [
+        "in_ci",
+        "pipeline_source",
+        "ref_kind",
+        "branch",
+        "ref",
+        "commit_sha",
+        "commit_title",
+        "merge_request_iid",
+        "merge_request_title",
+        "ticket",
+        "ticket_source",
+        "experiment",
+        "job",
+        "project_path",
+        "pipeline_url",
+        "job_url",
+        "user_login",
+    ]
     rows = [[k, "" if data.get(k) is None else str(data[k])] for k in keys]
     console.table(["", "value"], rows)
 
@@ -86,8 +102,14 @@ class Reporting:
     """
 
     def __init__(
-        self, settings: Settings, environ: Mapping[str, str], ci: CiContext, project_dir: Path, console: Console,
-        *, notes: bool,
+        self,
+        settings: Settings,
+        environ: Mapping[str, str],
+        ci: CiContext,
+        project_dir: Path,
+        console: Console,
+        *,
+        notes: bool,
     ) -> None:
         from kfp_launch.reports import ReportPaths
 
@@ -201,8 +223,9 @@ def compile_to_file(job: str, output: str | None, settings: Settings, project_di
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(compiled.package_yaml, encoding="utf-8")
     except OSError as exc:
-        raise InputError(f"Cannot write the pipeline package to {path}: {exc.strerror or exc}.",
-                         hint="choose another --output path.") from None
+        raise InputError(
+            f"Cannot write the pipeline package to {path}: {exc.strerror or exc}.", hint="choose another --output path."
+        ) from None
     console.line(f"wrote {path} (pipeline {compiled.pipeline_name}, {len(compiled.parameters)} parameters)")
 
 
@@ -256,8 +279,10 @@ def jobs_to_run(jobs: list[str], all_jobs: bool, ci: CiContext, settings: Settin
 
     found = list_job_modules(project_dir, settings.pipelines_package)
     if not found:
-        raise InputError(f"--all found no jobs in {project_dir / settings.pipelines_package}.",
-                         hint="add modules pipelines/<job>.py that define a @dsl.pipeline.")
+        raise InputError(
+            f"--all found no jobs in {project_dir / settings.pipelines_package}.",
+            hint="add modules pipelines/<job>.py that define a @dsl.pipeline.",
+        )
     return found
 
 
@@ -300,7 +325,11 @@ def compile_jobs(
 
 
 def run_local_jobs(
-    jobs: list[str], all_jobs: bool, settings: Settings, environ: Mapping[str, str], project_dir: Path,
+    jobs: list[str],
+    all_jobs: bool,
+    settings: Settings,
+    environ: Mapping[str, str],
+    project_dir: Path,
     console: Console,
 ) -> ExitCode:
     """Run one job locally, or several one after the other (all compiled first); the worst exit code."""
@@ -309,8 +338,9 @@ def run_local_jobs(
     if not all_jobs and len(jobs) <= 1:
         return run_local_job(jobs[0] if jobs else None, settings, environ, project_dir, console)
     ci = read_context(settings, environ, project_dir, require_ref=False)
-    ready = compile_jobs(jobs_to_run(jobs, all_jobs, ci, settings, project_dir), settings, project_dir,
-                         skip_non_jobs=all_jobs)
+    ready = compile_jobs(
+        jobs_to_run(jobs, all_jobs, ci, settings, project_dir), settings, project_dir, skip_non_jobs=all_jobs
+    )
     codes = [run_local_job(compiled.job, settings, environ, project_dir, console) for compiled, _ in ready]
     return worst_exit_code([int(c) for c in codes])
 
@@ -355,12 +385,22 @@ def run_local_job(
         console.section_end("kfp_launch_run")
     _print_outcome(outcome, console)
     code = ExitCode.SUCCESS if outcome.succeeded else ExitCode.RUN_FAILED
-    Reporting(settings, environ, ci, project_dir, console, notes=False).finished(RunOutcome(
-        job=compiled.job, pipeline_name=compiled.pipeline_name, state=outcome.state, exit_code=int(code),
-        experiment=experiment_for(ci, settings) or "", tasks=outcome.tasks, metrics=outcome.metrics,
-        metrics_available=True, parameters=params.as_dict(), duration_s=outcome.duration_s,
-        message=outcome.error, local=True,
-    ))
+    Reporting(settings, environ, ci, project_dir, console, notes=False).finished(
+        RunOutcome(
+            job=compiled.job,
+            pipeline_name=compiled.pipeline_name,
+            state=outcome.state,
+            exit_code=int(code),
+            experiment=experiment_for(ci, settings) or "",
+            tasks=outcome.tasks,
+            metrics=outcome.metrics,
+            metrics_available=True,
+            parameters=params.as_dict(),
+            duration_s=outcome.duration_s,
+            message=outcome.error,
+            local=True,
+        )
+    )
     return code
 
 
@@ -435,10 +475,8 @@ def _format_value(value: object) -> str:
     if isinstance(value, float):
         return repr(round(value, 6))
     if hasattr(value, "uri"):
-        return str(getattr(value, "uri"))
+        return str(value.uri)
     return json.dumps(value, default=str)
-
-
 
 
 def show_params(job: str, settings: Settings, project_dir: Path, console: Console, *, as_dataclass: bool) -> None:
@@ -454,7 +492,10 @@ def show_params(job: str, settings: Settings, project_dir: Path, console: Consol
     for p in compiled.parameters:
         default = "(required)" if p.is_required else ("(none)" if not p.has_default else json.dumps(p.default))
         cells = [p.name, p.type.label, default]
-        cells += [json.dumps(compiled.profiles[name][p.name]) if p.name in compiled.profiles[name] else "" for name in profiles]
+        cells += [
+            json.dumps(compiled.profiles[name][p.name]) if p.name in compiled.profiles[name] else ""
+            for name in profiles
+        ]
         rows.append(cells)
     console.line(f"job {compiled.job}: {compiled.module}:{compiled.function}, pipeline {compiled.pipeline_name}")
     console.table(["parameter", "type", "default", *(f"profile {n}" for n in profiles)], rows)

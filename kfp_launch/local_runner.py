@@ -192,8 +192,15 @@ def run_local(
     log_path = pipeline_root / "kfp-local.log"
     request = pipeline_root / "kfp-launch-request.json"
     request.write_text(
-        json.dumps({"package_yaml": pipeline.package_yaml, "arguments": dict(arguments),
-                    "pipeline_root": str(pipeline_root), "log_path": str(log_path), "echo": echo}),
+        json.dumps(
+            {
+                "package_yaml": pipeline.package_yaml,
+                "arguments": dict(arguments),
+                "pipeline_root": str(pipeline_root),
+                "log_path": str(log_path),
+                "echo": echo,
+            }
+        ),
         encoding="utf-8",
     )
     started = clock()
@@ -201,7 +208,11 @@ def run_local(
     result: dict[str, Any] = {}
     worker = subprocess.Popen(
         [sys.executable, "-m", "kfp_launch.local_runner", str(request)],
-        stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, encoding="utf-8", start_new_session=True,
+        stdout=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        encoding="utf-8",
+        start_new_session=True,
         env=_worker_env(),
     )
     try:

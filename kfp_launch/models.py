@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from enum import Enum
+from enum import StrEnum
 
 
-class ParameterType(str, Enum):
+class ParameterType(StrEnum):
     """A pipeline parameter's type, as the compiled pipeline's IR declares it.
 
     Source: ``PipelineSpec.root.input_definitions.parameters[*].parameter_type``

@@ -79,9 +79,7 @@ def resolve_parameters(
     problems: list[str] = []
     invalid: set[str] = set()
     chosen: dict[str, ParameterValue] = {
-        p.name: ParameterValue(name=p.name, value=p.default, source="default")
-        for p in parameters
-        if p.has_default
+        p.name: ParameterValue(name=p.name, value=p.default, source="default") for p in parameters if p.has_default
     }
     for layer in layers:
         for name, raw in layer.values.items():
@@ -93,7 +91,7 @@ def resolve_parameters(
                 continue  # null means "leave it to the pipeline's default"
             value, problem = coerce_value(spec, raw, raw_string=layer.raw)
             if problem:
-                problems.append(f'{name} (from {layer.source}): {problem}')
+                problems.append(f"{name} (from {layer.source}): {problem}")
                 invalid.add(name)
             else:
                 chosen[name] = ParameterValue(name=name, value=value, source=layer.source)
@@ -165,7 +163,7 @@ def _check_typed(kind: ParameterType, value: object) -> tuple[object, str]:
             return value, ""
         return None, (
             f"expected a string, got {_describe(value)}; quote it in the file "
-            f"(e.g. \"{_yaml_text(value)}\"), since YAML reads 007 as 7 and yes as true"
+            f'(e.g. "{_yaml_text(value)}"), since YAML reads 007 as 7 and yes as true'
         )
     if kind is ParameterType.INTEGER:
         if isinstance(value, int) and not isinstance(value, bool):
@@ -224,8 +222,7 @@ def load_params_file(path: Path) -> dict[str, object]:
         return {}
     if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
         raise ParameterError(
-            f"The params file {path} must hold a mapping of parameter name to value, "
-            f"not {type(data).__name__}.",
-            hint="write it as `steps: 100` lines (YAML) or {\"steps\": 100} (JSON).",
+            f"The params file {path} must hold a mapping of parameter name to value, not {type(data).__name__}.",
+            hint='write it as `steps: 100` lines (YAML) or {"steps": 100} (JSON).',
         )
     return data

@@ -231,7 +231,7 @@ def _select_pipeline(module: ModuleType, job: str, function: str | None) -> tupl
     names = ", ".join(sorted(found))
     raise PipelineError(
         f"{module.__name__} defines several pipelines ({names}) and none is called `pipeline`.",
-        hint=f"say which one to use, e.g. {job}:{sorted(found)[0]}, or name one `pipeline`.",
+        hint=f"say which one to use, e.g. {job}:{min(found)}, or name one `pipeline`.",
     )
 
 

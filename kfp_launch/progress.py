@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from contextlib import ExitStack
 from types import TracebackType
+from typing import Self
 
 from kfp_launch.console import Console, LiveTable
 from kfp_launch.models import TERMINAL_STATES as _TERMINAL
@@ -28,12 +29,14 @@ class RunProgress:
         self._run_state = ""
         self._task_states: dict[str, str] = {}
 
-    def __enter__(self) -> RunProgress:
+    def __enter__(self) -> Self:
         if self._live_wanted:
             self._table = self._stack.enter_context(self._console.live())
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self._stack.close()
 
     def update(self, status: RunStatus) -> None:
@@ -45,15 +48,18 @@ class RunProgress:
             self._task_states[task.name] = task.state
         if self._table is not None:
             if run_changed or changed:
-                rows = [[t.name, t.state, f"{t.duration_s:.0f}s" if t.duration_s is not None else ""] for t in status.tasks]
+                rows = [
+                    [t.name, t.state, f"{t.duration_s:.0f}s" if t.duration_s is not None else ""] for t in status.tasks
+                ]
                 self._table.show(f"run {status.state}", ("task", "state", "time"), rows)
             return
         if run_changed:
             self._console.line(f"{self._console.stamp()} run {status.state}", style=_STYLES.get(status.state))
         for task in changed:
             took = f" ({task.duration_s:.0f}s)" if task.duration_s is not None else ""
-            self._console.line(f"{self._console.stamp()}   task {task.name} {task.state}{took}",
-                               style=_STYLES.get(task.state))
+            self._console.line(
+                f"{self._console.stamp()}   task {task.name} {task.state}{took}", style=_STYLES.get(task.state)
+            )
 
     def note(self, text: str) -> None:
         """Print a line about the wait itself (retries, outages)."""
@@ -77,12 +83,14 @@ class RunsProgress:
         self._table: LiveTable | None = None
         self._states: dict[str, str] = {}
 
-    def __enter__(self) -> RunsProgress:
+    def __enter__(self) -> Self:
         if self._live_wanted:
             self._table = self._stack.enter_context(self._console.live())
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self._stack.close()
 
     def update(self, statuses: dict[str, RunStatus]) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 from kfp_launch.ci_context import CiContext
 from kfp_launch.connection import Connection, connection_from
@@ -47,6 +48,8 @@ from kfp_launch.submission import (
 )
 from kfp_launch.watch import PollPolicy, WaitResult, call_with_retry, wait_for_run
 
+_T = TypeVar("_T")
+
 DEADLINE_MARGIN = timedelta(minutes=5)
 """Report this long before GitLab's job timeout (``CI_JOB_STARTED_AT + CI_JOB_TIMEOUT``)."""
 TERMINATE_TIMEOUT_S = 5.0
@@ -72,12 +75,17 @@ class Runtime:
 
 def poll_policy(settings: Settings) -> PollPolicy:
     """The poll policy from ``--poll-interval`` and ``--max-outage``."""
-    return PollPolicy(first_interval_s=settings.poll_interval.total_seconds(),
-                      max_outage_s=settings.max_outage.total_seconds())
+    return PollPolicy(
+        first_interval_s=settings.poll_interval.total_seconds(), max_outage_s=settings.max_outage.total_seconds()
+    )
 
 
 def run_on_kubeflow(
-    job: str | None, settings: Settings, environ: Mapping[str, str], project_dir: Path, console: Console,
+    job: str | None,
+    settings: Settings,
+    environ: Mapping[str, str],
+    project_dir: Path,
+    console: Console,
     runtime: Runtime | None = None,
 ) -> ExitCode:
     """Compile ``job``, run it in the branch's experiment, wait, and exit with the outcome's code.
@@ -108,30 +116,59 @@ def run_on_kubeflow(
     retry = retrier(policy, console, rt)
     jira_url = environ.get("JIRA_URL") or None
     console.section_start("kfp_launch_submit", f"Submitting {compiled.pipeline_name} to {connection.host}")
-    experiment = retry(lambda: ensure_experiment(
-        api, experiment_name, experiment_description(ci, jira_url=jira_url), say=console.line))
+    experiment = retry(
+        lambda: ensure_experiment(api, experiment_name, experiment_description(ci, jira_url=jira_url), say=console.line)
+    )
     run, attached = submit_or_attach(api, experiment, compiled, params, ci, name, settings, retry, jira_url)
     console.url("run", connection.run_url(run.run_id))
     console.line(("attached to the active run of this CI job: " if attached else "submitted run ") + run.run_id)
-    write_state(project_dir / settings.state_file, [StateEntry(
-        run_id=run.run_id, experiment_id=experiment.experiment_id, host=connection.host,
-        namespace=connection.namespace, url=connection.run_url(run.run_id), job=compiled.job,
-        cancel_policy=settings.on_cancel)])
+    write_state(
+        project_dir / settings.state_file,
+        [
+            StateEntry(
+                run_id=run.run_id,
+                experiment_id=experiment.experiment_id,
+                host=connection.host,
+                namespace=connection.namespace,
+                url=connection.run_url(run.run_id),
+                job=compiled.job,
+                cancel_policy=settings.on_cancel,
+            )
+        ],
+    )
     console.section_end("kfp_launch_submit")
     reporting = Reporting(settings, environ, ci, project_dir, console, notes=True)
     started = RunOutcome(
-        job=compiled.job, pipeline_name=compiled.pipeline_name, state="RUNNING", exit_code=0, run_id=run.run_id,
-        run_url=connection.run_url(run.run_id), experiment_id=experiment.experiment_id, experiment=experiment.name,
-        metrics_available=False, parameters=params.as_dict(),
+        job=compiled.job,
+        pipeline_name=compiled.pipeline_name,
+        state="RUNNING",
+        exit_code=0,
+        run_id=run.run_id,
+        run_url=connection.run_url(run.run_id),
+        experiment_id=experiment.experiment_id,
+        experiment=experiment.name,
+        metrics_available=False,
+        parameters=params.as_dict(),
     )
     reporting.started(started)
     if not settings.wait:
         console.line("not waiting (--no-wait): kfp-launch watch " + run.run_id)
         reporting.finished(replace(started, state="DETACHED", message="submitted without waiting (--no-wait)"))
         return ExitCode.SUCCESS
-    outcome = wait_and_explain(api, run, experiment, compiled.job, compiled.pipeline_name, settings, ci, console, rt,
-                               parameters=params.as_dict(), state_path=project_dir / settings.state_file,
-                               reporting=reporting)
+    outcome = wait_and_explain(
+        api,
+        run,
+        experiment,
+        compiled.job,
+        compiled.pipeline_name,
+        settings,
+        ci,
+        console,
+        rt,
+        parameters=params.as_dict(),
+        state_path=project_dir / settings.state_file,
+        reporting=reporting,
+    )
     return ExitCode(outcome.exit_code)
 
 
@@ -139,36 +176,66 @@ def print_connection(connection: Connection, console: Console) -> None:
     console.table(["Kubeflow", "value", "from"], [list(row) for row in connection.summary_rows()])
 
 
-def retrier(policy: PollPolicy, console: Console, rt: Runtime) -> Callable[[Callable[[], object]], object]:
+class Retry(Protocol):
+    """Runs one safe API call with the transient-retry rule (:func:`watch.call_with_retry`)."""
+
+    def __call__(self, call: Callable[[], _T]) -> _T: ...
+
+
+def retrier(policy: PollPolicy, console: Console, rt: Runtime) -> Retry:
+    """A :class:`Retry` that warns on each transient failure."""
+
     def on_transient(exc: KfpUnavailableError, outage_s: float) -> None:
         console.warn(f"{exc.message} (retrying; failing for {outage_s:.0f}s of at most {policy.max_outage_s:.0f}s)")
 
-    def retry(call: Callable[[], object]) -> object:
-        return call_with_retry(call, policy=policy, on_transient=on_transient, clock=rt.clock, sleep=rt.sleep)
+    class _Retry:
+        def __call__(self, call: Callable[[], _T]) -> _T:
+            return call_with_retry(call, policy=policy, on_transient=on_transient, clock=rt.clock, sleep=rt.sleep)
 
-    return retry  # type: ignore[return-value]
+    return _Retry()
 
 
-def _dry_run(connection: Connection, experiment_name: str, name: str, compiled: CompiledPipeline,
-             params: ResolvedParameters, console: Console, rt: Runtime) -> ExitCode:
+def _dry_run(
+    connection: Connection,
+    experiment_name: str,
+    name: str,
+    compiled: CompiledPipeline,
+    params: ResolvedParameters,
+    console: Console,
+    rt: Runtime,
+) -> ExitCode:
     api = rt.api_factory(connection)
     experiment = api.find_experiment(experiment_name)
-    state = "does not exist yet: would be created" if experiment is None else (
-        f"exists ({experiment.experiment_id}" + (", archived: would be unarchived)" if experiment.archived else ")"))
+    state = (
+        "does not exist yet: would be created"
+        if experiment is None
+        else (
+            f"exists ({experiment.experiment_id}" + (", archived: would be unarchived)" if experiment.archived else ")")
+        )
+    )
     console.line(f'dry run: experiment "{experiment_name}" {state}')
-    console.line(f'dry run: would submit run "{name}" of {compiled.pipeline_name} with {params.arguments() or "defaults"}')
+    console.line(
+        f'dry run: would submit run "{name}" of {compiled.pipeline_name} with {params.arguments() or "defaults"}'
+    )
     console.line("dry run: nothing was changed")
     return ExitCode.SUCCESS
 
 
 def submit_or_attach(
-    api: KfpApi, experiment: Experiment, compiled: CompiledPipeline, params: ResolvedParameters, ci: CiContext,
-    name: str, settings: Settings, retry: Callable[[Callable[[], object]], object], jira_url: str | None,
+    api: KfpApi,
+    experiment: Experiment,
+    compiled: CompiledPipeline,
+    params: ResolvedParameters,
+    ci: CiContext,
+    name: str,
+    settings: Settings,
+    retry: Retry,
+    jira_url: str | None,
 ) -> tuple[RunStatus, bool]:
     prefix = attach_prefix(ci, compiled.job)
     if prefix is not None:
         active = retry(lambda: find_active_attempt(api, experiment.experiment_id, name, prefix))
-        if isinstance(active, RunStatus):
+        if active is not None:
             return active, True
     key = new_run_key(ci, compiled.job)
     description = run_description(compiled, ci, key, jira_url=jira_url)
@@ -178,13 +245,19 @@ def submit_or_attach(
 
         def create() -> RunStatus:
             return api.create_run(
-                experiment_id=experiment.experiment_id, display_name=name, description=description,
-                package_path=str(package), parameters=params.arguments(), pipeline_root=settings.pipeline_root,
-                enable_caching=False if settings.no_cache else None, service_account=settings.service_account,
+                experiment_id=experiment.experiment_id,
+                display_name=name,
+                description=description,
+                package_path=str(package),
+                parameters=params.arguments(),
+                pipeline_root=settings.pipeline_root,
+                enable_caching=False if settings.no_cache else None,
+                service_account=settings.service_account,
             )
 
-        run = create_run_once(api, experiment_id=experiment.experiment_id, name=name, key=key, create=create,
-                              retry=retry)  # type: ignore[arg-type]
+        run = create_run_once(
+            api, experiment_id=experiment.experiment_id, name=name, key=key, create=create, retry=retry
+        )
     return run, False
 
 
@@ -200,8 +273,18 @@ def wait_deadline(settings: Settings, ci: CiContext, rt: Runtime) -> tuple[float
 
 
 def wait_and_explain(
-    api: KfpApi, run: RunStatus, experiment: Experiment, job: str, pipeline_name: str, settings: Settings,
-    ci: CiContext, console: Console, rt: Runtime, *, parameters: Mapping[str, object], state_path: Path | None = None,
+    api: KfpApi,
+    run: RunStatus,
+    experiment: Experiment,
+    job: str,
+    pipeline_name: str,
+    settings: Settings,
+    ci: CiContext,
+    console: Console,
+    rt: Runtime,
+    *,
+    parameters: Mapping[str, object],
+    state_path: Path | None = None,
     reporting: Reporting | None = None,
 ) -> RunOutcome:
     """Wait for ``run``; on a signal or the deadline terminate it (per policy); explain; summarize.
@@ -222,26 +305,52 @@ def wait_and_explain(
     try:
         with RunProgress(console) as progress:
             result = wait_for_run(
-                lambda: api.get_run(run.run_id), policy=policy, on_status=progress.update,
+                lambda: api.get_run(run.run_id),
+                policy=policy,
+                on_status=progress.update,
                 on_transient=lambda exc, outage: progress.note(f"{exc.message}; retrying (outage {outage:.0f}s)"),
-                deadline=deadline, age_at_start_s=max(age, 0.0), clock=rt.clock, sleep=rt.sleep,
+                deadline=deadline,
+                age_at_start_s=max(age, 0.0),
+                clock=rt.clock,
+                sleep=rt.sleep,
             )
     except (Interrupted, KeyboardInterrupt) as exc:
         _on_interrupt(api, run.run_id, settings, console)
         if reporting is not None:
             signum = getattr(exc, "signum", 2)
-            reporting.finished(RunOutcome(
-                job=job, pipeline_name=pipeline_name, state="INTERRUPTED", exit_code=128 + signum, run_id=run.run_id,
-                run_url=url, experiment_id=experiment.experiment_id, experiment=experiment.name,
-                metrics_available=False, parameters=dict(parameters), duration_s=rt.clock() - started,
-                message=f"the CI job was interrupted; --on-cancel {settings.on_cancel}",
-            ))
+            reporting.finished(
+                RunOutcome(
+                    job=job,
+                    pipeline_name=pipeline_name,
+                    state="INTERRUPTED",
+                    exit_code=128 + signum,
+                    run_id=run.run_id,
+                    run_url=url,
+                    experiment_id=experiment.experiment_id,
+                    experiment=experiment.name,
+                    metrics_available=False,
+                    parameters=dict(parameters),
+                    duration_s=rt.clock() - started,
+                    message=f"the CI job was interrupted; --on-cancel {settings.on_cancel}",
+                )
+            )
         raise
     finally:
         console.section_end("kfp_launch_wait")
-    outcome = _outcome(result, api, run, experiment, job, pipeline_name, settings, console,
-                       deadline_source=deadline_source, url=url, parameters=parameters,
-                       waited_s=rt.clock() - started)
+    outcome = _outcome(
+        result,
+        api,
+        run,
+        experiment,
+        job,
+        pipeline_name,
+        settings,
+        console,
+        deadline_source=deadline_source,
+        url=url,
+        parameters=parameters,
+        waited_s=rt.clock() - started,
+    )
     if outcome.state == "TIMED_OUT" and settings.on_timeout == "detach" and state_path is not None:
         _mark_detached(state_path, run.run_id)
     if outcome.state == "FAILED" and result.status is not None:
@@ -269,13 +378,25 @@ def _on_interrupt(api: KfpApi, run_id: str, settings: Settings, console: Console
     except KfpApiError:
         console.warn(f"interrupted: run {run_id} had already finished")
     except KfpLaunchError as exc:
-        console.warn(f"interrupted, and terminating run {run_id} failed: {exc.message}; "
-                     "the CI template's after_script retries with kfp-launch cancel --state-file")
+        console.warn(
+            f"interrupted, and terminating run {run_id} failed: {exc.message}; "
+            "the CI template's after_script retries with kfp-launch cancel --state-file"
+        )
 
 
 def _outcome(
-    result: WaitResult, api: KfpApi, run: RunStatus, experiment: Experiment, job: str, pipeline_name: str,
-    settings: Settings, console: Console, *, deadline_source: str, url: str, parameters: Mapping[str, object],
+    result: WaitResult,
+    api: KfpApi,
+    run: RunStatus,
+    experiment: Experiment,
+    job: str,
+    pipeline_name: str,
+    settings: Settings,
+    console: Console,
+    *,
+    deadline_source: str,
+    url: str,
+    parameters: Mapping[str, object],
     waited_s: float,
 ) -> RunOutcome:
     status = result.status or run
@@ -286,18 +407,35 @@ def _outcome(
             message = f"the wait deadline ({deadline_source}) passed: terminated the run"
         else:
             message = f"the wait deadline ({deadline_source}) passed: the run keeps running (--on-timeout detach)"
-    duration = (status.finished_at - status.created_at).total_seconds() if status.finished_at and status.created_at else waited_s
+    duration = (
+        (status.finished_at - status.created_at).total_seconds()
+        if status.finished_at and status.created_at
+        else waited_s
+    )
     return RunOutcome(
-        job=job, pipeline_name=pipeline_name, state=state, exit_code=int(code), run_id=run.run_id, run_url=url,
-        experiment_id=experiment.experiment_id, experiment=experiment.name, tasks=status.tasks,
-        metrics_available=False, parameters=dict(parameters), duration_s=duration, message=message,
+        job=job,
+        pipeline_name=pipeline_name,
+        state=state,
+        exit_code=int(code),
+        run_id=run.run_id,
+        run_url=url,
+        experiment_id=experiment.experiment_id,
+        experiment=experiment.name,
+        tasks=status.tasks,
+        metrics_available=False,
+        parameters=dict(parameters),
+        duration_s=duration,
+        message=message,
     )
 
 
 def classify(result: WaitResult, status: RunStatus) -> tuple[str, ExitCode, str]:
     if result.reason == "outage":
-        return "UNREACHABLE", ExitCode.UNREACHABLE, (
-            f"Kubeflow failed for {result.outage_s:.0f}s (more than --max-outage): {result.last_error}")
+        return (
+            "UNREACHABLE",
+            ExitCode.UNREACHABLE,
+            (f"Kubeflow failed for {result.outage_s:.0f}s (more than --max-outage): {result.last_error}"),
+        )
     if result.reason == "deadline":
         return "TIMED_OUT", ExitCode.DEADLINE, ""
     if status.state == "SUCCEEDED":
@@ -355,8 +493,14 @@ def _print_final(outcome: RunOutcome, console: Console) -> None:
     console.error(f"run {outcome.state}{took}: {outcome.message} (exit {outcome.exit_code})")
 
 
-def watch_run(run_id: str, settings: Settings, environ: Mapping[str, str], project_dir: Path, console: Console,
-              runtime: Runtime | None = None) -> ExitCode:
+def watch_run(
+    run_id: str,
+    settings: Settings,
+    environ: Mapping[str, str],
+    project_dir: Path,
+    console: Console,
+    runtime: Runtime | None = None,
+) -> ExitCode:
     """Attach to an existing run and wait for it like ``run`` does."""
     rt = runtime or Runtime()
     connection = connection_from(settings, environ)
@@ -367,13 +511,21 @@ def watch_run(run_id: str, settings: Settings, environ: Mapping[str, str], proje
     console.url("run", connection.run_url(run.run_id))
     ci = read_context(settings, environ, project_dir, require_ref=False)
     experiment = Experiment(experiment_id=run.experiment_id, name="")
-    outcome = wait_and_explain(api, run, experiment, run.name, run.name, settings, ci, console, rt,
-                               parameters=run.parameters)
+    outcome = wait_and_explain(
+        api, run, experiment, run.name, run.name, settings, ci, console, rt, parameters=run.parameters
+    )
     return ExitCode(outcome.exit_code)
 
 
-def cancel_runs(run_id: str | None, state_file: str | None, settings: Settings, environ: Mapping[str, str],
-                project_dir: Path, console: Console, runtime: Runtime | None = None) -> ExitCode:
+def cancel_runs(
+    run_id: str | None,
+    state_file: str | None,
+    settings: Settings,
+    environ: Mapping[str, str],
+    project_dir: Path,
+    console: Console,
+    runtime: Runtime | None = None,
+) -> ExitCode:
     """Terminate a run, or every run recorded in a state file (honouring its cancel policy).
 
     Exits 0 when the runs are terminating or already finished.
@@ -383,18 +535,32 @@ def cancel_runs(run_id: str | None, state_file: str | None, settings: Settings, 
         entries = read_state(project_dir / state_file)
     elif run_id:
         connection = connection_from(settings, environ)
-        entries = [StateEntry(run_id=run_id, experiment_id="", host=connection.host, namespace=connection.namespace,
-                              url=connection.run_url(run_id), job="", cancel_policy="terminate")]
+        entries = [
+            StateEntry(
+                run_id=run_id,
+                experiment_id="",
+                host=connection.host,
+                namespace=connection.namespace,
+                url=connection.run_url(run_id),
+                job="",
+                cancel_policy="terminate",
+            )
+        ]
     else:
         from kfp_launch.errors import UsageError
 
-        raise UsageError("Say which run to cancel: a RUN_ID or --state-file FILE.", hint="e.g. kfp-launch cancel --state-file .kfp-launch/state.json")
+        raise UsageError(
+            "Say which run to cancel: a RUN_ID or --state-file FILE.",
+            hint="e.g. kfp-launch cancel --state-file .kfp-launch/state.json",
+        )
     for entry in entries:
         _cancel_one(entry, settings, environ, console, rt)
     return ExitCode.SUCCESS
 
 
-def _cancel_one(entry: StateEntry, settings: Settings, environ: Mapping[str, str], console: Console, rt: Runtime) -> None:
+def _cancel_one(
+    entry: StateEntry, settings: Settings, environ: Mapping[str, str], console: Console, rt: Runtime
+) -> None:
     if entry.cancel_policy == "detach":
         console.line(f"run {entry.run_id}: cancel policy is detach, leaving it running")
         return

@@ -29,9 +29,7 @@ DOTENV_MAX_VARIABLES = 20
 
 _JUNIT_MESSAGE_CHARS = 1_000
 _JUNIT_TEXT_CHARS = 16_000
-_METRICS_UNAVAILABLE = (
-    "metrics not available: the KFP v2beta1 API exposes no metric values (they live in ML Metadata)"
-)
+_METRICS_UNAVAILABLE = "metrics not available: the KFP v2beta1 API exposes no metric values (they live in ML Metadata)"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -198,10 +196,13 @@ def render_junit_many(outcomes: list[RunOutcome]) -> str:
 
 def _junit_document(outcomes: list[RunOutcome]) -> str:
     suites = [_suite(outcome) for outcome in outcomes]
-    totals = {key: sum(int(suite.get(key, "0")) for suite in suites) for key in ("tests", "failures", "errors", "skipped")}
+    totals = {
+        key: sum(int(suite.get(key, "0")) for suite in suites) for key in ("tests", "failures", "errors", "skipped")
+    }
     seconds = sum(float(suite.get("time", "0")) for suite in suites)
-    root = ET.Element("testsuites", {"name": "kfp-launch", **{k: str(v) for k, v in totals.items()},
-                                     "time": _seconds(seconds)})
+    root = ET.Element(
+        "testsuites", {"name": "kfp-launch", **{k: str(v) for k, v in totals.items()}, "time": _seconds(seconds)}
+    )
     root.extend(suites)
     ET.indent(root)
     return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"

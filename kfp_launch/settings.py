@@ -11,6 +11,7 @@ The environment is read once, by the CLI, and handed in as a mapping.
 
 from __future__ import annotations
 
+import math
 import re
 import shlex
 import tomllib
@@ -79,7 +80,7 @@ def parse_duration(text: str) -> timedelta:
         if not parts or "".join(n + u for n, u in parts) != raw:
             raise ValueError(f'"{text}" is not a duration') from None
         seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
-    if seconds < 0 or seconds != seconds:
+    if seconds < 0 or math.isnan(seconds):
         raise ValueError(f'"{text}" is not a duration')
     return timedelta(seconds=seconds)
 
@@ -257,9 +258,7 @@ def read_pyproject_table(project_dir: Path) -> dict[str, object]:
     return table
 
 
-def load_settings(
-    flags: Mapping[str, object], environ: Mapping[str, str], project_dir: Path
-) -> Settings:
+def load_settings(flags: Mapping[str, object], environ: Mapping[str, str], project_dir: Path) -> Settings:
     """Resolve every setting: flag > environment > pyproject > default.
 
     Args:

@@ -34,8 +34,21 @@ class RunApi(Protocol):
     def find_experiment(self, name: str) -> Experiment | None: ...
     def create_experiment(self, name: str, description: str) -> Experiment: ...
     def unarchive_experiment(self, experiment_id: str) -> None: ...
-    def list_runs(self, experiment_id: str, *, display_name: str | None = None, page_size: int = 100) -> list[RunStatus]: ...
-    def create_run(self, **kwargs: object) -> RunStatus: ...
+    def list_runs(
+        self, experiment_id: str, *, display_name: str | None = None, page_size: int = 100
+    ) -> list[RunStatus]: ...
+    def create_run(
+        self,
+        *,
+        experiment_id: str,
+        display_name: str,
+        description: str,
+        package_path: str,
+        parameters: Mapping[str, object],
+        pipeline_root: str | None,
+        enable_caching: bool | None,
+        service_account: str | None,
+    ) -> RunStatus: ...
 
 
 def experiment_description(ci: CiContext, *, jira_url: str | None) -> str:
@@ -60,8 +73,12 @@ def run_name(template: str, *, job: str, ci: CiContext) -> str:
     from kfp_launch.naming import sanitize_display_name
 
     values = {
-        "job": job, "commit": ci.short_sha or "", "pipeline": ci.pipeline_id or "", "branch": ci.ref or "",
-        "ticket": ci.ticket or "", "mr": f"!{ci.merge_request_iid}" if ci.merge_request_iid else "",
+        "job": job,
+        "commit": ci.short_sha or "",
+        "pipeline": ci.pipeline_id or "",
+        "branch": ci.ref or "",
+        "ticket": ci.ticket or "",
+        "mr": f"!{ci.merge_request_iid}" if ci.merge_request_iid else "",
     }
     try:
         rendered = template.format(**values)
@@ -90,7 +107,7 @@ def run_key(description: str) -> str | None:
     """The key in a run description, or None."""
     for line in reversed(description.splitlines()):
         if line.startswith(KEY_PREFIX):
-            return line[len(KEY_PREFIX):].strip()
+            return line[len(KEY_PREFIX) :].strip()
     return None
 
 
@@ -246,8 +263,9 @@ def write_state(path: Path, entries: list[StateEntry]) -> None:
             json.dump({"runs": stamped}, handle, indent=2)
         os.replace(tmp, path)
     except OSError as exc:
-        raise InputError(f"Cannot write the state file {path}: {exc.strerror or exc}.",
-                         hint="set --state-file to a writable path.") from None
+        raise InputError(
+            f"Cannot write the state file {path}: {exc.strerror or exc}.", hint="set --state-file to a writable path."
+        ) from None
 
 
 def read_state(path: Path) -> list[StateEntry]:
@@ -258,13 +276,19 @@ def read_state(path: Path) -> list[StateEntry]:
     """
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        return [StateEntry(**{k: v for k, v in run.items() if k in StateEntry.__dataclass_fields__}) for run in data["runs"]]
+        return [
+            StateEntry(**{k: v for k, v in run.items() if k in StateEntry.__dataclass_fields__}) for run in data["runs"]
+        ]
     except FileNotFoundError:
-        raise InputError(f"No state file at {path}: no run was recorded there.",
-                         hint="kfp-launch run writes it when it submits a run.") from None
+        raise InputError(
+            f"No state file at {path}: no run was recorded there.",
+            hint="kfp-launch run writes it when it submits a run.",
+        ) from None
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise InputError(f"The state file {path} is unreadable or malformed: {exc}.",
-                         hint='it must be {"runs": [{"run_id": ..., "host": ...}]}.') from None
+        raise InputError(
+            f"The state file {path} is unreadable or malformed: {exc}.",
+            hint='it must be {"runs": [{"run_id": ..., "host": ...}]}.',
+        ) from None
 
 
 def environ_experiment_overrides(environ: Mapping[str, str]) -> list[str]:
@@ -272,4 +296,3 @@ def environ_experiment_overrides(environ: Mapping[str, str]) -> list[str]:
     pass its id, so they are ignored: reference kfp-api.md §1.4)."""
     names = ("KF_PIPELINES_DEFAULT_EXPERIMENT_NAME", "KF_PIPELINES_OVERRIDE_EXPERIMENT_NAME")
     return [n for n in names if environ.get(n, "").strip()]
-

@@ -99,8 +99,15 @@ def wait_for_run(
         on_status(status)
         return {status.run_id: status}
 
-    return wait_for_runs(fetch, policy=policy, on_transient=on_transient, deadline=deadline,
-                         age_at_start_s=age_at_start_s, clock=clock, sleep=sleep)
+    return wait_for_runs(
+        fetch,
+        policy=policy,
+        on_transient=on_transient,
+        deadline=deadline,
+        age_at_start_s=age_at_start_s,
+        clock=clock,
+        sleep=sleep,
+    )
 
 
 def wait_for_runs(
@@ -155,19 +162,27 @@ def wait_for_runs(
             last_error = exc.message
             on_transient(exc, clock() - outage_since)
             if clock() - outage_since >= policy.max_outage_s:
-                return WaitResult(statuses=statuses, reason="outage", polls=polls, attempts=attempts,
-                                  outage_s=clock() - outage_since, last_error=last_error)
+                return WaitResult(
+                    statuses=statuses,
+                    reason="outage",
+                    polls=polls,
+                    attempts=attempts,
+                    outage_s=clock() - outage_since,
+                    last_error=last_error,
+                )
         else:
             polls += 1
             outage_since, auth_retried = None, False
             complete = expected is None or len(statuses) >= expected
             if complete and statuses and all(s.is_terminal for s in statuses.values()):
-                return WaitResult(statuses=statuses, reason="terminal", polls=polls, attempts=attempts,
-                                  last_error=last_error)
+                return WaitResult(
+                    statuses=statuses, reason="terminal", polls=polls, attempts=attempts, last_error=last_error
+                )
         now = clock()
         if deadline is not None and now >= deadline:
-            return WaitResult(statuses=statuses, reason="deadline", polls=polls, attempts=attempts,
-                              last_error=last_error)
+            return WaitResult(
+                statuses=statuses, reason="deadline", polls=polls, attempts=attempts, last_error=last_error
+            )
         pause = policy.interval(attempts - 1, age_at_start_s + now - started)
         if deadline is not None:
             pause = min(pause, max(0.0, deadline - now))
@@ -225,5 +240,7 @@ def call_with_retry(
         pause = policy.interval(retry_state.attempt_number - 1, 0.0)
         return min(pause, max(0.0, started + policy.max_outage_s - clock()))
 
-    retrying = Retrying(stop=_OutageOver(), wait=wait, retry=retry_if_exception(should_retry), sleep=sleep, reraise=True)
+    retrying = Retrying(
+        stop=_OutageOver(), wait=wait, retry=retry_if_exception(should_retry), sleep=sleep, reraise=True
+    )
     return retrying(call)

@@ -62,28 +62,28 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 from urllib.parse import parse_qs, unquote, unquote_plus, urlsplit
 
 __all__ = [
     "EPOCH",
     "FINISHED_STATES",
+    "PATH_EXPERIMENT",
+    "PATH_EXPERIMENTS",
+    "PATH_HEALTHZ",
+    "PATH_RUN",
+    "PATH_RUNS",
+    "PATH_RUN_TERMINATE",
+    "PATH_TASK_LOG",
     "RUN_STATES",
     "FakeKfpServer",
     "Fault",
     "RecordedRequest",
     "RunScript",
     "RunStep",
-    "PATH_HEALTHZ",
-    "PATH_EXPERIMENTS",
-    "PATH_EXPERIMENT",
-    "PATH_RUNS",
-    "PATH_RUN",
-    "PATH_RUN_TERMINATE",
-    "PATH_TASK_LOG",
 ]
 
 # Path regexes (matched with re.fullmatch against the request path, query excluded), handy for faults.
@@ -350,12 +350,12 @@ def _error_json(status: int, message: str) -> str:
 
 def _rfc3339(moment: datetime) -> str:
     """MOMENT as protojson prints a whole-second Timestamp: ``2025-01-02T03:04:05Z``."""
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _epoch_seconds(timestamp: str) -> int:
     """Seconds since the epoch of an RFC 3339 TIMESTAMP (``...Z`` or with an offset)."""
-    return int(datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp())
+    return int(datetime.fromisoformat(timestamp).timestamp())
 
 
 def _is_empty(value: Any) -> bool:
@@ -420,7 +420,7 @@ def _parse_predicate(raw: Any, filter_keys: Mapping[str, str]) -> _Predicate:
     snake = {re.sub(r"(?<!^)([A-Z])", r"_\1", key).lower(): value for key, value in raw.items()}
     unknown = set(snake) - {"operation", "key", *_PREDICATE_VALUE_FIELDS}
     if unknown:
-        raise ValueError(f"unknown field {sorted(unknown)[0]!r}")
+        raise ValueError(f"unknown field {min(unknown)!r}")
     operation = snake.get("operation", 0)
     name = _OPERATION_NAMES.get(operation) if isinstance(operation, int) else operation
     if name not in _OPERATIONS or name == "OPERATION_UNSPECIFIED":
@@ -726,7 +726,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - signature of the base class
+    def log_message(self, format: str, *args: Any) -> None:
         """Stay quiet; the fake's ``requests`` list is the log."""
 
 
@@ -802,7 +802,7 @@ class FakeKfpServer:
         self.canceling_polls = canceling_polls
         self.service_account = service_account
         self.accepted_tokens: set[str] | None = None if accepted_tokens is None else set(accepted_tokens)
-        self.clock = clock or (lambda: datetime.now(timezone.utc))
+        self.clock = clock or (lambda: datetime.now(UTC))
         self.experiments: dict[str, dict[str, Any]] = {}
         self.runs: dict[str, dict[str, Any]] = {}
         self.requests: list[RecordedRequest] = []
@@ -851,7 +851,7 @@ class FakeKfpServer:
         if self._thread is not None:
             self._thread.join(timeout=5)
 
-    def __enter__(self) -> FakeKfpServer:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:
@@ -1153,7 +1153,7 @@ class FakeKfpServer:
                         result = getattr(self, name)(request, **match.groupdict())
                 except _ApiError as error:
                     return _Response.error(error)
-                except Exception as error:  # noqa: BLE001 - a bug in the fake must reach the test as a 500
+                except Exception as error:
                     return _Response.error(_internal(f"fake_kfp bug: {error!r}", f"{method} {path}"))
                 return result if isinstance(result, _Response) else _Response.json(result)
         # grpc-gateway routing errors: unknown path -> NotFound, known path with another method -> 501.

@@ -14,7 +14,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import kfp
@@ -259,7 +259,7 @@ def test_concurrent_create_experiment_loser_gets_409(server, connect):
 
 
 def test_list_experiments_paginates_sorts_and_scopes_to_namespace(server, client):
-    start = datetime(2025, 1, 1, tzinfo=timezone.utc)
+    start = datetime(2025, 1, 1, tzinfo=UTC)
     for i in range(25):
         server.add_experiment(f"exp-{i:02}", created_at=start + timedelta(seconds=i))
     server.add_experiment("elsewhere", namespace="team-b")
@@ -568,7 +568,7 @@ def test_stop_returns_promptly_while_a_request_hangs():
     def call() -> None:
         try:
             urllib.request.urlopen(fake.url + "/apis/v2beta1/healthz", timeout=5)
-        except Exception as error:  # noqa: BLE001 - whatever the dropped connection raises is the result
+        except Exception as error:
             outcome.append(error)
 
     thread = threading.Thread(target=call)

@@ -50,7 +50,7 @@ def _require_tools() -> None:
 def readme_snippet(name: str) -> str:
     """The YAML block after `<!-- e2e: NAME -->` in README.md: the tests run what the README shows."""
     text = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
-    match = re.search(rf"<!-- e2e: {re.escape(name)} -->\s*```yaml\n(.*?)```", text, re.S)
+    match = re.search(rf"<!-- e2e: {re.escape(name)} -->\s*```yaml\n(.*?)```", text, re.DOTALL)
     assert match, f"README.md has no snippet {name}"
     return match.group(1)
 

@@ -438,7 +438,7 @@ def test_sdk_experiment_name_variables_are_ignored_with_a_warning(run_cli: RunCl
     result = launch(run_cli, project, kfp, KF_PIPELINES_OVERRIDE_EXPERIMENT_NAME="Default")
     assert result.exit_code == 0
     assert "KF_PIPELINES_OVERRIDE_EXPERIMENT_NAME is ignored" in result.stderr
-    assert [e["display_name"] for e in kfp.experiments.values()][0].startswith("feature/ML-42-faster")
+    assert next(e["display_name"] for e in kfp.experiments.values()).startswith("feature/ML-42-faster")
 
 
 def test_merge_request_note_is_created_at_start_and_updated_in_place(run_cli: RunCli, project: Path, kfp: FakeKfpServer) -> None:

@@ -29,7 +29,7 @@ def test_dataclass_is_valid_python_with_typed_fields_defaults_and_profiles(run_c
     result = run_cli(["params", "good", "--dataclass"], cwd=project)
     assert result.exit_code == 0, result.output
     namespace: dict[str, object] = {}
-    exec(compile(result.stdout, "generated.py", "exec"), namespace)  # noqa: S102 - the point: it must run
+    exec(compile(result.stdout, "generated.py", "exec"), namespace)
     cls = namespace["GoodParams"]
     assert dataclasses.is_dataclass(cls)
     fields = {f.name: f.type for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
@@ -47,6 +47,6 @@ def test_dataclass_is_valid_python_with_typed_fields_defaults_and_profiles(run_c
 def test_dataclass_of_a_pipeline_with_required_parameters(run_cli: RunCli, project: Path) -> None:
     result = run_cli(["params", "required", "--dataclass"], cwd=project)
     namespace: dict[str, object] = {}
-    exec(compile(result.stdout, "generated.py", "exec"), namespace)  # noqa: S102
+    exec(compile(result.stdout, "generated.py", "exec"), namespace)
     cls = namespace["RequiredParams"]
     assert cls(a=1, b=2).arguments() == {"a": 1, "b": 2, "note": "x"}  # type: ignore[operator]

@@ -109,7 +109,7 @@ def test_function_that_is_not_a_pipeline_is_rejected(project: Path, spec: str, f
 
 
 def test_pipelines_imported_from_elsewhere_do_not_count(project: Path) -> None:
-    with pytest.raises(PipelineError, match="defines no @dsl.pipeline"):
+    with pytest.raises(PipelineError, match=r"defines no @dsl\.pipeline"):
         compile_job("helpers", project_dir=project, package="pipelines")
 
 

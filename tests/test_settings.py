@@ -73,7 +73,7 @@ def test_unknown_pyproject_key_is_rejected_with_the_valid_keys(tmp_path: Path) -
 
 def test_wrong_type_in_pyproject_is_rejected(tmp_path: Path) -> None:
     write_pyproject(tmp_path, "pipelines_package = 3\n")
-    with pytest.raises(ConfigError, match="pipelines_package in \\[tool.kfp-launch\\]"):
+    with pytest.raises(ConfigError, match=r"pipelines_package in \[tool\.kfp-launch\]"):
         load_settings({}, {}, tmp_path)
 
 

@@ -7,7 +7,6 @@ from kfp import dsl
 
 from ._components import describe_dataset, fetch_dataset
 
-
 # `kfp-launch run --all --profile toy` runs every job's toy variant on default-branch commits.
 PROFILES: dict[str, dict[str, object]] = {"toy": {"sample_size": 30}}
 
