@@ -22,7 +22,7 @@ import typer
 
 from kfp_launch import __version__
 from kfp_launch.errors import EXIT_CODE_MEANINGS, ExitCode, Interrupted, KfpLaunchError, UsageError
-from kfp_launch.settings import Settings, help_suffix, load_settings
+from kfp_launch.settings import SPECS, Settings, help_suffix, load_settings
 
 if TYPE_CHECKING:
     from kfp_launch.console import Console
@@ -175,6 +175,85 @@ VerboseOpt = Annotated[
 ]
 
 
+_METAVARS = {
+    "local_root": "DIR",
+    "host": "URL",
+    "namespace": "NAME",
+    "ui_url": "URL",
+    "service_account": "NAME",
+    "pipeline_root": "URI",
+    "run_name_template": "TEMPLATE",
+    "poll_interval": "DURATION",
+    "max_outage": "DURATION",
+    "timeout": "DURATION",
+    "on_timeout": "terminate|detach",
+    "on_cancel": "terminate|detach",
+    "log_lines": "N",
+    "state_file": "FILE",
+}
+
+
+def _opt(flags: list[str], name: str, text: str) -> Any:
+    """A typer option for setting ``name``: its help ends with where else it can be set."""
+    return typer.Option(*flags, help=f"{text} {help_suffix(name)}", metavar=_METAVARS.get(name))
+
+
+LocalRootOpt = Annotated[
+    str | None, _opt(["--local-root"], "local_root", "Where local runs keep artifacts [default: .kfp-launch/local]")
+]
+HostOpt = Annotated[str | None, _opt(["--host"], "host", "KFP API URL, e.g. https://kubeflow.example.com/pipeline")]
+NamespaceOpt = Annotated[str | None, _opt(["--namespace"], "namespace", "Kubeflow profile namespace (multi-user)")]
+UiUrlOpt = Annotated[str | None, _opt(["--ui-url"], "ui_url", "KFP UI base URL for links")]
+WaitOpt = Annotated[bool | None, _opt(["--wait/--no-wait"], "wait", "Wait for the run to end [default: wait]")]
+DryRunOpt = Annotated[
+    bool | None,
+    _opt(["--dry-run"], "dry_run", "Compile, resolve experiment and parameters, print the plan; change nothing"),
+]
+NoCacheOpt = Annotated[bool | None, _opt(["--no-cache"], "no_cache", "Turn execution caching off for this run")]
+ServiceAccountOpt = Annotated[
+    str | None, _opt(["--service-account"], "service_account", "Kubernetes service account of the run")
+]
+PipelineRootOpt = Annotated[
+    str | None, _opt(["--pipeline-root"], "pipeline_root", "Where the run's artifacts go (e.g. s3://bucket/root)")
+]
+RunNameTemplateOpt = Annotated[
+    str | None,
+    _opt(
+        ["--run-name-template"],
+        "run_name_template",
+        "Run name: {job} {commit} {pipeline} {branch} {ticket} {mr} [default: {job} {commit} {pipeline}]",
+    ),
+]
+PollIntervalOpt = Annotated[
+    str | None, _opt(["--poll-interval"], "poll_interval", "First poll interval, then it backs off [default: 2s]")
+]
+MaxOutageOpt = Annotated[
+    str | None, _opt(["--max-outage"], "max_outage", "Give up (exit 5) after Kubeflow fails this long [default: 10m]")
+]
+TimeoutOpt = Annotated[
+    str | None, _opt(["--timeout"], "timeout", "Wait deadline (90s, 45m, 6h) [default in CI: job timeout - 5m]")
+]
+OnTimeoutOpt = Annotated[
+    str | None, _opt(["--on-timeout"], "on_timeout", "terminate|detach the run at the deadline [default: terminate]")
+]
+OnCancelOpt = Annotated[
+    str | None,
+    _opt(["--on-cancel"], "on_cancel", "terminate|detach the run on SIGTERM/SIGINT/SIGHUP [default: terminate]"),
+]
+LogLinesOpt = Annotated[
+    int | None, _opt(["--log-lines"], "log_lines", "Log lines shown per failing task [default: 50]")
+]
+StateFileOpt = Annotated[
+    str | None,
+    _opt(["--state-file"], "state_file", "Where to record runs for `cancel` [default: .kfp-launch/state.json]"),
+]
+
+
+def _given(values: dict[str, Any]) -> dict[str, object]:
+    """The command's options that are settings (same names), for :func:`load_settings`."""
+    return {name: value for name, value in values.items() if name in SPECS}
+
+
 def _check_param_syntax(values: list[str] | None) -> list[str] | None:
     for item in values or []:
         key, sep, _ = item.partition("=")
@@ -254,145 +333,33 @@ def run_command(
     params_file: ParamsFileOpt = None,
     profile: ProfileOpt = None,
     pipelines_package: PackageOpt = None,
-    local_root: Annotated[
-        str | None,
-        typer.Option(
-            "--local-root",
-            help="Where local runs keep artifacts [default: .kfp-launch/local] " + help_suffix("local_root"),
-        ),
-    ] = None,
+    local_root: LocalRootOpt = None,
     branch: BranchOpt = None,
     ticket: TicketOpt = None,
     experiment_template: ExperimentTemplateOpt = None,
     ticket_pattern: TicketPatternOpt = None,
-    host: Annotated[
-        str | None,
-        typer.Option(
-            "--host",
-            help="KFP API URL, e.g. https://kubeflow.example.com/pipeline [env: KFP_HOST or KF_PIPELINES_ENDPOINT; pyproject: host]",
-        ),
-    ] = None,
-    namespace: Annotated[
-        str | None,
-        typer.Option("--namespace", help="Kubeflow profile namespace (multi-user) " + help_suffix("namespace")),
-    ] = None,
-    ui_url: Annotated[
-        str | None, typer.Option("--ui-url", help="KFP UI base URL for links " + help_suffix("ui_url"))
-    ] = None,
-    wait: Annotated[
-        bool | None,
-        typer.Option("--wait/--no-wait", help="Wait for the run to end [default: wait] " + help_suffix("wait")),
-    ] = None,
-    dry_run: Annotated[
-        bool | None,
-        typer.Option(
-            "--dry-run",
-            help="Compile, resolve experiment and parameters, print the plan; change nothing " + help_suffix("dry_run"),
-        ),
-    ] = None,
-    no_cache: Annotated[
-        bool | None,
-        typer.Option("--no-cache", help="Turn execution caching off for this run " + help_suffix("no_cache")),
-    ] = None,
-    service_account: Annotated[
-        str | None,
-        typer.Option(
-            "--service-account", help="Kubernetes service account of the run " + help_suffix("service_account")
-        ),
-    ] = None,
-    pipeline_root: Annotated[
-        str | None,
-        typer.Option(
-            "--pipeline-root",
-            help="Where the run's artifacts go (e.g. s3://bucket/root) " + help_suffix("pipeline_root"),
-        ),
-    ] = None,
-    run_name_template: Annotated[
-        str | None,
-        typer.Option(
-            "--run-name-template",
-            help="Run name: {job} {commit} {pipeline} {branch} {ticket} {mr} [default: {job} {commit} {pipeline}] "
-            + help_suffix("run_name_template"),
-        ),
-    ] = None,
-    poll_interval: Annotated[
-        str | None,
-        typer.Option(
-            "--poll-interval",
-            help="First poll interval, then it backs off [default: 2s] " + help_suffix("poll_interval"),
-        ),
-    ] = None,
-    max_outage: Annotated[
-        str | None,
-        typer.Option(
-            "--max-outage",
-            help="Give up (exit 5) after Kubeflow fails this long [default: 10m] " + help_suffix("max_outage"),
-        ),
-    ] = None,
-    timeout: Annotated[
-        str | None,
-        typer.Option(
-            "--timeout", help="Wait deadline (90s, 45m, 6h) [default in CI: job timeout - 5m] " + help_suffix("timeout")
-        ),
-    ] = None,
-    on_timeout: Annotated[
-        str | None,
-        typer.Option(
-            "--on-timeout",
-            help="terminate|detach the run at the deadline [default: terminate] " + help_suffix("on_timeout"),
-        ),
-    ] = None,
-    on_cancel: Annotated[
-        str | None,
-        typer.Option(
-            "--on-cancel",
-            help="terminate|detach the run on SIGTERM/SIGINT/SIGHUP [default: terminate] " + help_suffix("on_cancel"),
-        ),
-    ] = None,
-    log_lines: Annotated[
-        int | None,
-        typer.Option("--log-lines", help="Log lines shown per failing task [default: 50] " + help_suffix("log_lines")),
-    ] = None,
-    state_file: Annotated[
-        str | None,
-        typer.Option(
-            "--state-file",
-            help="Where to record the run for `cancel` [default: .kfp-launch/state.json] " + help_suffix("state_file"),
-        ),
-    ] = None,
+    host: HostOpt = None,
+    namespace: NamespaceOpt = None,
+    ui_url: UiUrlOpt = None,
+    wait: WaitOpt = None,
+    dry_run: DryRunOpt = None,
+    no_cache: NoCacheOpt = None,
+    service_account: ServiceAccountOpt = None,
+    pipeline_root: PipelineRootOpt = None,
+    run_name_template: RunNameTemplateOpt = None,
+    poll_interval: PollIntervalOpt = None,
+    max_outage: MaxOutageOpt = None,
+    timeout: TimeoutOpt = None,
+    on_timeout: OnTimeoutOpt = None,
+    on_cancel: OnCancelOpt = None,
+    log_lines: LogLinesOpt = None,
+    state_file: StateFileOpt = None,
     verbose: VerboseOpt = None,
 ) -> None:
     """Compile JOB and run it, then exit with a code that says how the run ended."""
     from kfp_launch import launch
 
-    settings = _settings(
-        param=tuple(param or ()),
-        params_file=params_file,
-        profile=profile,
-        pipelines_package=pipelines_package,
-        local_root=local_root,
-        branch=branch,
-        ticket=ticket,
-        experiment_template=experiment_template,
-        ticket_pattern=ticket_pattern,
-        verbose=verbose,
-        host=host,
-        namespace=namespace,
-        ui_url=ui_url,
-        wait=wait,
-        dry_run=dry_run,
-        no_cache=no_cache,
-        service_account=service_account,
-        pipeline_root=pipeline_root,
-        run_name_template=run_name_template,
-        poll_interval=poll_interval,
-        max_outage=max_outage,
-        timeout=timeout,
-        on_timeout=on_timeout,
-        on_cancel=on_cancel,
-        log_lines=log_lines,
-        state_file=state_file,
-    )
+    settings = _settings(**_given(locals()))
     jobs = list(jobs or [])
     if local:
         raise typer.Exit(int(launch.run_local_jobs(jobs, all_jobs, settings, os.environ, Path.cwd(), make_console())))
@@ -409,54 +376,24 @@ def run_command(
     )
 
 
-ConnHostOpt = Annotated[
-    str | None, typer.Option("--host", help="KFP API URL [env: KFP_HOST or KF_PIPELINES_ENDPOINT; pyproject: host]")
-]
-ConnNamespaceOpt = Annotated[
-    str | None, typer.Option("--namespace", help="Kubeflow profile namespace " + help_suffix("namespace"))
-]
-
-
 @app.command("watch")
 @_guard
 def watch_command(
     run_id: Annotated[str, typer.Argument(metavar="RUN_ID", help="The KFP run id.")],
-    host: ConnHostOpt = None,
-    namespace: ConnNamespaceOpt = None,
-    ui_url: Annotated[
-        str | None, typer.Option("--ui-url", help="KFP UI base URL for links " + help_suffix("ui_url"))
-    ] = None,
-    poll_interval: Annotated[
-        str | None, typer.Option("--poll-interval", help="First poll interval " + help_suffix("poll_interval"))
-    ] = None,
-    max_outage: Annotated[
-        str | None, typer.Option("--max-outage", help="Allowed continuous outage " + help_suffix("max_outage"))
-    ] = None,
-    timeout: Annotated[str | None, typer.Option("--timeout", help="Wait deadline " + help_suffix("timeout"))] = None,
-    on_timeout: Annotated[
-        str | None, typer.Option("--on-timeout", help="terminate|detach at the deadline " + help_suffix("on_timeout"))
-    ] = None,
-    on_cancel: Annotated[
-        str | None, typer.Option("--on-cancel", help="terminate|detach on a signal " + help_suffix("on_cancel"))
-    ] = None,
-    log_lines: Annotated[
-        int | None, typer.Option("--log-lines", help="Log lines per failing task " + help_suffix("log_lines"))
-    ] = None,
+    host: HostOpt = None,
+    namespace: NamespaceOpt = None,
+    ui_url: UiUrlOpt = None,
+    poll_interval: PollIntervalOpt = None,
+    max_outage: MaxOutageOpt = None,
+    timeout: TimeoutOpt = None,
+    on_timeout: OnTimeoutOpt = None,
+    on_cancel: OnCancelOpt = None,
+    log_lines: LogLinesOpt = None,
 ) -> None:
     """Attach to a run and wait for it, exiting with its outcome's code."""
     from kfp_launch import remote
 
-    settings = _settings(
-        host=host,
-        namespace=namespace,
-        ui_url=ui_url,
-        poll_interval=poll_interval,
-        max_outage=max_outage,
-        timeout=timeout,
-        on_timeout=on_timeout,
-        on_cancel=on_cancel,
-        log_lines=log_lines,
-    )
+    settings = _settings(**_given(locals()))
     raise typer.Exit(int(remote.watch_run(run_id, settings, os.environ, Path.cwd(), make_console())))
 
 
@@ -468,8 +405,8 @@ def cancel_command(
         str | None,
         typer.Option("--state-file", help="Cancel the runs recorded in this file (honours their cancel policy)."),
     ] = None,
-    host: ConnHostOpt = None,
-    namespace: ConnNamespaceOpt = None,
+    host: HostOpt = None,
+    namespace: NamespaceOpt = None,
 ) -> None:
     """Terminate a run (or the runs of a state file); exits 0 if already finished."""
     from kfp_launch import remote
@@ -504,8 +441,8 @@ def runs_command(
     job: Annotated[str | None, typer.Option("--job", help="Only runs of this job.")] = None,
     limit: Annotated[int, typer.Option("--limit", help="How many runs, newest first (1-200).")] = 20,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-    host: ConnHostOpt = None,
-    namespace: ConnNamespaceOpt = None,
+    host: HostOpt = None,
+    namespace: NamespaceOpt = None,
     experiment_template: ExperimentTemplateOpt = None,
 ) -> None:
     """List the runs of this branch's experiment: state, start, duration, commit, parameters."""
@@ -525,8 +462,8 @@ def compare_command(
     run_a: Annotated[str, typer.Argument(metavar="RUN_A", help="A run id.")],
     run_b: Annotated[str, typer.Argument(metavar="RUN_B", help="Another run id.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-    host: ConnHostOpt = None,
-    namespace: ConnNamespaceOpt = None,
+    host: HostOpt = None,
+    namespace: NamespaceOpt = None,
 ) -> None:
     """Show two runs' parameters side by side, differences first."""
     from kfp_launch import history

@@ -226,7 +226,7 @@ class Settings:
 def help_suffix(name: str) -> str:
     """The ``[env: …; pyproject: …]`` text appended to an option's help."""
     spec = SPECS[name]
-    where = f"env: {spec.env_var}"
+    where = f"env: {spec.env_var}" + (" or KF_PIPELINES_ENDPOINT" if name == "host" else "")
     if spec.pyproject:
         where += f"; pyproject: {spec.name}"
     return f"[{where}]"
