@@ -21,23 +21,21 @@ from kfp_launch.launch import Reporting, compile_jobs, experiment_for, jobs_to_r
 from kfp_launch.models import CompiledPipeline, Experiment, ResolvedParameters, RunOutcome, RunStatus
 from kfp_launch.progress import RunsProgress
 from kfp_launch.remote import (
+    Planned,
     Runtime,
+    check_time_to_wait,
     classify,
     explain_failure,
+    mark_detached,
     poll_policy,
+    preflight,
     print_connection,
     retrier,
-    submit_or_attach,
+    submit_recorded,
     wait_deadline,
 )
 from kfp_launch.settings import Settings
-from kfp_launch.submission import (
-    StateEntry,
-    ensure_experiment,
-    experiment_description,
-    run_name,
-    write_state,
-)
+from kfp_launch.submission import ensure_experiment, experiment_description, new_run_key, run_name
 from kfp_launch.watch import WaitResult, wait_for_runs
 
 MAX_RUNS = 200
@@ -88,34 +86,28 @@ def run_many_on_kubeflow(
             console.line(f"dry run: would submit {compiled.job} with {params.arguments() or 'defaults'}")
         console.line("dry run: nothing was changed")
         return ExitCode.SUCCESS
+    check_time_to_wait(settings, ci, rt)
     api = rt.api_factory(connection)
     retry = retrier(poll_policy(settings), console, rt)
     jira_url = environ.get("JIRA_URL") or None
     console.section_start("kfp_launch_submit", f"Submitting {len(ready)} runs to {connection.host}")
-    experiment = retry(
+    experiment = preflight(settings, console, rt)(
         lambda: ensure_experiment(api, experiment_name, experiment_description(ci, jira_url=jira_url), say=console.line)
     )
-    launched = []
-    for compiled, params in ready:
-        name = run_name(settings.run_name_template, job=compiled.job, ci=ci)
-        run, _attached = submit_or_attach(api, experiment, compiled, params, ci, name, settings, retry, jira_url)
-        console.url(compiled.job, connection.run_url(run.run_id))
-        launched.append(Launched(compiled=compiled, params=params, run=run))
-    write_state(
-        project_dir / settings.state_file,
-        [
-            StateEntry(
-                run_id=item.run.run_id,
-                experiment_id=experiment.experiment_id,
-                host=connection.host,
-                namespace=connection.namespace,
-                url=connection.run_url(item.run.run_id),
-                job=item.compiled.job,
-                cancel_policy=settings.on_cancel,
-            )
-            for item in launched
-        ],
-    )
+    planned = [
+        Planned(
+            compiled=c,
+            params=p,
+            name=run_name(settings.run_name_template, job=c.job, ci=ci),
+            key=new_run_key(ci, c.job),
+        )
+        for c, p in ready
+    ]
+    state_path = project_dir / settings.state_file
+    submitted = submit_recorded(api, experiment, planned, ci, settings, retry, jira_url, state_path, console)
+    launched = [
+        Launched(compiled=p.compiled, params=p.params, run=run) for p, (run, _) in zip(planned, submitted, strict=True)
+    ]
     console.section_end("kfp_launch_submit")
     reporting = Reporting(settings, environ, ci, project_dir, console, notes=True)
     if not settings.wait:
@@ -134,7 +126,7 @@ def run_many_on_kubeflow(
             ]
         )
         return ExitCode.SUCCESS
-    return _wait_all(api, launched, experiment, settings, ci, console, rt, reporting)
+    return _wait_all(api, launched, experiment, settings, ci, console, rt, reporting, state_path)
 
 
 def _wait_all(
@@ -146,6 +138,7 @@ def _wait_all(
     console: Console,
     rt: Runtime,
     reporting: Reporting,
+    state_path: Path,
 ) -> ExitCode:
     ids = [item.run.run_id for item in launched]
     deadline, deadline_source = wait_deadline(settings, ci, rt)
@@ -177,6 +170,12 @@ def _wait_all(
     finally:
         console.section_end("kfp_launch_wait")
     outcomes = _outcomes(api, launched, result, experiment, settings, deadline_source, console)
+    left = [
+        o.run_id
+        for o in outcomes
+        if o.state == "UNREACHABLE" or (o.state == "TIMED_OUT" and settings.on_timeout == "detach")
+    ]
+    mark_detached(state_path, left)  # after_script leaves them: the retry of exit 5 attaches, detach means detach
     console.table(
         ["job", "state", "duration", "run"],
         [[o.job, o.state, f"{o.duration_s:.0f}s" if o.duration_s is not None else "", o.run_url] for o in outcomes],

@@ -18,7 +18,7 @@ from typing import Protocol, TypeVar
 from kfp_launch.ci_context import CiContext
 from kfp_launch.connection import Connection, connection_from
 from kfp_launch.console import Console
-from kfp_launch.errors import ExitCode, Interrupted, KfpApiError, KfpLaunchError, KfpUnavailableError
+from kfp_launch.errors import ExitCode, InputError, Interrupted, KfpApiError, KfpLaunchError, KfpUnavailableError
 from kfp_launch.kfp_api import KfpApi
 from kfp_launch.launch import (
     Reporting,
@@ -40,9 +40,11 @@ from kfp_launch.submission import (
     environ_experiment_overrides,
     experiment_description,
     find_active_attempt,
+    find_by_key,
     new_run_key,
     read_state,
     run_description,
+    run_key,
     run_name,
     write_state,
 )
@@ -111,30 +113,24 @@ def run_on_kubeflow(
         console.warn(f"{variable} is ignored: kfp-launch resolves the experiment itself and passes its id")
     if settings.dry_run:
         return _dry_run(connection, experiment_name, name, compiled, params, console, rt)
+    check_time_to_wait(settings, ci, rt)
     api = rt.api_factory(connection)
-    policy = poll_policy(settings)
-    retry = retrier(policy, console, rt)
+    retry = retrier(poll_policy(settings), console, rt)
     jira_url = environ.get("JIRA_URL") or None
     console.section_start("kfp_launch_submit", f"Submitting {compiled.pipeline_name} to {connection.host}")
-    experiment = retry(
+    experiment = preflight(settings, console, rt)(
         lambda: ensure_experiment(api, experiment_name, experiment_description(ci, jira_url=jira_url), say=console.line)
     )
-    run, attached = submit_or_attach(api, experiment, compiled, params, ci, name, settings, retry, jira_url)
-    console.url("run", connection.run_url(run.run_id))
-    console.line(("attached to the active run of this CI job: " if attached else "submitted run ") + run.run_id)
-    write_state(
+    [(run, _attached)] = submit_recorded(
+        api,
+        experiment,
+        [Planned(compiled=compiled, params=params, name=name, key=new_run_key(ci, compiled.job))],
+        ci,
+        settings,
+        retry,
+        jira_url,
         project_dir / settings.state_file,
-        [
-            StateEntry(
-                run_id=run.run_id,
-                experiment_id=experiment.experiment_id,
-                host=connection.host,
-                namespace=connection.namespace,
-                url=connection.run_url(run.run_id),
-                job=compiled.job,
-                cancel_policy=settings.on_cancel,
-            )
-        ],
+        console,
     )
     console.section_end("kfp_launch_submit")
     reporting = Reporting(settings, environ, ci, project_dir, console, notes=True)
@@ -170,6 +166,128 @@ def run_on_kubeflow(
         reporting=reporting,
     )
     return ExitCode(outcome.exit_code)
+
+
+PREFLIGHT_OUTAGE_S = 30.0
+"""Before anything is submitted, give up on an unreachable Kubeflow after this long (a wrong KFP_HOST
+should not take --max-outage to report; the CI template retries exit 5 anyway)."""
+MIN_TIME_TO_WAIT_S = 60.0
+"""Refuse to submit when the wait deadline leaves less than this: the run would be terminated at once."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Planned:
+    """A run about to be submitted: what, under which name, with which key."""
+
+    compiled: CompiledPipeline
+    params: ResolvedParameters
+    name: str
+    key: str
+
+
+def preflight(settings: Settings, console: Console, rt: Runtime) -> Retry:
+    """The retry rule for calls before anything is submitted: at most :data:`PREFLIGHT_OUTAGE_S`."""
+    policy = poll_policy(settings)
+    return retrier(replace(policy, max_outage_s=min(policy.max_outage_s, PREFLIGHT_OUTAGE_S)), console, rt)
+
+
+def check_time_to_wait(settings: Settings, ci: CiContext, rt: Runtime) -> None:
+    """Refuse to submit when the wait deadline is (almost) past.
+
+    Raises:
+        InputError: less than :data:`MIN_TIME_TO_WAIT_S` left (e.g. a CI job timeout of 4 minutes).
+    """
+    deadline, source = wait_deadline(settings, ci, rt)
+    if not settings.wait or deadline is None:
+        return
+    left = deadline - rt.clock()
+    if left < MIN_TIME_TO_WAIT_S:
+        raise InputError(
+            f"The wait deadline ({source}) leaves {max(left, 0):.0f}s, so the run would be terminated at once; "
+            "nothing was submitted.",
+            hint="raise the GitLab job timeout, set --timeout, or submit with --no-wait.",
+        )
+
+
+def submit_recorded(
+    api: KfpApi,
+    experiment: Experiment,
+    planned: list[Planned],
+    ci: CiContext,
+    settings: Settings,
+    retry: Retry,
+    jira_url: str | None,
+    state_path: Path,
+    console: Console,
+) -> list[tuple[RunStatus, bool]]:
+    """Submit (or attach) each planned run, keeping the state file true at every step.
+
+    The state file is written before the first request, with each run's key: an unwritable path fails
+    before anything is submitted, and a job killed mid-submission leaves what ``cancel --state-file``
+    needs to find its run. A signal during submission terminates what was created (``--on-cancel``),
+    including a run whose create call was cut short (found by its key).
+
+    Returns:
+        ``(run, attached)`` per planned run, in order.
+    """
+    url = api.connection.run_url
+    entries = [
+        StateEntry(
+            run_id="",
+            experiment_id=experiment.experiment_id,
+            host=api.connection.host,
+            namespace=api.connection.namespace,
+            url="",
+            job=p.compiled.job,
+            cancel_policy=settings.on_cancel,
+            run_key=p.key,
+            run_name=p.name,
+        )
+        for p in planned
+    ]
+    write_state(state_path, entries)
+    results: list[tuple[RunStatus, bool]] = []
+    try:
+        for i, p in enumerate(planned):
+            run, attached = submit_or_attach(api, experiment, p, ci, settings, retry, jira_url)
+            entries[i] = replace(
+                entries[i], run_id=run.run_id, url=url(run.run_id), run_key=run_key(run.description) or p.key
+            )
+            write_state(state_path, entries)
+            console.url(p.compiled.job if len(planned) > 1 else "run", url(run.run_id))
+            console.line(("attached to the active run of this CI job: " if attached else "submitted run ") + run.run_id)
+            results.append((run, attached))
+    except (Interrupted, KeyboardInterrupt):
+        _terminate_submitted(api, experiment, planned, results, settings, console)
+        raise
+    return results
+
+
+def _terminate_submitted(
+    api: KfpApi,
+    experiment: Experiment,
+    planned: list[Planned],
+    results: list[tuple[RunStatus, bool]],
+    settings: Settings,
+    console: Console,
+) -> None:
+    if settings.on_cancel == "detach":
+        console.warn("interrupted while submitting: what was submitted keeps running (--on-cancel detach)")
+        return
+    run_ids = [run.run_id for run, _ in results]
+    if len(results) < len(planned):  # the create call in flight may have stored the run
+        cut = planned[len(results)]
+        try:
+            found = find_by_key(api, experiment.experiment_id, cut.name, cut.key)
+        except KfpLaunchError:
+            found = None
+        run_ids += [found.run_id] if found else []
+    for run_id in run_ids:
+        try:
+            api.terminate_run(run_id, timeout_s=TERMINATE_TIMEOUT_S)
+            console.warn(f"interrupted while submitting: asked Kubeflow to terminate run {run_id}")
+        except KfpLaunchError as exc:
+            console.warn(f"interrupted while submitting: could not terminate run {run_id}: {exc.message}")
 
 
 def print_connection(connection: Connection, console: Console) -> None:
@@ -224,20 +342,19 @@ def _dry_run(
 def submit_or_attach(
     api: KfpApi,
     experiment: Experiment,
-    compiled: CompiledPipeline,
-    params: ResolvedParameters,
+    planned: Planned,
     ci: CiContext,
-    name: str,
     settings: Settings,
     retry: Retry,
     jira_url: str | None,
 ) -> tuple[RunStatus, bool]:
+    """Attach to this CI job's active run of the job, or create the run exactly once (by its key)."""
+    compiled, params, name, key = planned.compiled, planned.params, planned.name, planned.key
     prefix = attach_prefix(ci, compiled.job)
     if prefix is not None:
         active = retry(lambda: find_active_attempt(api, experiment.experiment_id, name, prefix))
         if active is not None:
             return active, True
-    key = new_run_key(ci, compiled.job)
     description = run_description(compiled, ci, key, jira_url=jira_url)
     with tempfile.TemporaryDirectory(prefix="kfp-launch-") as tmp:
         package = Path(tmp) / "pipeline.yaml"
@@ -351,8 +468,11 @@ def wait_and_explain(
         parameters=parameters,
         waited_s=rt.clock() - started,
     )
-    if outcome.state == "TIMED_OUT" and settings.on_timeout == "detach" and state_path is not None:
-        _mark_detached(state_path, run.run_id)
+    if state_path is not None and (
+        (outcome.state == "TIMED_OUT" and settings.on_timeout == "detach") or outcome.state == "UNREACHABLE"
+    ):
+        # Unreachable: the run may be fine; the CI template retries exit 5 and the retry attaches to it.
+        mark_detached(state_path, [run.run_id])
     if outcome.state == "FAILED" and result.status is not None:
         explain_failure(api, result.status, settings.log_lines, console)
     _print_final(outcome, console)
@@ -361,11 +481,12 @@ def wait_and_explain(
     return outcome
 
 
-def _mark_detached(state_path: Path, run_id: str) -> None:
+def mark_detached(state_path: Path, run_ids: list[str]) -> None:
+    """Set the cancel policy of these runs to ``detach`` in the state file (after_script leaves them)."""
     if not state_path.is_file():
         return
     entries = read_state(state_path)
-    write_state(state_path, [replace(e, cancel_policy="detach") if e.run_id == run_id else e for e in entries])
+    write_state(state_path, [replace(e, cancel_policy="detach") if e.run_id in run_ids else e for e in entries])
 
 
 def _on_interrupt(api: KfpApi, run_id: str, settings: Settings, console: Console) -> None:
@@ -569,8 +690,13 @@ def _cancel_one(
     connection = connection_from(recorded, environ)
     api = rt.api_factory(connection)
     retry = retrier(poll_policy(settings), console, rt)
+    if not entry.run_id:  # recorded before its create call returned: find it by its key, if it exists
+        found = retry(lambda: find_by_key(api, entry.experiment_id, entry.run_name, entry.run_key))
+        if found is None:
+            console.line(f"job {entry.job}: no run was created (key {entry.run_key})")
+            return
+        entry = replace(entry, run_id=found.run_id)
     run = retry(lambda: api.get_run(entry.run_id))
-    assert isinstance(run, RunStatus)
     if run.is_terminal:
         console.line(f"run {entry.run_id} already finished: {run.state}")
         return

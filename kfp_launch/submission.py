@@ -2,7 +2,7 @@
 submission, and the state file that lets ``kfp-launch cancel`` find the run later.
 
 Idempotency: every run's description ends with a key line
-``kfp-launch-key: <project>/<CI pipeline id>/<job>/<nonce>``. A create call that failed in a way that
+``kfp-launch-key: <project>/<CI pipeline id>/<CI job name>/<job>/<nonce>``. A create call that failed in a way that
 may have created the run (5xx, timeout, dropped connection) is resolved by looking the run up by its
 key, never by posting blindly again; and a retried CI job of the same CI pipeline attaches to that
 pipeline's still-active run of the job instead of submitting another.
@@ -19,10 +19,11 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
+from urllib.parse import quote
 
 from kfp_launch.ci_context import CiContext
 from kfp_launch.errors import ConfigError, InputError
-from kfp_launch.models import ACTIVE_STATES, CompiledPipeline, Experiment, RunStatus
+from kfp_launch.models import CompiledPipeline, Experiment, RunStatus
 
 KEY_PREFIX = "kfp-launch-key: "
 RUN_NAME_FIELDS = ("job", "commit", "pipeline", "branch", "ticket", "mr")
@@ -91,16 +92,28 @@ def run_name(template: str, *, job: str, ci: CiContext) -> str:
     return sanitize_display_name(name)
 
 
+ATTACHABLE_STATES = frozenset({"RUNTIME_STATE_UNSPECIFIED", "PENDING", "RUNNING", "PAUSED"})
+"""States of a run a retried CI job attaches to. Not CANCELING: a run on its way out (e.g. terminated by
+the previous attempt's after_script) is replaced by a new one, not waited for."""
+
+
+def _key_base(ci: CiContext, job: str) -> str:
+    # The CI job's full name (url-quoted: it may hold "/" as in "train 1/3") keeps parallel and matrix
+    # jobs of one pipeline job apart; the pipeline job keeps the runs of one `run --all` apart.
+    ci_job = quote(ci.job_name, safe="") if ci.job_name else "-"
+    return f"{ci.project_path or 'local'}/{ci.pipeline_id or 'local'}/{ci_job}/{job}/"
+
+
 def new_run_key(ci: CiContext, job: str) -> str:
-    """A fresh key ``<project>/<CI pipeline id>/<job>/<nonce>`` (``local`` outside CI)."""
-    return f"{ci.project_path or 'local'}/{ci.pipeline_id or 'local'}/{job}/{secrets.token_hex(6)}"
+    """A fresh key ``<project>/<CI pipeline id>/<CI job name>/<job>/<nonce>`` (``local``/``-`` outside CI)."""
+    return _key_base(ci, job) + secrets.token_hex(6)
 
 
 def attach_prefix(ci: CiContext, job: str) -> str | None:
     """The key prefix shared by every attempt of this CI job in this CI pipeline (None outside CI)."""
     if not (ci.in_ci and ci.pipeline_id):
         return None
-    return f"{ci.project_path or 'local'}/{ci.pipeline_id}/{job}/"
+    return _key_base(ci, job)
 
 
 def run_key(description: str) -> str | None:
@@ -173,7 +186,7 @@ def find_active_attempt(api: RunApi, experiment_id: str, name: str, prefix: str)
     """The newest still-active run named ``name`` whose key starts with ``prefix`` (a retried CI job)."""
     for run in api.list_runs(experiment_id, display_name=name):
         key = run_key(run.description)
-        if key and key.startswith(prefix) and run.state in ACTIVE_STATES:
+        if key and key.startswith(prefix) and run.state in ATTACHABLE_STATES:
             return run
     return None
 
@@ -231,12 +244,15 @@ class StateEntry:
     """One run in ``.kfp-launch/state.json`` (what ``kfp-launch cancel --state-file`` needs).
 
     Attributes:
-        run_id, experiment_id: the KFP ids.
+        run_id, experiment_id: the KFP ids (``run_id`` is '' while the run is being created: then
+            ``run_key`` and ``run_name`` find it).
         host, namespace: where the run lives.
         url: the run's UI link.
         job: the job name.
         cancel_policy: ``"terminate"`` or ``"detach"`` (``--on-cancel``).
         created_at: when kfp-launch recorded it, ISO 8601 UTC.
+        run_key: the run's kfp-launch key.
+        run_name: the run's display name.
     """
 
     run_id: str
@@ -247,6 +263,8 @@ class StateEntry:
     job: str
     cancel_policy: str
     created_at: str = ""
+    run_key: str = ""
+    run_name: str = ""
 
 
 def write_state(path: Path, entries: list[StateEntry]) -> None:

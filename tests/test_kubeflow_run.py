@@ -472,3 +472,102 @@ def test_gitlab_outage_is_only_a_warning(run_cli: RunCli, project: Path, kfp: Fa
     assert result.exit_code == 0, result.output
     assert "warning:" in result.stderr and "not affected" in result.stderr
     assert "glpat-n0te-s3cret" not in result.output
+
+
+def test_parallel_and_matrix_jobs_of_one_pipeline_job_get_their_own_runs(run_cli: RunCli, project: Path, kfp: FakeKfpServer) -> None:
+    for _ in range(3):
+        kfp.script_run(["RUNNING"])
+    for ci_job, steps in (("good: [a]", "1"), ("good: [b]", "2"), ("good 2/3", "3")):
+        result = launch(run_cli, project, kfp, "--no-wait", "-p", f"a={steps}", CI_JOB_NAME=ci_job)
+        assert result.exit_code == 0 and "attached" not in result.output
+    assert sorted(r["runtime_config"]["parameters"]["a"] for r in runs(kfp)) == [1, 2, 3]
+    assert any("/good%3A%20%5Ba%5D/good/" in r["description"] for r in runs(kfp))
+
+
+def test_exit_5_leaves_the_run_for_the_retry_and_the_retry_attaches(run_cli: RunCli, project: Path, kfp: FakeKfpServer) -> None:
+    kfp.script_run(["RUNNING"])
+    kfp.fail(503, method="GET", path=PATH_RUN, times=None)
+    first = launch(run_cli, project, kfp, KFP_LAUNCH_MAX_OUTAGE="0.3")
+    assert first.exit_code == ExitCode.UNREACHABLE, first.output
+    kfp.clear_faults()
+    after_script = run_cli(["cancel", "--state-file", ".kfp-launch/state.json"], cwd=project, env=env_for(kfp))
+    assert after_script.exit_code == 0 and "cancel policy is detach" in after_script.stdout
+    assert not kfp.requests_to("POST", PATH_RUN_TERMINATE)
+    run_id = runs(kfp)[0]["run_id"]
+    kfp.script_run(["RUNNING", "SUCCEEDED"], run_id=run_id)
+    retried = launch(run_cli, project, kfp)
+    assert retried.exit_code == 0, retried.output
+    assert "attached to the active run" in retried.output and len(runs(kfp)) == 1
+
+
+def test_a_canceling_run_is_not_attached_to(run_cli: RunCli, project: Path, kfp: FakeKfpServer) -> None:
+    kfp.script_run(["RUNNING"])
+    assert launch(run_cli, project, kfp, "--no-wait").exit_code == 0
+    with kfp.lock:
+        next(iter(kfp.runs.values()))["state"] = "CANCELING"
+    kfp.script_run(["SUCCEEDED"])
+    retried = launch(run_cli, project, kfp)
+    assert retried.exit_code == 0 and "attached" not in retried.output
+    assert len(runs(kfp)) == 2
+
+
+def test_sigterm_while_the_create_call_is_in_flight_terminates_the_stored_run(project: Path, kfp: FakeKfpServer) -> None:
+    kfp.script_run(["RUNNING"])
+    kfp.hang(method="POST", path=PATH_RUNS, after_handling=True)  # stored, but the answer never comes
+    env = {k: v for k, v in {**os.environ, **clean_env(env_for(kfp))}.items() if v is not None}
+    proc = subprocess.Popen([sys.executable, "-m", "kfp_launch", "run", "good"], cwd=project, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        kfp.wait_for_request("POST", PATH_RUNS, timeout_s=60)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, out + err
+    stored = runs(kfp)
+    assert len(stored) == 1
+    assert [r.path for r in kfp.requests_to("POST", PATH_RUN_TERMINATE)] == [f"/apis/v2beta1/runs/{stored[0]['run_id']}:terminate"]
+
+
+def test_a_job_killed_mid_submit_leaves_a_state_file_that_finds_the_run(run_cli: RunCli, project: Path, kfp: FakeKfpServer) -> None:
+    import json as _json
+
+    from kfp_launch.ci_context import CiContext
+    from kfp_launch.submission import StateEntry, new_run_key, write_state
+
+    kfp.script_run(["RUNNING"])
+    assert launch(run_cli, project, kfp, "--no-wait").exit_code == 0
+    run = runs(kfp)[0]
+    key = run["description"].splitlines()[-1].split(": ", 1)[1]
+    # What the state file holds when the job dies between the create call and its answer:
+    write_state(project / "killed.json", [StateEntry(run_id="", experiment_id=run["experiment_id"], host=kfp.url,
+                namespace="team-a", url="", job="good", cancel_policy="terminate", run_key=key,
+                run_name=run["display_name"])])
+    result = run_cli(["cancel", "--state-file", "killed.json"], cwd=project, env=env_for(kfp))
+    assert result.exit_code == 0, result.output
+    assert len(kfp.requests_to("POST", PATH_RUN_TERMINATE)) == 1
+    assert _json.loads((project / "killed.json").read_text())["runs"][0]["run_key"] == key
+    other = new_run_key(CiContext(in_ci=False), "good")
+    write_state(project / "never.json", [StateEntry(run_id="", experiment_id=run["experiment_id"], host=kfp.url,
+                namespace="team-a", url="", job="good", cancel_policy="terminate", run_key=other,
+                run_name=run["display_name"])])
+    none = run_cli(["cancel", "--state-file", "never.json"], cwd=project, env=env_for(kfp))
+    assert none.exit_code == 0 and "no run was created" in none.stdout
+
+
+def test_unwritable_state_file_fails_before_anything_is_submitted(run_cli: RunCli, project: Path, kfp: FakeKfpServer) -> None:
+    (project / "blocker").write_text("a file, not a directory")
+    result = launch(run_cli, project, kfp, "--state-file", "blocker/state.json")
+    assert result.exit_code == ExitCode.INVALID_INPUT
+    assert "Cannot write the state file" in result.stderr
+    assert not kfp.requests_to("POST", PATH_RUNS)
+
+
+def test_a_job_timeout_too_short_to_wait_submits_nothing(run_cli: RunCli, project: Path, kfp: FakeKfpServer) -> None:
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    result = launch(run_cli, project, kfp, CI_JOB_STARTED_AT=started, CI_JOB_TIMEOUT="240")
+    assert result.exit_code == ExitCode.INVALID_INPUT
+    assert "nothing was submitted" in result.stderr and "--no-wait" in result.stderr
+    assert not kfp.requests_to("POST", PATH_RUNS)
+    assert launch(run_cli, project, kfp, "--no-wait", CI_JOB_STARTED_AT=started, CI_JOB_TIMEOUT="240").exit_code == 0
