@@ -65,7 +65,9 @@ def make_console() -> Console:
     in_gitlab = os.environ.get("GITLAB_CI", "") == "true" or bool(
         os.environ.get("CI_JOB_ID") and os.environ.get("CI_SERVER_URL")
     )
-    return Console(out=sys.stdout, err=sys.stderr, in_gitlab=in_gitlab)
+    console = Console(out=sys.stdout, err=sys.stderr, in_gitlab=in_gitlab)
+    console.mask(*(os.environ.get(name) for name in ("KFP_TOKEN", "KFP_COOKIE", "GITLAB_TOKEN", "CI_JOB_TOKEN")))
+    return console
 
 
 def _guard(command: F) -> F:
@@ -249,16 +251,47 @@ StateFileOpt = Annotated[
 ]
 
 
+_KUBEFLOW_ONLY = (
+    "host",
+    "namespace",
+    "ui_url",
+    "wait",
+    "dry_run",
+    "no_cache",
+    "service_account",
+    "pipeline_root",
+    "run_name_template",
+    "poll_interval",
+    "max_outage",
+    "timeout",
+    "on_timeout",
+    "on_cancel",
+    "log_lines",
+    "state_file",
+)
+
+
+def _reject_kubeflow_options(values: dict[str, Any]) -> None:
+    given = [SPECS[name].flag for name in _KUBEFLOW_ONLY if values.get(name) is not None]
+    if given:
+        raise UsageError(
+            f"{', '.join(given)} only apply to runs on Kubeflow, not to --local runs.",
+            hint="drop them, or drop --local to run on Kubeflow.",
+        )
+
+
 def _given(values: dict[str, Any]) -> dict[str, object]:
     """The command's options that are settings (same names), for :func:`load_settings`."""
     return {name: value for name, value in values.items() if name in SPECS}
 
 
 def _check_param_syntax(values: list[str] | None) -> list[str] | None:
-    for item in values or []:
-        key, sep, _ = item.partition("=")
-        if not sep or not key.strip():
-            raise typer.BadParameter(f'"{item}" is not KEY=VALUE (e.g. --param steps=100).')
+    from kfp_launch.parameters import parse_param_assignments
+
+    try:
+        parse_param_assignments(values or [])
+    except UsageError as exc:
+        raise typer.BadParameter(f"{exc.message} {exc.hint}") from None
     return values
 
 
@@ -362,6 +395,7 @@ def run_command(
     settings = _settings(**_given(locals()))
     jobs = list(jobs or [])
     if local:
+        _reject_kubeflow_options(locals())
         raise typer.Exit(int(launch.run_local_jobs(jobs, all_jobs, settings, os.environ, Path.cwd(), make_console())))
     if all_jobs or len(jobs) > 1:
         from kfp_launch import fanout

@@ -116,8 +116,8 @@ def connection_from(settings: Settings, environ: Mapping[str, str]) -> Connectio
     problems: list[str] = []
     if not host:
         problems.append("no Kubeflow host: set KFP_HOST (or --host, or host under [tool.kfp-launch])")
-    elif urllib.parse.urlsplit(host).scheme not in ("http", "https"):
-        problems.append(f'the host "{host}" is not an http(s):// URL')
+    else:
+        problems += _host_problems(host)
     ca_bundle, ca_source = _first(environ, "KFP_CA_BUNDLE", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE")
     if ca_bundle and not Path(ca_bundle).is_file():
         problems.append(f"the CA bundle {ca_bundle} (from {ca_source}) does not exist")
@@ -149,6 +149,24 @@ def connection_from(settings: Settings, environ: Mapping[str, str]) -> Connectio
             "ui_url": settings.sources.get("ui_url", "default"),
         },
     )
+
+
+def _host_problems(host: str) -> list[str]:
+    try:
+        parts = urllib.parse.urlsplit(host)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError as exc:
+        return [f'the host "{host}" is not a valid URL ({exc})']
+    if parts.scheme not in ("http", "https"):
+        return [f'the host "{host}" is not an http(s):// URL']
+    if any(char.isspace() for char in host) or not parts.hostname:
+        return [f'the host "{host}" has no valid host name']
+    if parts.username or parts.password or parts.query:
+        # Never print credentials: they would appear in every link and summary. Name the problem only.
+        return [
+            "the host holds credentials or a query string: put the token in KFP_TOKEN (or KFP_COOKIE), not in the URL"
+        ]
+    return []
 
 
 def _host(settings: Settings, environ: Mapping[str, str]) -> tuple[str, str]:

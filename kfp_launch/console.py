@@ -62,6 +62,22 @@ class Console:
         self._out = RichConsole(file=out, **common)  # type: ignore[arg-type]  # rich's kwargs are typed loosely
         self._err = RichConsole(file=err, stderr=True, **common)  # type: ignore[arg-type]
         self._warned: set[str] = set()
+        self._secrets: list[str] = []
+
+    def mask(self, *values: str | None) -> None:
+        """Never print these values (tokens, cookies): every output replaces them with ``[MASKED]``.
+        A cookie ``name=value; other=value2`` also masks each value alone."""
+        for value in values:
+            if not value:
+                continue
+            parts = [value, *(p.split("=", 1)[1] for p in value.split(";") if "=" in p)]
+            self._secrets.extend(p.strip() for p in parts if len(p.strip()) >= 4)
+        self._secrets.sort(key=len, reverse=True)
+
+    def _clean(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "[MASKED]")
+        return text
 
     @property
     def is_interactive(self) -> bool:
@@ -70,17 +86,17 @@ class Console:
 
     def line(self, text: str = "", *, style: str | None = None) -> None:
         """Print one line of progress (``text`` is plain text, not rich markup)."""
-        self._out.print(escape(text), style=style)
+        self._out.print(escape(self._clean(text)), style=style)
         self._out_stream.flush()
 
     def markup(self, text: str) -> None:
         """Print one line written in rich markup (callers escape user data)."""
-        self._out.print(text)
+        self._out.print(self._clean(text))
         self._out_stream.flush()
 
     def url(self, label: str, url: str) -> None:
         """Print ``label: URL`` with the URL bare, so GitLab turns it into a link (no OSC 8)."""
-        self._out_stream.write(f"{label}: {url}\n")
+        self._out_stream.write(self._clean(f"{label}: {url}\n"))
         self._out_stream.flush()
 
     def warn(self, text: str, *, once_key: str | None = None) -> None:
@@ -89,16 +105,17 @@ class Console:
             if once_key in self._warned:
                 return
             self._warned.add(once_key)
-        self._err.print(f"[bold yellow]warning:[/] {escape(text)}")
+        self._err.print(f"[bold yellow]warning:[/] {escape(self._clean(text))}")
 
     def error(self, message: str, hint: str = "") -> None:
         """Print ``error: message`` and ``hint: hint`` on stderr."""
-        self._err.print(f"[bold red]error:[/] {escape(message)}")
+        self._err.print(f"[bold red]error:[/] {escape(self._clean(message))}")
         if hint:
-            self._err.print(f"[bold]hint:[/] {escape(hint)}")
+            self._err.print(f"[bold]hint:[/] {escape(self._clean(hint))}")
 
     def data(self, text: str) -> None:
         """Write machine-readable text to stdout verbatim (JSON, YAML)."""
+        text = self._clean(text)
         self._out_stream.write(text if text.endswith("\n") else text + "\n")
         self._out_stream.flush()
 
@@ -108,7 +125,7 @@ class Console:
         for column in columns:
             table.add_column(column)
         for row in rows:
-            table.add_row(*(escape(cell) for cell in row))
+            table.add_row(*(escape(self._clean(cell)) for cell in row))
         self._out.print(table)
         self._out_stream.flush()
 
@@ -118,7 +135,7 @@ class Console:
 
     def live(self) -> LiveTable:
         """A table redrawn in place on a terminal (never used in CI: see :attr:`is_interactive`)."""
-        return LiveTable(self._out)
+        return LiveTable(self._out, self._clean)
 
     def section_start(self, name: str, header: str, *, collapsed: bool = False, announce: bool = True) -> None:
         """Open a GitLab collapsible section; elsewhere print the header when ``announce``."""
@@ -128,7 +145,9 @@ class Console:
             return
         flag = "[collapsed=true]" if collapsed else ""
         safe = _SECTION_NAME_RE.sub("_", name)
-        self._out_stream.write(f"\x1b[0Ksection_start:{int(self._clock())}:{safe}{flag}\r\x1b[0K{header}\n")
+        self._out_stream.write(
+            f"\x1b[0Ksection_start:{int(self._clock())}:{safe}{flag}\r\x1b[0K{self._clean(header)}\n"
+        )
         self._out_stream.flush()
 
     def section_end(self, name: str) -> None:
@@ -143,9 +162,10 @@ class Console:
 class LiveTable:
     """A rich ``Live`` display of task states (context manager); :meth:`show` replaces the table."""
 
-    def __init__(self, console: RichConsole) -> None:
+    def __init__(self, console: RichConsole, clean: Callable[[str], str] = lambda text: text) -> None:
         from rich.live import Live
 
+        self._clean = clean
         self._live = Live(console=console, refresh_per_second=4, transient=False, auto_refresh=False)
 
     def __enter__(self) -> Self:
@@ -161,5 +181,5 @@ class LiveTable:
         for column in columns:
             table.add_column(column)
         for row in rows:
-            table.add_row(*(escape(cell) for cell in row))
+            table.add_row(*(escape(self._clean(cell)) for cell in row))
         self._live.update(table, refresh=True)

@@ -131,6 +131,12 @@ class ContextError(InputError):
     """The CI context (branch, commit) cannot be determined (exit 3)."""
 
 
+class LocalRunError(KfpLaunchError):
+    """A local (kfp.local) run could not finish: its worker died (exit 6, like a failed run)."""
+
+    exit_code = ExitCode.RUN_FAILED
+
+
 class KfpAuthError(KfpLaunchError):
     """Kubeflow refused the credentials or the permission (HTTP 401/403, login page) (exit 4)."""
 

@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import Any
 
 from kfp_launch.connection import Connection
-from kfp_launch.errors import KfpApiError, KfpAuthError, KfpUnavailableError
+from kfp_launch.errors import InputError, KfpApiError, KfpAuthError, KfpUnavailableError
 from kfp_launch.models import Experiment, RunStatus, TaskResult
 
 _TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
@@ -46,6 +46,10 @@ class TransientKfpError(KfpUnavailableError):
     def __init__(self, message: str, *, hint: str = "", maybe_applied: bool = False) -> None:
         super().__init__(message, hint=hint)
         self.maybe_applied = maybe_applied
+
+
+class KfpTlsError(InputError):
+    """TLS verification failed: a configuration problem (CA bundle), not an outage (exit 3)."""
 
 
 class KfpConflictError(KfpApiError):
@@ -360,12 +364,17 @@ def _transport_error(exc: Exception, what: str, connection: Connection, *, write
     import ssl
 
     if isinstance(reason, ssl.SSLError) or "SSL" in type(reason).__name__:
-        return KfpUnavailableError(
+        return KfpTlsError(
             f"TLS failed to {what} at {connection.host}: {reason}",
             hint="if Kubeflow uses a private CA, set KFP_CA_BUNDLE to its PEM file; verification is never skipped.",
         )
     name = type(reason or exc).__name__
-    return TransientKfpError(f"Could not reach Kubeflow at {connection.host} to {what}: {name}", maybe_applied=write)
+    hint = "check KFP_HOST and that Kubeflow's API server is up and reachable from here (proxy: HTTPS_PROXY/NO_PROXY)."
+    if "NameResolution" in name:
+        hint = f"the host name of {connection.host} does not resolve: check KFP_HOST for a typo."
+    return TransientKfpError(
+        f"Could not reach Kubeflow at {connection.host} to {what}: {name}", hint=hint, maybe_applied=write
+    )
 
 
 def _time(value: object) -> datetime | None:

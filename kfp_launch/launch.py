@@ -12,7 +12,15 @@ from pathlib import Path
 
 from kfp_launch.ci_context import CiContext
 from kfp_launch.console import Console
-from kfp_launch.errors import ConfigError, ExitCode, InputError, ParameterError, PipelineError, UsageError
+from kfp_launch.errors import (
+    ConfigError,
+    ExitCode,
+    InputError,
+    LocalRunError,
+    ParameterError,
+    PipelineError,
+    UsageError,
+)
 from kfp_launch.models import CompiledPipeline, LocalRunOutcome, ResolvedParameters, RunOutcome, TaskResult
 from kfp_launch.parameters import ParameterLayer, load_params_file, parse_param_assignments, resolve_parameters
 from kfp_launch.settings import Settings
@@ -230,28 +238,31 @@ def compile_to_file(job: str, output: str | None, settings: Settings, project_di
 
 
 def resolve_run_parameters(compiled: CompiledPipeline, settings: Settings, project_dir: Path) -> ResolvedParameters:
-    """Resolve the run's parameters: defaults < profile < params file < ``--param``.
+    """Resolve the run's parameters, lowest precedence first: pipeline defaults < ``param`` in
+    pyproject.toml < profile < params file < ``KFP_LAUNCH_PARAM`` < ``--param``.
 
     Raises:
         ParameterError: unknown profile, unreadable params file, or invalid parameters.
         UsageError / ConfigError: a ``--param`` (or its env/pyproject equivalent) is not KEY=VALUE.
     """
-    layers: list[ParameterLayer] = []
+    assignments = {source: _assignments(source, values) for source, values in settings.param_layers}
+    layers = [ParameterLayer(source=s, values=v, raw=True) for s, v in assignments.items() if s == "pyproject.toml"]
     if settings.profile:
         layers.append(ParameterLayer(source=f"profile {settings.profile}", values=_profile(compiled, settings.profile)))
     if settings.params_file:
         path = project_dir / settings.params_file
         layers.append(ParameterLayer(source=f"params file {settings.params_file}", values=load_params_file(path)))
-    if settings.param:
-        origin = settings.sources.get("param", "--param")
-        try:
-            assignments = parse_param_assignments(settings.param, origin=origin)
-        except UsageError as exc:
-            if origin == "--param":
-                raise
-            raise ConfigError(exc.message, hint=exc.hint) from None
-        layers.append(ParameterLayer(source="--param" if origin == "--param" else origin, values=assignments, raw=True))
+    layers += [ParameterLayer(source=s, values=v, raw=True) for s, v in assignments.items() if s != "pyproject.toml"]
     return resolve_parameters(compiled.parameters, layers, job=compiled.job)
+
+
+def _assignments(source: str, values: tuple[str, ...]) -> dict[str, str]:
+    try:
+        return parse_param_assignments(values, origin=source)
+    except UsageError as exc:
+        if source == "--param":
+            raise
+        raise ConfigError(exc.message, hint=exc.hint) from None
 
 
 def _profile(compiled: CompiledPipeline, name: str) -> dict[str, object]:
@@ -356,7 +367,7 @@ def run_local_job(
     Raises:
         KfpLaunchError: compile or parameter errors (nothing runs).
     """
-    from kfp_launch.local_runner import local_pipeline_root, run_local
+    from kfp_launch.local_runner import LocalWorkerDiedError, UnsupportedLocallyError, local_pipeline_root, run_local
 
     ci = read_context(settings, environ, project_dir, require_ref=False)
     job = job_to_run(job, ci)
@@ -376,10 +387,15 @@ def run_local_job(
             on_task=lambda task: _print_task(task, console),
             echo=settings.verbose,
         )
-    except RuntimeError as exc:
+    except UnsupportedLocallyError as exc:
         raise PipelineError(
             f"kfp.local cannot run job {compiled.job}: {exc}",
             hint="kfp.local runs lightweight Python components only; run this job on Kubeflow.",
+        ) from None
+    except LocalWorkerDiedError as exc:
+        raise LocalRunError(
+            f"The local run of job {compiled.job} did not finish: {exc}.",
+            hint=f"a killed worker is often out of memory; the log so far is in {root / 'kfp-local.log'}.",
         ) from None
     finally:
         console.section_end("kfp_launch_run")
@@ -482,8 +498,17 @@ def _format_value(value: object) -> str:
 def show_params(job: str, settings: Settings, project_dir: Path, console: Console, *, as_dataclass: bool) -> None:
     """Print each parameter of ``job`` (name, type, default, value per profile), or a typed dataclass."""
     from kfp_launch.dataclass_gen import generate_dataclass
+    from kfp_launch.parameters import profile_problems
 
     compiled = compile_pipeline(job, settings, project_dir)
+    problems = profile_problems(compiled.parameters, compiled.profiles)
+    if problems:
+        raise ParameterError(
+            f"PROFILES of {compiled.module} do not fit the pipeline's parameters:\n"
+            + "\n".join(f"  - {p}" for p in problems),
+            hint="fix PROFILES; the pipeline accepts: "
+            + ", ".join(f"{p.name}: {p.type.label}" for p in compiled.parameters),
+        )
     if as_dataclass:
         console.data(generate_dataclass(compiled))
         return

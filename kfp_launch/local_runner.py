@@ -46,6 +46,15 @@ _FINISHED_RE = re.compile(r"^Task '(?P<task>[^']+)' finished with status (?P<sta
 _INNER_RE = re.compile(r"Inner task failed: '(?P<task>[^']+)'")
 _STATES = {"SUCCESS": "SUCCEEDED", "FAILURE": "FAILED"}
 LOG_TAIL_LINES = 20
+_SECRET_VARIABLES = frozenset({"KFP_TOKEN", "KFP_COOKIE", "GITLAB_TOKEN", "CI_JOB_TOKEN"})
+
+
+class UnsupportedLocallyError(RuntimeError):
+    """kfp.local cannot run this pipeline (e.g. container components); nothing ran."""
+
+
+class LocalWorkerDiedError(RuntimeError):
+    """The kfp.local worker process ended without a result (killed, e.g. out of memory)."""
 
 
 def strip_ansi(text: str) -> str:
@@ -185,8 +194,9 @@ def run_local(
         The outcome; a failed task is a result (``state == "FAILED"``), not an exception.
 
     Raises:
-        RuntimeError: kfp.local cannot run this pipeline at all (e.g. container components);
-            the message is kfp's, without ANSI codes. Callers turn it into a PipelineError.
+        UnsupportedLocallyError: kfp.local cannot run this pipeline at all (e.g. container components);
+            the message is kfp's, without ANSI codes.
+        LocalWorkerDiedError: the worker was killed (e.g. out of memory) before reporting a result.
     """
     pipeline_root.mkdir(parents=True, exist_ok=True)
     log_path = pipeline_root / "kfp-local.log"
@@ -229,9 +239,10 @@ def run_local(
         _kill_group(worker, kill_grace_s)
         raise
     if result.get("unsupported"):
-        raise RuntimeError(result["unsupported"])
+        raise UnsupportedLocallyError(result["unsupported"])
     if not result:
-        raise RuntimeError(f"the kfp.local worker ended with exit code {worker.returncode}; see {log_path}")
+        how = f"signal {-worker.returncode}" if worker.returncode < 0 else f"exit code {worker.returncode}"
+        raise LocalWorkerDiedError(f"the kfp.local worker process ended with {how} before the run finished")
     run_dir = _run_dir(pipeline_root)
     return LocalRunOutcome(
         job=pipeline.job,
@@ -250,7 +261,8 @@ def run_local(
 def _worker_env() -> dict[str, str]:
     # Tasks run `pip` from PATH for kfp's install prologue; without the interpreter's own bin/ first
     # (a venv used without activation) they fall back to `python -m ensurepip`, ~3.5 s per task.
-    env = dict(os.environ)
+    # Kubeflow and GitLab credentials are not the components' business.
+    env = {k: v for k, v in os.environ.items() if k not in _SECRET_VARIABLES}
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     return env
 

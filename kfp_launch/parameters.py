@@ -113,6 +113,23 @@ def _parameter_error(job: str, parameters: Sequence[PipelineParameter], problems
     )
 
 
+def profile_problems(
+    parameters: Sequence[PipelineParameter], profiles: Mapping[str, Mapping[str, object]]
+) -> list[str]:
+    """What is wrong in a job's ``PROFILES``: unknown parameter names and values of the wrong type
+    (a profile need not set every required parameter: a params file or ``--param`` may)."""
+    by_name = {p.name: p for p in parameters}
+    problems = []
+    for profile, values in sorted(profiles.items()):
+        for name, value in values.items():
+            spec = by_name.get(name)
+            if spec is None:
+                problems.append(f'profile {profile}: unknown parameter "{name}"')
+            elif value is not None and (problem := coerce_value(spec, value, raw_string=False)[1]):
+                problems.append(f"profile {profile}: {name}: {problem}")
+    return problems
+
+
 def coerce_value(spec: PipelineParameter, value: object, *, raw_string: bool) -> tuple[object, str]:
     """Coerce one value for ``spec``.
 
@@ -210,6 +227,11 @@ def load_params_file(path: Path) -> dict[str, object]:
         raise ParameterError(
             f"Cannot read the params file {path}: {exc.strerror or exc}.",
             hint="check the path given to --params-file.",
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise ParameterError(
+            f"The params file {path} is not UTF-8 text ({exc.reason} at byte {exc.start}).",
+            hint="save it as UTF-8 YAML or JSON.",
         ) from None
     try:
         data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)

@@ -107,7 +107,7 @@ def import_job_module(job: str, *, project_dir: Path, package: str) -> ModuleTyp
         if exc.name in (package, module_name):
             raise _job_not_found(job, project_dir, package) from None
         raise _import_failed(module_name, exc, project_dir) from None
-    except Exception as exc:  # noqa: BLE001 - any error in user code is reported, not crashed on
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - any error in user code is reported, not crashed on
         raise _import_failed(module_name, exc, project_dir) from None
 
 

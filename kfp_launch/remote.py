@@ -112,7 +112,7 @@ def run_on_kubeflow(
     for variable in environ_experiment_overrides(environ):
         console.warn(f"{variable} is ignored: kfp-launch resolves the experiment itself and passes its id")
     if settings.dry_run:
-        return _dry_run(connection, experiment_name, name, compiled, params, console, rt)
+        return _dry_run(connection, experiment_name, name, compiled, params, settings, console, rt)
     check_time_to_wait(settings, ci, rt)
     api = rt.api_factory(connection)
     retry = retrier(poll_policy(settings), console, rt)
@@ -319,11 +319,12 @@ def _dry_run(
     name: str,
     compiled: CompiledPipeline,
     params: ResolvedParameters,
+    settings: Settings,
     console: Console,
     rt: Runtime,
 ) -> ExitCode:
     api = rt.api_factory(connection)
-    experiment = api.find_experiment(experiment_name)
+    experiment = preflight(settings, console, rt)(lambda: api.find_experiment(experiment_name))
     state = (
         "does not exist yet: would be created"
         if experiment is None
@@ -622,8 +623,13 @@ def watch_run(
     console: Console,
     runtime: Runtime | None = None,
 ) -> ExitCode:
-    """Attach to an existing run and wait for it like ``run`` does."""
+    """Attach to an existing run and wait for it like ``run`` does. Watching is not owning: unless
+    ``--on-cancel``/``--on-timeout`` say otherwise, Ctrl-C and the deadline leave the run running."""
     rt = runtime or Runtime()
+    if settings.sources.get("on_cancel", "default") == "default":
+        settings = replace(settings, on_cancel="detach")
+    if settings.sources.get("on_timeout", "default") == "default":
+        settings = replace(settings, on_timeout="detach")
     connection = connection_from(settings, environ)
     api = rt.api_factory(connection)
     retry = retrier(poll_policy(settings), console, rt)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
-from kfp_launch.errors import ConfigError
+from kfp_launch.errors import ConfigError, UsageError
 
 DEFAULT_TICKET_PATTERN = r"(?<![^\W_])(?a:[A-Z][A-Z0-9]*-[0-9]+)(?![^\W_])"
 """A JIRA issue key: a letter, letters/digits, a dash, digits; not glued to other letters or digits.
@@ -80,9 +80,12 @@ def parse_duration(text: str) -> timedelta:
         if not parts or "".join(n + u for n, u in parts) != raw:
             raise ValueError(f'"{text}" is not a duration') from None
         seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
-    if seconds < 0 or math.isnan(seconds):
+    if seconds < 0 or not math.isfinite(seconds):
         raise ValueError(f'"{text}" is not a duration')
-    return timedelta(seconds=seconds)
+    try:
+        return timedelta(seconds=seconds)
+    except OverflowError:
+        raise ValueError(f'"{text}" is too long a duration') from None
 
 
 def _parse_duration(value: object, where: str) -> timedelta:
@@ -101,12 +104,21 @@ def _parse_duration(value: object, where: str) -> timedelta:
     )
 
 
-def _parse_int(value: object, where: str) -> int:
-    if isinstance(value, int) and not isinstance(value, bool):
+def _parse_positive_duration(value: object, where: str) -> timedelta:
+    duration = _parse_duration(value, where)
+    if duration <= timedelta(0):
+        raise ConfigError(
+            f"{where} must be more than zero.", hint="e.g. 2s; polling without a pause would hammer the API."
+        )
+    return duration
+
+
+def _parse_count(value: object, where: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return value
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+    if isinstance(value, str) and value.strip().isdigit():
         return int(value.strip())
-    raise ConfigError(f'{where} must be a whole number, not "{value}".', hint="e.g. 50.")
+    raise ConfigError(f'{where} must be a whole number of 0 or more, not "{value}".', hint="e.g. 50.")
 
 
 def _choice(*options: str) -> Callable[[object, str], str]:
@@ -171,12 +183,12 @@ SPECS: dict[str, SettingSpec] = {
         SettingSpec(name="service_account", default=None),
         SettingSpec(name="pipeline_root", default=None),
         SettingSpec(name="run_name_template", default="{job} {commit} {pipeline}"),
-        SettingSpec(name="poll_interval", default=timedelta(seconds=2), parse=_parse_duration),
+        SettingSpec(name="poll_interval", default=timedelta(seconds=2), parse=_parse_positive_duration),
         SettingSpec(name="max_outage", default=timedelta(minutes=10), parse=_parse_duration),
         SettingSpec(name="timeout", default=None, parse=_parse_duration),
         SettingSpec(name="on_timeout", default="terminate", parse=_choice("terminate", "detach")),
         SettingSpec(name="on_cancel", default="terminate", parse=_choice("terminate", "detach")),
-        SettingSpec(name="log_lines", default=50, parse=_parse_int),
+        SettingSpec(name="log_lines", default=50, parse=_parse_count),
         SettingSpec(name="state_file", default=".kfp-launch/state.json"),
         # Report files for GitLab's artifacts:reports (reference gitlab-ci.md §1.5).
         SettingSpec(name="dotenv_report", default=".kfp-launch/run.env"),
@@ -220,6 +232,7 @@ class Settings:
     dotenv_report: str = ".kfp-launch/run.env"
     junit_report: str = ".kfp-launch/junit.xml"
     metrics_report: str = ".kfp-launch/metrics.txt"
+    param_layers: tuple[tuple[str, tuple[str, ...]], ...] = ()
     sources: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -274,14 +287,35 @@ def load_settings(flags: Mapping[str, object], environ: Mapping[str, str], proje
     sources: dict[str, str] = {}
     for name, spec in SPECS.items():
         values[name], sources[name] = _resolve_one(spec, flags.get(name), environ, table)
-    return Settings(**values, sources=sources)  # type: ignore[arg-type]  # values typed per SPECS
+    return Settings(**values, param_layers=_param_layers(flags, environ, table), sources=sources)  # type: ignore[arg-type]  # values typed per SPECS
+
+
+def _param_layers(
+    flags: Mapping[str, object], environ: Mapping[str, str], table: Mapping[str, object]
+) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """Every source of ``param`` values, lowest precedence first: they add up instead of replacing each
+    other (pyproject gives project defaults, ``KFP_LAUNCH_PARAM`` a CI variable's, ``--param`` the user's)."""
+    spec = SPECS["param"]
+    layers: list[tuple[str, tuple[str, ...]]] = []
+    if "param" in table:
+        layers.append(("pyproject.toml", _parse_list(table["param"], "param in [tool.kfp-launch] of pyproject.toml")))
+    if environ.get(spec.env_var, "") != "":
+        layers.append(
+            (f"env {spec.env_var}", _parse_list(environ[spec.env_var], f"environment variable {spec.env_var}"))
+        )
+    if flags.get("param"):
+        layers.append((spec.flag, _parse_list(flags["param"], spec.flag)))
+    return tuple(layers)
 
 
 def _resolve_one(
     spec: SettingSpec, flag: object, environ: Mapping[str, str], table: Mapping[str, object]
 ) -> tuple[object, str]:
     if flag is not None and flag != ():
-        return spec.parse(flag, spec.flag), spec.flag
+        try:
+            return spec.parse(flag, spec.flag), spec.flag
+        except ConfigError as exc:  # a flag's value is rejected like the argument parser rejects: exit 2
+            raise UsageError(exc.message, hint=exc.hint) from None
     env_value = environ.get(spec.env_var, "")
     if env_value != "":
         return spec.parse(env_value, f"environment variable {spec.env_var}"), f"env {spec.env_var}"
