@@ -348,7 +348,7 @@ def compile_command(
 def run_command(
     jobs: Annotated[
         list[str] | None,
-        typer.Argument(metavar="[JOB]...", help="Jobs to run: JOB or JOB:function (in CI: the GitLab job's name)."),
+        typer.Argument(metavar="JOB...", help="Jobs to run: JOB or JOB:function (in CI: the GitLab job's name)."),
     ] = None,
     all_jobs: Annotated[
         bool, typer.Option("--all", help="Run every job of the project (e.g. with --profile toy).")

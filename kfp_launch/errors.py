@@ -2,8 +2,9 @@
 
 Every error a user can cause is a :class:`KfpLaunchError` subclass carrying a one-paragraph
 ``message`` (what happened, to what), a ``hint`` (what to do) and the :class:`ExitCode` the
-process ends with. The single boundary in ``cli.py`` prints them as ``error:``/``hint:`` lines;
-no other module catches broad exceptions.
+process ends with. The single boundary in ``cli.py`` prints them as ``error:``/``hint:`` lines.
+Broad ``except`` clauses exist only there and where user code runs (importing a pipeline module,
+compiling it), each marked with its reason.
 """
 
 from __future__ import annotations

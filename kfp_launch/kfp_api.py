@@ -27,7 +27,7 @@ from kfp_launch.models import Experiment, RunStatus, TaskResult
 _TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 _EPOCH_PREFIX = "1970-01-01T00:00:00"
 # kfp.Client reads ~/.config/kfp/context.json (namespace, auth headers) in its constructor (§3.4):
-# we point it at a path that cannot exist so only our explicit settings apply.
+# we point it at a path that does not exist (nothing creates it) so only our explicit settings apply.
 _NO_CONTEXT_FILE = "/nonexistent/kfp-launch/kfp-context.json"
 # With an empty namespace the constructor calls GET /healthz, retrying 5 times with 5 s sleeps, and may
 # write a context file (§3.3). Any other namespace means zero requests; we pass the real namespace on

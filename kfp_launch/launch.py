@@ -183,7 +183,7 @@ def list_jobs(settings: Settings, project_dir: Path, console: Console, *, as_jso
     if as_json:
         console.data(json.dumps(rows, indent=2, default=str))
     elif rows:
-        console.table(["job", "pipeline", "parameters"], [_job_cells(r) for r in rows])
+        console.table(["job", "pipeline", "parameters", "profiles"], [_job_cells(r) for r in rows])
     if not rows:
         raise InputError(
             f"No jobs found in {project_dir / package}.",
@@ -207,13 +207,15 @@ def _job_row(compiled: CompiledPipeline) -> dict[str, object]:
 
 def _job_cells(row: dict[str, object]) -> list[str]:
     if "error" in row:
-        return [str(row["job"]), "(broken)", str(row["error"])]
+        return [str(row["job"]), "(broken)", str(row["error"]), ""]
     params = row["parameters"]
     assert isinstance(params, list)
     text = ", ".join(
         f"{p['name']}: {p['type']}" + ("" if p["required"] else f" = {json.dumps(p['default'])}") for p in params
     )
-    return [str(row["job"]), str(row["pipeline"]), text or "(none)"]
+    profiles = row["profiles"]
+    assert isinstance(profiles, list)
+    return [str(row["job"]), str(row["pipeline"]), text or "(none)", ", ".join(profiles)]
 
 
 def compile_to_file(job: str, output: str | None, settings: Settings, project_dir: Path, console: Console) -> None:
@@ -375,7 +377,7 @@ def run_local_job(
     compiled = compile_pipeline(job, settings, project_dir)
     params = resolve_run_parameters(compiled, settings, project_dir)
     console.section_end("kfp_launch_compile")
-    print_run_summary(compiled, params, ci, experiment_for(ci, settings), console)
+    print_run_summary(compiled, params, ci, experiment_for(ci, settings), console, local=True)
     root = local_pipeline_root(project_dir / settings.local_root, compiled.job)
     console.line(f"pipeline root: {root}")
     console.section_start("kfp_launch_run", f"Running {compiled.pipeline_name} locally with kfp.local")
@@ -438,12 +440,18 @@ def job_to_run(job: str | None, ci: CiContext) -> str:
 
 
 def print_run_summary(
-    compiled: CompiledPipeline, params: ResolvedParameters, ci: CiContext, experiment: str | None, console: Console
+    compiled: CompiledPipeline,
+    params: ResolvedParameters,
+    ci: CiContext,
+    experiment: str | None,
+    console: Console,
+    *,
+    local: bool = False,
 ) -> None:
     """Print, before anything runs: job, experiment, ticket, and each parameter with its source."""
     console.line(f"job: {compiled.job} ({compiled.module}:{compiled.function}, pipeline {compiled.pipeline_name})")
     where = f"{ci.ref_kind} {ci.ref}" if ci.ref else "no branch (not a git checkout; --branch sets one)"
-    console.line(f"experiment: {experiment or '(none)'}  [{where}]")
+    console.line(f"experiment{' (on Kubeflow)' if local else ''}: {experiment or '(none)'}  [{where}]")
     if ci.ticket:
         console.line(f"ticket: {ci.ticket} (from {ci.ticket_source})")
     else:

@@ -383,7 +383,7 @@ def wait_deadline(settings: Settings, ci: CiContext, rt: Runtime) -> tuple[float
     """The ``clock()`` value to stop waiting at, and where it comes from: ``--timeout``, else in CI
     ``CI_JOB_STARTED_AT + CI_JOB_TIMEOUT - 5m`` (so we report before GitLab kills the job)."""
     if settings.timeout is not None:
-        return rt.clock() + settings.timeout.total_seconds(), f"--timeout {settings.timeout}"
+        return rt.clock() + settings.timeout.total_seconds(), f"--timeout {settings.timeout.total_seconds():g}s"
     if ci.in_ci and ci.job_deadline is not None:
         left = (ci.job_deadline - DEADLINE_MARGIN - rt.wall_clock()).total_seconds()
         return rt.clock() + max(left, 0.0), "the GitLab job timeout (CI_JOB_TIMEOUT) minus 5 minutes"
@@ -569,7 +569,8 @@ def classify(result: WaitResult, status: RunStatus) -> tuple[str, ExitCode, str]
     if status.was_canceling:
         # KFP 2.17 reports a run terminated in the UI as FAILED after CANCELING (reference §1.5).
         return "CANCELED", ExitCode.RUN_CANCELED, "the run was terminated by someone else (FAILED after CANCELING)"
-    return "FAILED", ExitCode.RUN_FAILED, "the run FAILED"
+    failed = [t.name for t in status.tasks if t.state == "FAILED"]
+    return "FAILED", ExitCode.RUN_FAILED, ("failed tasks: " + ", ".join(failed)) if failed else "see the run's page"
 
 
 def _terminate_quietly(api: KfpApi, run_id: str, console: Console) -> None:

@@ -459,7 +459,7 @@ def test_merge_request_note_is_created_at_start_and_updated_in_place(run_cli: Ru
         assert len(notes) == 1
         body = notes[0]["body"]
         run_id = runs(kfp)[0]["run_id"]
-        assert run_id in body and "FAILED" in body and "score" in body
+        assert run_id in body and "failed" in body.lower() and "score" in body
         assert "https://jira.example.com/browse/ML-42" in body
         assert len(gitlab_server.requests_to("POST")) == 1 and len(gitlab_server.requests_to("PUT")) == 1
 
