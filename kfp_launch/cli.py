@@ -15,12 +15,11 @@ import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
-from kfp_launch import __version__
+from kfp_launch import __version__, interrupts
 from kfp_launch.errors import EXIT_CODE_MEANINGS, ExitCode, Interrupted, KfpLaunchError, UsageError
 from kfp_launch.settings import SPECS, Settings, help_suffix, load_settings
 
@@ -39,20 +38,6 @@ app = typer.Typer(
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-_signals_seen: list[int] = []
-
-
-def _raise_interrupted(signum: int, _frame: FrameType | None) -> None:
-    """Signal handler: the first SIGTERM/SIGHUP/SIGINT raises, later ones are only recorded, so that
-    cleanup (terminating the run) is not itself interrupted."""
-    _signals_seen.append(signum)
-    if len(_signals_seen) > 1:
-        return
-    if signum == signal.SIGINT:
-        raise KeyboardInterrupt
-    raise Interrupted(signum)
 
 
 def make_console() -> Console:
@@ -76,10 +61,9 @@ def _guard(command: F) -> F:
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         console = make_console()
-        _signals_seen.clear()
-        previous = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}
         try:
-            return command(*args, **kwargs)
+            with interrupts.raising():
+                return command(*args, **kwargs)
         except KfpLaunchError as exc:
             console.error(exc.message, exc.hint)
             raise typer.Exit(int(exc.exit_code)) from None
@@ -99,9 +83,6 @@ def _guard(command: F) -> F:
             if os.environ.get("KFP_LAUNCH_DEBUG"):
                 traceback.print_exc()
             raise typer.Exit(int(ExitCode.INTERNAL)) from None
-        finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
 
     return wrapper  # type: ignore[return-value]  # functools.wraps keeps the signature typer reads
 

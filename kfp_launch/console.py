@@ -79,6 +79,10 @@ class Console:
             text = text.replace(secret, "[MASKED]")
         return text
 
+    def redact(self, text: str) -> str:
+        """``text`` with every masked value replaced (for what is written elsewhere: reports, notes)."""
+        return self._clean(text)
+
     @property
     def is_interactive(self) -> bool:
         """True on a terminal where live redraws are fine (never in CI)."""

@@ -154,9 +154,16 @@ class KfpApiError(KfpLaunchError):
     """Kubeflow answered a request with an error that is neither auth nor transient (exit 3).
 
     Typically HTTP 400 (invalid argument) or 404 (run not found): the input was wrong.
+
+    Attributes:
+        status: the HTTP status (0 when not from a response).
     """
 
     exit_code = ExitCode.INVALID_INPUT
+
+    def __init__(self, message: str, *, hint: str = "", status: int = 0) -> None:
+        super().__init__(message, hint=hint)
+        self.status = status
 
 
 class Interrupted(BaseException):

@@ -12,10 +12,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from kfp_launch import interrupts
 from kfp_launch.ci_context import CiContext
 from kfp_launch.connection import connection_from
 from kfp_launch.console import Console
-from kfp_launch.errors import ExitCode, Interrupted, KfpLaunchError, worst_exit_code
+from kfp_launch.errors import ExitCode, InputError, Interrupted, KfpLaunchError, worst_exit_code
 from kfp_launch.kfp_api import KfpApi
 from kfp_launch.launch import Reporting, compile_jobs, experiment_for, jobs_to_run, read_context
 from kfp_launch.models import CompiledPipeline, Experiment, ResolvedParameters, RunOutcome, RunStatus
@@ -25,6 +26,7 @@ from kfp_launch.remote import (
     Runtime,
     check_time_to_wait,
     classify,
+    clear_previous_run_files,
     explain_failure,
     mark_detached,
     poll_policy,
@@ -37,6 +39,12 @@ from kfp_launch.remote import (
 from kfp_launch.settings import Settings
 from kfp_launch.submission import ensure_experiment, experiment_description, new_run_key, run_name
 from kfp_launch.watch import WaitResult, wait_for_runs
+
+IDS_PER_REQUEST = 50
+"""Run ids per list request: 50 UUIDs keep the filtered URL under ~3 KB (ingress header buffers are
+often 8 KB), so up to 50 runs cost one request per poll tick, 200 runs four."""
+VANISHED_AFTER_POLLS = 3
+"""A run missing from this many list responses in a row was deleted: it counts as CANCELED (exit 7)."""
 
 MAX_RUNS = 200
 """One list request reads at most 200 runs (the API server's page-size cap, reference kfp-api.md §1.5)."""
@@ -66,13 +74,17 @@ def run_many_on_kubeflow(
         KfpLaunchError: a job cannot be compiled (3, nothing submitted), auth (4), unreachable (5).
     """
     rt = runtime or Runtime()
+    clear_previous_run_files(settings, project_dir)
     ci = read_context(settings, environ, project_dir)
     names = jobs_to_run(jobs, all_jobs, ci, settings, project_dir)
     console.section_start("kfp_launch_compile", f"Compiling {len(names)} jobs", collapsed=True, announce=False)
     ready = compile_jobs(names, settings, project_dir, skip_non_jobs=all_jobs)
     console.section_end("kfp_launch_compile")
     if len(ready) > MAX_RUNS:
-        raise KfpLaunchError(f"{len(ready)} runs at once is more than {MAX_RUNS}.", hint="split them by job.")
+        raise InputError(
+            f"{len(ready)} runs at once is more than {MAX_RUNS}; nothing was submitted.",
+            hint="split them into several CI jobs by naming the jobs to run.",
+        )
     experiment_name = experiment_for(ci, settings)
     assert experiment_name is not None
     console.line(f"jobs: {', '.join(c.job for c, _ in ready)}")
@@ -140,16 +152,26 @@ def _wait_all(
     reporting: Reporting,
     state_path: Path,
 ) -> ExitCode:
-    ids = [item.run.run_id for item in launched]
+    ids = list(dict.fromkeys(item.run.run_id for item in launched))
     deadline, deadline_source = wait_deadline(settings, ci, rt)
     jobs = {item.run.run_id: item.compiled.job for item in launched}
     console.section_start("kfp_launch_wait", f"Waiting for {len(ids)} runs")
     last: dict[str, RunStatus] = {}
+    missing: dict[str, int] = {}
     try:
         with RunsProgress(console, jobs) as progress:
 
             def fetch() -> dict[str, RunStatus]:
-                statuses = {s.run_id: s for s in api.list_runs_by_id(experiment.experiment_id, ids)}
+                statuses = {}
+                for start in range(0, len(ids), IDS_PER_REQUEST):
+                    chunk = ids[start : start + IDS_PER_REQUEST]
+                    statuses.update({s.run_id: s for s in api.list_runs_by_id(experiment.experiment_id, chunk)})
+                for run_id in ids:  # a run no longer listed (deleted) must not keep the wait going forever
+                    missing[run_id] = 0 if run_id in statuses else missing.get(run_id, 0) + 1
+                    if missing[run_id] >= VANISHED_AFTER_POLLS:
+                        statuses[run_id] = RunStatus(
+                            run_id=run_id, state="CANCELED", error="the run is no longer listed"
+                        )
                 progress.update(statuses)
                 last.update(statuses)
                 return statuses
@@ -165,7 +187,8 @@ def _wait_all(
             )
     except (Interrupted, KeyboardInterrupt):
         active = [run_id for run_id in ids if run_id not in last or not last[run_id].is_terminal]
-        _terminate_active(api, active, settings.on_cancel, console)
+        with interrupts.deferred():
+            _terminate_active(api, active, settings.on_cancel, console)
         raise
     finally:
         console.section_end("kfp_launch_wait")

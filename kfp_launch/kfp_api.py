@@ -255,8 +255,9 @@ class KfpApi:
                 _request_timeout=self._timeout,
                 _return_http_data_only=True,
             )
+            body = bytes(raw.data or b"")
         self.requests_made += 1
-        return bytes(raw.data).decode("utf-8", errors="replace")
+        return body.decode("utf-8", errors="replace")
 
     # -- plumbing ------------------------------------------------------------------------------
 
@@ -272,8 +273,9 @@ class KfpApi:
     ) -> dict[str, Any]:
         with self._translated(what, write=write):
             raw = method(_preload_content=False, _request_timeout=timeout or self._timeout, **kwargs)
+            body = bytes(raw.data or b"")  # read inside: a connection cut mid-body is a transport error too
         self.requests_made += 1
-        return _json_body(raw, what, expect_json=expect_json)
+        return _json_body(raw, body, what, expect_json=expect_json)
 
     @contextmanager
     def _translated(self, what: str, *, write: bool) -> Iterator[None]:
@@ -307,8 +309,7 @@ def _name_filter(name: str) -> str:
     return json.dumps({"predicates": [{"operation": 1, "key": "display_name", "stringValue": name}]})
 
 
-def _json_body(raw: Any, what: str, *, expect_json: bool) -> dict[str, Any]:
-    data = bytes(raw.data or b"")
+def _json_body(raw: Any, data: bytes, what: str, *, expect_json: bool) -> dict[str, Any]:
     content_type = (raw.headers.get("content-type") or "").lower()
     text = data.lstrip()[:1]
     if "html" in content_type or text == b"<":
@@ -355,7 +356,9 @@ def _api_error(exc: Any, what: str, connection: Connection, *, write: bool) -> E
         return TransientKfpError(f"Kubeflow failed to {what}: HTTP {status} {message}".rstrip(), maybe_applied=write)
     error_class = KfpConflictError if status == 409 else KfpApiError
     return error_class(
-        f"Kubeflow refused to {what}: HTTP {status} {message}".rstrip(), hint="nothing was changed by this request."
+        f"Kubeflow refused to {what}: HTTP {status} {message}".rstrip(),
+        hint="nothing was changed by this request.",
+        status=status,
     )
 
 

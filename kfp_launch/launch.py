@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
 from kfp_launch.ci_context import CiContext
@@ -136,7 +137,16 @@ class Reporting:
     def started(self, outcome: RunOutcome) -> None:
         """The run exists: create the merge request note."""
         if self._notes is not None:
-            self._notes.run_started(outcome)
+            self._notes.run_started(self._masked(outcome))
+
+    def _masked(self, outcome: RunOutcome) -> RunOutcome:
+        # Server messages and task logs can echo a token: reports and notes get the console's masking.
+        redact = self._console.redact
+        tasks = tuple(
+            replace(t, error=redact(t.error), log_tail=tuple(redact(line) for line in t.log_tail))
+            for t in outcome.tasks
+        )
+        return replace(outcome, message=redact(outcome.message), tasks=tasks)
 
     def finished(self, outcome: RunOutcome) -> None:
         """The run ended (or the wait stopped): write the report files, update the note."""
@@ -146,6 +156,7 @@ class Reporting:
         """Several runs ended: one set of report files for all; the note of each job."""
         from kfp_launch.reports import write_reports_many
 
+        outcomes = [self._masked(o) for o in outcomes]
         try:
             written = write_reports_many(outcomes, self._paths)
             self._console.line("reports: " + ", ".join(str(p) for p in written))
@@ -287,7 +298,7 @@ def jobs_to_run(jobs: list[str], all_jobs: bool, ci: CiContext, settings: Settin
     if all_jobs and jobs:
         raise UsageError("Give JOB arguments or --all, not both.", hint="kfp-launch run --all --profile toy")
     if not all_jobs:
-        return list(jobs) if jobs else [job_to_run(None, ci)]
+        return list(dict.fromkeys(jobs)) if jobs else [job_to_run(None, ci)]  # a job named twice runs once
     from kfp_launch.pipeline_package import list_job_modules
 
     found = list_job_modules(project_dir, settings.pipelines_package)

@@ -65,7 +65,8 @@ def compile_job(job_spec: str, *, project_dir: Path, package: str) -> CompiledPi
     _check_job_name(job, job_spec, project_dir, package)
     module = import_job_module(job, project_dir=project_dir, package=package)
     name, pipeline = _select_pipeline(module, job, function or None)
-    return _compile(pipeline, job=job, module=module, function=name)
+    # JOB:function names its own job: two pipelines of one module get distinct runs, names and keys.
+    return _compile(pipeline, job=job_spec if function else job, module=module, function=name)
 
 
 def compile_job_pipelines(job: str, *, project_dir: Path, package: str) -> list[CompiledPipeline]:

@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Protocol, TypeVar
 
+from kfp_launch import interrupts
 from kfp_launch.ci_context import CiContext
 from kfp_launch.connection import Connection, connection_from
 from kfp_launch.console import Console
@@ -97,6 +98,7 @@ def run_on_kubeflow(
             that we started, except where ``--on-cancel detach`` says so.
     """
     rt = runtime or Runtime()
+    clear_previous_run_files(settings, project_dir)
     ci = read_context(settings, environ, project_dir)
     job = job_to_run(job, ci)
     console.section_start("kfp_launch_compile", f"Compiling job {job}", collapsed=True, announce=False)
@@ -146,7 +148,12 @@ def run_on_kubeflow(
         metrics_available=False,
         parameters=params.as_dict(),
     )
-    reporting.started(started)
+    try:
+        reporting.started(started)
+    except (Interrupted, KeyboardInterrupt):
+        with interrupts.deferred():
+            _on_interrupt(api, run.run_id, settings, console)
+        raise
     if not settings.wait:
         console.line("not waiting (--no-wait): kfp-launch watch " + run.run_id)
         reporting.finished(replace(started, state="DETACHED", message="submitted without waiting (--no-wait)"))
@@ -185,6 +192,16 @@ class Planned:
     key: str
 
 
+def clear_previous_run_files(settings: Settings, project_dir: Path) -> None:
+    """Remove the state file and reports an earlier run left (in CI: an earlier job's artifacts), so that
+    nothing of another run is cancelled by the after_script or re-published as this job's reports."""
+    for name in (settings.state_file, settings.dotenv_report, settings.junit_report, settings.metrics_report):
+        try:
+            (project_dir / name).unlink(missing_ok=True)
+        except OSError:
+            pass  # not removable (e.g. a path through a file): writing it later says so clearly
+
+
 def preflight(settings: Settings, console: Console, rt: Runtime) -> Retry:
     """The retry rule for calls before anything is submitted: at most :data:`PREFLIGHT_OUTAGE_S`."""
     policy = poll_policy(settings)
@@ -198,8 +215,8 @@ def check_time_to_wait(settings: Settings, ci: CiContext, rt: Runtime) -> None:
         InputError: less than :data:`MIN_TIME_TO_WAIT_S` left (e.g. a CI job timeout of 4 minutes).
     """
     deadline, source = wait_deadline(settings, ci, rt)
-    if not settings.wait or deadline is None:
-        return
+    if not settings.wait or deadline is None or settings.timeout is not None:
+        return  # an explicit --timeout is the user's choice, however short
     left = deadline - rt.clock()
     if left < MIN_TIME_TO_WAIT_S:
         raise InputError(
@@ -242,6 +259,7 @@ def submit_recorded(
             cancel_policy=settings.on_cancel,
             run_key=p.key,
             run_name=p.name,
+            ci_job_id=ci.job_id or "",
         )
         for p in planned
     ]
@@ -260,6 +278,11 @@ def submit_recorded(
     except (Interrupted, KeyboardInterrupt):
         _terminate_submitted(api, experiment, planned, results, settings, console)
         raise
+    except KfpUnavailableError:
+        # Exit 5: the CI template retries the job, whose attempt finds these runs by their keys; the
+        # after_script in between must not terminate them.
+        write_state(state_path, [replace(e, cancel_policy="detach") for e in entries])
+        raise
     return results
 
 
@@ -274,6 +297,17 @@ def _terminate_submitted(
     if settings.on_cancel == "detach":
         console.warn("interrupted while submitting: what was submitted keeps running (--on-cancel detach)")
         return
+    with interrupts.deferred():
+        _terminate_each(api, experiment, planned, results, console)
+
+
+def _terminate_each(
+    api: KfpApi,
+    experiment: Experiment,
+    planned: list[Planned],
+    results: list[tuple[RunStatus, bool]],
+    console: Console,
+) -> None:
     run_ids = [run.run_id for run, _ in results]
     if len(results) < len(planned):  # the create call in flight may have stored the run
         cut = planned[len(results)]
@@ -433,25 +467,36 @@ def wait_and_explain(
                 sleep=rt.sleep,
             )
     except (Interrupted, KeyboardInterrupt) as exc:
-        _on_interrupt(api, run.run_id, settings, console)
-        if reporting is not None:
-            signum = getattr(exc, "signum", 2)
-            reporting.finished(
-                RunOutcome(
-                    job=job,
-                    pipeline_name=pipeline_name,
-                    state="INTERRUPTED",
-                    exit_code=128 + signum,
-                    run_id=run.run_id,
-                    run_url=url,
-                    experiment_id=experiment.experiment_id,
-                    experiment=experiment.name,
-                    metrics_available=False,
-                    parameters=dict(parameters),
-                    duration_s=rt.clock() - started,
-                    message=f"the CI job was interrupted; --on-cancel {settings.on_cancel}",
+        with interrupts.deferred():
+            _on_interrupt(api, run.run_id, settings, console)
+            if reporting is not None:
+                reporting.finished(
+                    _unfinished(
+                        job,
+                        pipeline_name,
+                        run,
+                        experiment,
+                        url,
+                        parameters,
+                        rt.clock() - started,
+                        state="INTERRUPTED",
+                        code=128 + getattr(exc, "signum", 2),
+                        message=f"the CI job was interrupted; --on-cancel {settings.on_cancel}",
+                    )
                 )
-            )
+        raise
+    except KfpApiError as exc:
+        if exc.status != 404:
+            _report_error(reporting, exc, job, pipeline_name, run, experiment, url, parameters, rt.clock() - started)
+            raise
+        # The run vanished mid-wait: someone deleted it. Like a run terminated by someone else: exit 7.
+        result = WaitResult(
+            statuses={run.run_id: replace(run, state="CANCELED", error="the run was deleted")},
+            reason="terminal",
+            polls=0,
+        )
+    except KfpLaunchError as exc:  # auth refused twice (4), TLS (3): still write the reports
+        _report_error(reporting, exc, job, pipeline_name, run, experiment, url, parameters, rt.clock() - started)
         raise
     finally:
         console.section_end("kfp_launch_wait")
@@ -480,6 +525,63 @@ def wait_and_explain(
     if reporting is not None:
         reporting.finished(outcome)
     return outcome
+
+
+def _unfinished(
+    job: str,
+    pipeline_name: str,
+    run: RunStatus,
+    experiment: Experiment,
+    url: str,
+    parameters: Mapping[str, object],
+    duration_s: float,
+    *,
+    state: str,
+    code: int,
+    message: str,
+) -> RunOutcome:
+    return RunOutcome(
+        job=job,
+        pipeline_name=pipeline_name,
+        state=state,
+        exit_code=code,
+        run_id=run.run_id,
+        run_url=url,
+        experiment_id=experiment.experiment_id,
+        experiment=experiment.name,
+        metrics_available=False,
+        parameters=dict(parameters),
+        duration_s=duration_s,
+        message=message,
+    )
+
+
+def _report_error(
+    reporting: Reporting | None,
+    exc: KfpLaunchError,
+    job: str,
+    pipeline_name: str,
+    run: RunStatus,
+    experiment: Experiment,
+    url: str,
+    parameters: Mapping[str, object],
+    duration_s: float,
+) -> None:
+    if reporting is not None:
+        reporting.finished(
+            _unfinished(
+                job,
+                pipeline_name,
+                run,
+                experiment,
+                url,
+                parameters,
+                duration_s,
+                state="ERROR",
+                code=int(exc.exit_code),
+                message=exc.message,
+            )
+        )
 
 
 def mark_detached(state_path: Path, run_ids: list[str]) -> None:
@@ -681,9 +783,14 @@ def cancel_runs(
             "Say which run to cancel: a RUN_ID or --state-file FILE.",
             hint="e.g. kfp-launch cancel --state-file .kfp-launch/state.json",
         )
-    for entry in entries:
-        _cancel_one(entry, settings, environ, console, rt)
-    return ExitCode.SUCCESS
+    codes = []
+    for entry in entries:  # each on its own: one failure must not spare the others
+        try:
+            _cancel_one(entry, settings, environ, console, rt)
+        except KfpLaunchError as exc:
+            console.error(f"run {entry.run_id or entry.run_key}: {exc.message}", exc.hint)
+            codes.append(int(exc.exit_code))
+    return ExitCode(codes[0]) if codes else ExitCode.SUCCESS
 
 
 def _cancel_one(
@@ -692,11 +799,18 @@ def _cancel_one(
     if entry.cancel_policy == "detach":
         console.line(f"run {entry.run_id}: cancel policy is detach, leaving it running")
         return
+    current_job = environ.get("CI_JOB_ID", "").strip()
+    if entry.ci_job_id and current_job and entry.ci_job_id != current_job:
+        # A state file from an earlier job's artifacts: its runs are not this job's to terminate.
+        console.line(
+            f"run {entry.run_id}: recorded by CI job {entry.ci_job_id}, not this one ({current_job}); leaving it"
+        )
+        return
     # The run lives where the state file says, whatever the current settings say.
     recorded = replace(settings, host=entry.host or settings.host, namespace=entry.namespace or settings.namespace)
     connection = connection_from(recorded, environ)
     api = rt.api_factory(connection)
-    retry = retrier(poll_policy(settings), console, rt)
+    retry = preflight(settings, console, rt)  # after_script has 5 minutes for everything, not --max-outage each
     if not entry.run_id:  # recorded before its create call returned: find it by its key, if it exists
         found = retry(lambda: find_by_key(api, entry.experiment_id, entry.run_name, entry.run_key))
         if found is None:

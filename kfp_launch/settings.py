@@ -104,12 +104,10 @@ def _parse_duration(value: object, where: str) -> timedelta:
     )
 
 
-def _parse_positive_duration(value: object, where: str) -> timedelta:
+def _parse_poll_interval(value: object, where: str) -> timedelta:
     duration = _parse_duration(value, where)
-    if duration <= timedelta(0):
-        raise ConfigError(
-            f"{where} must be more than zero.", hint="e.g. 2s; polling without a pause would hammer the API."
-        )
+    if not timedelta(0) < duration <= timedelta(hours=1):
+        raise ConfigError(f"{where} must be more than zero and at most 1h.", hint="e.g. 2s (the default).")
     return duration
 
 
@@ -183,7 +181,7 @@ SPECS: dict[str, SettingSpec] = {
         SettingSpec(name="service_account", default=None),
         SettingSpec(name="pipeline_root", default=None),
         SettingSpec(name="run_name_template", default="{job} {commit} {pipeline}"),
-        SettingSpec(name="poll_interval", default=timedelta(seconds=2), parse=_parse_positive_duration),
+        SettingSpec(name="poll_interval", default=timedelta(seconds=2), parse=_parse_poll_interval),
         SettingSpec(name="max_outage", default=timedelta(minutes=10), parse=_parse_duration),
         SettingSpec(name="timeout", default=None, parse=_parse_duration),
         SettingSpec(name="on_timeout", default="terminate", parse=_choice("terminate", "detach")),

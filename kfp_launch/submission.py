@@ -183,11 +183,13 @@ def ensure_experiment(
 
 
 def find_active_attempt(api: RunApi, experiment_id: str, name: str, prefix: str) -> RunStatus | None:
-    """The newest still-active run named ``name`` whose key starts with ``prefix`` (a retried CI job)."""
+    """The run a retried CI job takes over: the newest run named ``name`` whose key starts with
+    ``prefix``, if it is still active or it SUCCEEDED (the retry after an outage, exit 5, during which it
+    finished: its result is reported, not run again). FAILED, SKIPPED and canceled runs are run again."""
     for run in api.list_runs(experiment_id, display_name=name):
         key = run_key(run.description)
-        if key and key.startswith(prefix) and run.state in ATTACHABLE_STATES:
-            return run
+        if key and key.startswith(prefix):
+            return run if run.state in ATTACHABLE_STATES or run.state == "SUCCEEDED" else None
     return None
 
 
@@ -253,6 +255,8 @@ class StateEntry:
         created_at: when kfp-launch recorded it, ISO 8601 UTC.
         run_key: the run's kfp-launch key.
         run_name: the run's display name.
+        ci_job_id: the GitLab job that recorded it (``CI_JOB_ID``): ``cancel`` in another job (which got
+            this file as an artifact) leaves the run alone.
     """
 
     run_id: str
@@ -265,6 +269,7 @@ class StateEntry:
     created_at: str = ""
     run_key: str = ""
     run_name: str = ""
+    ci_job_id: str = ""
 
 
 def write_state(path: Path, entries: list[StateEntry]) -> None:

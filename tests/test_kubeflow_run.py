@@ -57,8 +57,10 @@ def env_for(server: FakeKfpServer, **extra: str) -> dict[str, str]:
             "KFP_LAUNCH_POLL_INTERVAL": "0.01", **extra}
 
 
-def launch(run_cli: RunCli, project: Path, server: FakeKfpServer, *args: str, **env: str) -> Result:
-    result = run_cli(["run", "good", *args], cwd=project, env=env_for(server, **env))
+def launch(run_cli: RunCli, project: Path, server: FakeKfpServer, *args: str, job_override: bool = False,
+           **env: str) -> Result:
+    """`kfp-launch run good ARGS` (or `run ARGS` with job_override) in CI against SERVER; no secret in the output."""
+    result = run_cli(["run", *([] if job_override else ["good"]), *args], cwd=project, env=env_for(server, **env))
     for secret in SECRETS:
         assert secret not in result.output, "a secret reached the output"
     return result
