@@ -208,3 +208,33 @@ def test_a_token_echoed_by_the_server_is_masked_in_the_reports(run_cli: RunCli, 
 def test_a_poll_interval_over_an_hour_is_rejected(run_cli: RunCli, project: Path) -> None:
     result = run_cli(["run", "good", "--poll-interval", "1e10"], cwd=project, env={**CI, "KFP_HOST": "http://127.0.0.1:9"})
     assert result.exit_code == ExitCode.USAGE and "at most 1h" in result.stderr
+
+
+def test_sigterm_while_the_merge_request_note_is_written_terminates_the_run(project: Path, kfp: FakeKfpServer) -> None:
+    import socket
+
+    silent = socket.socket()  # a GitLab that accepts connections and never answers
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    try:
+        kfp.script_run(["RUNNING"])
+        extra = {"CI_SERVER_URL": f"http://127.0.0.1:{silent.getsockname()[1]}", "CI_PROJECT_ID": "1",
+                 "CI_MERGE_REQUEST_IID": "7", "GITLAB_TOKEN": "glpat-silent-s3cret"}
+        env = {k: v for k, v in {**os.environ, **clean_env(env_for(kfp, **extra))}.items() if v is not None}
+        proc = subprocess.Popen([sys.executable, "-m", "kfp_launch", "run", "good"], cwd=project, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            kfp.wait_for_request("POST", PATH_RUNS, timeout_s=60)
+            silent.settimeout(30)
+            connection, _ = silent.accept()  # kfp-launch is now in the note's request, which never gets an answer
+            proc.send_signal(signal.SIGTERM)
+            out, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            connection.close()
+    finally:
+        silent.close()
+    assert proc.returncode == 143, out + err
+    assert len(kfp.requests_to("POST", PATH_RUN_TERMINATE)) == 1
+    assert "glpat-silent-s3cret" not in out + err
