@@ -47,7 +47,7 @@ VANISHED_AFTER_POLLS = 3
 """A run missing from this many list responses in a row was deleted: it counts as CANCELED (exit 7)."""
 
 MAX_RUNS = 200
-"""One list request reads at most 200 runs (the API server's page-size cap, reference kfp-api.md §1.5)."""
+"""At most this many runs from one command (four list requests per poll tick; split larger sets by job)."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -13,21 +13,14 @@ from kfp_launch.models import RunStatus
 _STYLES = {"SUCCEEDED": "green", "FAILED": "red", "CANCELED": "yellow", "CANCELING": "yellow", "SKIPPED": "yellow"}
 
 
-class RunProgress:
-    """Prints what changed since the last :meth:`update` (context manager: owns the live table).
-
-    Args:
-        console: where to print.
-        live: use a live table (default: when the console is an interactive terminal, never in CI).
-    """
+class _Display:
+    """A context manager that owns a live table on an interactive terminal (never in CI)."""
 
     def __init__(self, console: Console, *, live: bool | None = None) -> None:
         self._console = console
         self._live_wanted = console.is_interactive if live is None else live
         self._stack = ExitStack()
         self._table: LiveTable | None = None
-        self._run_state = ""
-        self._task_states: dict[str, str] = {}
 
     def __enter__(self) -> Self:
         if self._live_wanted:
@@ -38,6 +31,20 @@ class RunProgress:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self._stack.close()
+
+
+class RunProgress(_Display):
+    """Prints what changed since the last :meth:`update` (context manager: owns the live table).
+
+    Args:
+        console: where to print.
+        live: use a live table (default: when the console is an interactive terminal, never in CI).
+    """
+
+    def __init__(self, console: Console, *, live: bool | None = None) -> None:
+        super().__init__(console, live=live)
+        self._run_state = ""
+        self._task_states: dict[str, str] = {}
 
     def update(self, status: RunStatus) -> None:
         """Show the run's state and each task's state if they changed."""
@@ -66,7 +73,7 @@ class RunProgress:
         self._console.line(f"{self._console.stamp()} {text}", style="dim")
 
 
-class RunsProgress:
+class RunsProgress(_Display):
     """Progress of several runs at once: one line per run state change in CI, a live table on a terminal.
 
     Args:
@@ -76,22 +83,9 @@ class RunsProgress:
     """
 
     def __init__(self, console: Console, jobs: dict[str, str], *, live: bool | None = None) -> None:
-        self._console = console
+        super().__init__(console, live=live)
         self._jobs = jobs
-        self._live_wanted = console.is_interactive if live is None else live
-        self._stack = ExitStack()
-        self._table: LiveTable | None = None
         self._states: dict[str, str] = {}
-
-    def __enter__(self) -> Self:
-        if self._live_wanted:
-            self._table = self._stack.enter_context(self._console.live())
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self._stack.close()
 
     def update(self, statuses: dict[str, RunStatus]) -> None:
         """Show each run whose state changed."""
