@@ -44,14 +44,14 @@ from __future__ import annotations
 import json
 import math
 import re
-import socket
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Self
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlencode, urlsplit
+
+from tests.loopback import LoopbackHandler, LoopbackServer
 
 __all__ = [
     "PATH_MERGE_REQUEST",
@@ -194,48 +194,6 @@ class _Response:
         return cls(status, json.dumps(document).encode(), tuple(headers))
 
 
-class _HttpServer(ThreadingHTTPServer):
-    """ThreadingHTTPServer that knows its fake and its open connections (so ``stop`` can cut them)."""
-
-    daemon_threads = True
-    block_on_close = False
-    allow_reuse_address = True
-
-    def __init__(self, fake: FakeGitLab) -> None:
-        self.fake = fake
-        self.connections: set[socket.socket] = set()
-        self.connections_lock = threading.Lock()
-        super().__init__(("127.0.0.1", 0), _Handler)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    """Hands every request to ``FakeGitLab._serve``; HTTP/1.1 keep-alive like GitLab behind nginx."""
-
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True  # headers and body are separate writes: avoid ~40 ms Nagle stalls
-    server: _HttpServer
-
-    def setup(self) -> None:
-        super().setup()
-        with self.server.connections_lock:
-            self.server.connections.add(self.connection)
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        finally:
-            with self.server.connections_lock:
-                self.server.connections.discard(self.connection)
-
-    def _serve(self) -> None:
-        self.server.fake._serve(self)
-
-    do_GET = do_POST = do_PUT = do_DELETE = _serve
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Stay quiet; the fake's ``requests`` list is the log."""
-
-
 # (method, path regex with named groups, handler name, allowed with a job token)
 _ROUTES: tuple[tuple[str, re.Pattern[str], str, bool], ...] = tuple(
     (method, re.compile(pattern), handler, job_token_ok)
@@ -277,7 +235,7 @@ _ROUTES: tuple[tuple[str, re.Pattern[str], str, bool], ...] = tuple(
 )
 
 
-class FakeGitLab:
+class FakeGitLab(LoopbackServer):
     """A fake GitLab API v4 on ``127.0.0.1:<free port>``: state as data, every request recorded.
 
     Use as a context manager or call ``start()``/``stop()``. All state is guarded by ``lock``; read it
@@ -300,6 +258,8 @@ class FakeGitLab:
         lock: the ``threading.RLock`` guarding all of the above.
     """
 
+    thread_name = "fake-gitlab"
+
     def __init__(
         self,
         *,
@@ -320,53 +280,7 @@ class FakeGitLab:
         self.faults: list[Fault] = []
         self.lock = threading.RLock()
         self._next_id = 1000
-        self._stopping = threading.Event()
-        self._httpd: _HttpServer | None = None
-        self._thread: threading.Thread | None = None
-
-    # ---- lifecycle -----------------------------------------------------------------------------------------
-
-    def start(self) -> Self:
-        """Bind 127.0.0.1 on a free port and serve in a daemon thread; returns self."""
-        if self._httpd is not None:
-            raise RuntimeError("FakeGitLab already started")
-        self._httpd = _HttpServer(self)
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.01}, name="fake-gitlab", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and cut every open (keep-alive) connection; never blocks on clients; idempotent."""
-        httpd = self._httpd
-        if httpd is None or self._stopping.is_set():
-            return
-        self._stopping.set()
-        httpd.shutdown()
-        httpd.server_close()
-        with httpd.connections_lock:
-            connections = list(httpd.connections)
-        for connection in connections:
-            try:
-                connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass  # already closed by the peer
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        """The base URL for ``gitlab.Gitlab(url)``, e.g. ``http://127.0.0.1:41234`` (no trailing slash)."""
-        if self._httpd is None:
-            raise RuntimeError("FakeGitLab not started")
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        super().__init__()
 
     # ---- arranging state -----------------------------------------------------------------------------------
 
@@ -470,7 +384,7 @@ class FakeGitLab:
             self.faults.append(fault)
         return fault
 
-    def _serve(self, handler: _Handler) -> None:
+    def _serve(self, handler: LoopbackHandler) -> None:
         index, request = self._record(handler)
         with self.lock:
             fault = next((f for f in self.faults if f.take(request)), None)
@@ -485,7 +399,7 @@ class FakeGitLab:
             response = _Response(0, drop=True)
         self._answer(handler, index, response)
 
-    def _record(self, handler: _Handler) -> tuple[int, RecordedRequest]:
+    def _record(self, handler: LoopbackHandler) -> tuple[int, RecordedRequest]:
         target = urlsplit(handler.path)
         length = int(handler.headers.get("Content-Length") or 0)
         raw_body = handler.rfile.read(length) if length > 0 else b""
@@ -504,7 +418,7 @@ class FakeGitLab:
             self.requests.append(request)
             return len(self.requests) - 1, request
 
-    def _answer(self, handler: _Handler, index: int, response: _Response) -> None:
+    def _answer(self, handler: LoopbackHandler, index: int, response: _Response) -> None:
         with self.lock:
             self.requests[index] = replace(
                 self.requests[index], status=None if response.drop else response.status

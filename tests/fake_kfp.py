@@ -56,7 +56,6 @@ import binascii
 import copy
 import json
 import re
-import socket
 import threading
 import time
 import uuid
@@ -64,9 +63,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Self
+from typing import Any
 from urllib.parse import parse_qs, unquote, unquote_plus, urlsplit
+
+from tests.loopback import LoopbackHandler, LoopbackServer
 
 __all__ = [
     "EPOCH",
@@ -686,50 +686,6 @@ class _Response:
         return cls.json(error.body(), GRPC_TO_HTTP[error.code])
 
 
-class _HttpServer(ThreadingHTTPServer):
-    """ThreadingHTTPServer that knows its fake and its open connections (so stop can cut them)."""
-
-    daemon_threads = True
-    block_on_close = False
-    allow_reuse_address = True
-
-    def __init__(self, fake: FakeKfpServer) -> None:
-        self.fake = fake
-        self.connections: set[socket.socket] = set()
-        self.connections_lock = threading.Lock()
-        super().__init__(("127.0.0.1", 0), _Handler)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    """Hands every request to ``FakeKfpServer._serve``; HTTP/1.1 keep-alive like the real gateway."""
-
-    protocol_version = "HTTP/1.1"
-    # Headers and body go out in separate writes: without TCP_NODELAY, Nagle's algorithm and the client's
-    # delayed ACK add ~40 ms to every keep-alive response.
-    disable_nagle_algorithm = True
-    server: _HttpServer
-
-    def setup(self) -> None:
-        super().setup()
-        with self.server.connections_lock:
-            self.server.connections.add(self.connection)
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        finally:
-            with self.server.connections_lock:
-                self.server.connections.discard(self.connection)
-
-    def _serve(self) -> None:
-        self.server.fake._serve(self)
-
-    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Stay quiet; the fake's ``requests`` list is the log."""
-
-
 _Route = tuple[str, "re.Pattern[str]", str]
 _ROUTES: tuple[_Route, ...] = tuple(
     (method, re.compile(pattern), handler)
@@ -753,7 +709,7 @@ _ROUTES: tuple[_Route, ...] = tuple(
 # The server
 
 
-class FakeKfpServer:
+class FakeKfpServer(LoopbackServer):
     """A fake KFP 2.17 API server on ``127.0.0.1:<free port>``, state as data, every request recorded.
 
     Use as a context manager (``with FakeKfpServer() as server:``) or call ``start()``/``stop()``.
@@ -785,6 +741,8 @@ class FakeKfpServer:
         lock: the ``threading.RLock`` guarding all of the above.
     """
 
+    thread_name = "fake-kfp"
+
     def __init__(
         self,
         *,
@@ -813,56 +771,7 @@ class FakeKfpServer:
         self.faults: list[Fault] = []
         self.lock = threading.RLock()
         self._request_arrived = threading.Condition(self.lock)
-        self._stopping = threading.Event()
-        self._httpd: _HttpServer | None = None
-        self._thread: threading.Thread | None = None
-
-    # ---- lifecycle -----------------------------------------------------------------------------------------
-
-    def start(self) -> FakeKfpServer:
-        """Bind 127.0.0.1 on a free port and serve in a daemon thread; returns self."""
-        if self._httpd is not None:
-            raise RuntimeError("FakeKfpServer already started")
-        self._httpd = _HttpServer(self)
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.01}, name="fake-kfp", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving: release hung requests (they get no response), close every open connection.
-
-        Never blocks on clients; safe to call twice. Do not call it from inside a request handler.
-        """
-        httpd = self._httpd
-        if httpd is None or self._stopping.is_set():
-            return
-        self._stopping.set()
-        httpd.shutdown()
-        httpd.server_close()
-        with httpd.connections_lock:
-            connections = list(httpd.connections)
-        for connection in connections:
-            try:
-                connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass  # already closed by the peer
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        """Base URL for ``kfp.Client(host=...)``, e.g. ``http://127.0.0.1:41234`` (no trailing slash)."""
-        if self._httpd is None:
-            raise RuntimeError("FakeKfpServer not started")
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        super().__init__()
 
     # ---- arranging state -----------------------------------------------------------------------------------
 
@@ -1049,7 +958,7 @@ class FakeKfpServer:
 
     # ---- request handling ----------------------------------------------------------------------------------
 
-    def _serve(self, handler: _Handler) -> None:
+    def _serve(self, handler: LoopbackHandler) -> None:
         """Record, apply a fault or handle, answer; runs in the connection's thread."""
         index, request = self._record(handler)
         fault = self._take_fault(request)
@@ -1065,7 +974,7 @@ class FakeKfpServer:
         self._answer(handler, index, response)
         self._release_holds(request)
 
-    def _record(self, handler: _Handler) -> tuple[int, RecordedRequest]:
+    def _record(self, handler: LoopbackHandler) -> tuple[int, RecordedRequest]:
         target = urlsplit(handler.path)
         length = int(handler.headers.get("Content-Length") or 0)
         raw_body = handler.rfile.read(length) if length > 0 else b""
@@ -1117,7 +1026,7 @@ class FakeKfpServer:
                     if (method is None or method == request.method) and re.fullmatch(path, request.path):
                         fault.release()
 
-    def _answer(self, handler: _Handler, index: int, response: _Response) -> None:
+    def _answer(self, handler: LoopbackHandler, index: int, response: _Response) -> None:
         status = None if response.drop else response.status
         with self.lock:
             self.requests[index] = replace(self.requests[index], status=status)
