@@ -453,6 +453,19 @@ def wait_and_explain(
     started = rt.clock()
     age = (rt.wall_clock() - run.created_at).total_seconds() if run.created_at else 0.0
     url = api.connection.run_url(run.run_id)
+    # What every outcome of this wait shares; each ending fills in state, code, duration and message.
+    base = RunOutcome(
+        job=job,
+        pipeline_name=pipeline_name,
+        state="RUNNING",
+        exit_code=0,
+        run_id=run.run_id,
+        run_url=url,
+        experiment_id=experiment.experiment_id,
+        experiment=experiment.name,
+        metrics_available=False,
+        parameters=dict(parameters),
+    )
     console.section_start("kfp_launch_wait", f"Waiting for run {run.run_id}")
     try:
         with RunProgress(console) as progress:
@@ -471,23 +484,18 @@ def wait_and_explain(
             _on_interrupt(api, run.run_id, settings, console)
             if reporting is not None:
                 reporting.finished(
-                    _unfinished(
-                        job,
-                        pipeline_name,
-                        run,
-                        experiment,
-                        url,
-                        parameters,
-                        rt.clock() - started,
+                    replace(
+                        base,
                         state="INTERRUPTED",
-                        code=128 + getattr(exc, "signum", 2),
+                        exit_code=128 + getattr(exc, "signum", 2),
+                        duration_s=rt.clock() - started,
                         message=f"the CI job was interrupted; --on-cancel {settings.on_cancel}",
                     )
                 )
         raise
     except KfpApiError as exc:
         if exc.status != 404:
-            _report_error(reporting, exc, job, pipeline_name, run, experiment, url, parameters, rt.clock() - started)
+            _report_error(reporting, replace(base, duration_s=rt.clock() - started), exc)
             raise
         # The run vanished mid-wait: someone deleted it. Like a run terminated by someone else: exit 7.
         result = WaitResult(
@@ -496,23 +504,12 @@ def wait_and_explain(
             polls=0,
         )
     except KfpLaunchError as exc:  # auth refused twice (4), TLS (3): still write the reports
-        _report_error(reporting, exc, job, pipeline_name, run, experiment, url, parameters, rt.clock() - started)
+        _report_error(reporting, replace(base, duration_s=rt.clock() - started), exc)
         raise
     finally:
         console.section_end("kfp_launch_wait")
     outcome = _outcome(
-        result,
-        api,
-        run,
-        experiment,
-        job,
-        pipeline_name,
-        settings,
-        console,
-        deadline_source=deadline_source,
-        url=url,
-        parameters=parameters,
-        waited_s=rt.clock() - started,
+        result, api, run, base, settings, console, deadline_source=deadline_source, waited_s=rt.clock() - started
     )
     if state_path is not None and (
         (outcome.state == "TIMED_OUT" and settings.on_timeout == "detach") or outcome.state == "UNREACHABLE"
@@ -527,61 +524,9 @@ def wait_and_explain(
     return outcome
 
 
-def _unfinished(
-    job: str,
-    pipeline_name: str,
-    run: RunStatus,
-    experiment: Experiment,
-    url: str,
-    parameters: Mapping[str, object],
-    duration_s: float,
-    *,
-    state: str,
-    code: int,
-    message: str,
-) -> RunOutcome:
-    return RunOutcome(
-        job=job,
-        pipeline_name=pipeline_name,
-        state=state,
-        exit_code=code,
-        run_id=run.run_id,
-        run_url=url,
-        experiment_id=experiment.experiment_id,
-        experiment=experiment.name,
-        metrics_available=False,
-        parameters=dict(parameters),
-        duration_s=duration_s,
-        message=message,
-    )
-
-
-def _report_error(
-    reporting: Reporting | None,
-    exc: KfpLaunchError,
-    job: str,
-    pipeline_name: str,
-    run: RunStatus,
-    experiment: Experiment,
-    url: str,
-    parameters: Mapping[str, object],
-    duration_s: float,
-) -> None:
+def _report_error(reporting: Reporting | None, base: RunOutcome, exc: KfpLaunchError) -> None:
     if reporting is not None:
-        reporting.finished(
-            _unfinished(
-                job,
-                pipeline_name,
-                run,
-                experiment,
-                url,
-                parameters,
-                duration_s,
-                state="ERROR",
-                code=int(exc.exit_code),
-                message=exc.message,
-            )
-        )
+        reporting.finished(replace(base, state="ERROR", exit_code=int(exc.exit_code), message=exc.message))
 
 
 def mark_detached(state_path: Path, run_ids: list[str]) -> None:
@@ -612,15 +557,11 @@ def _outcome(
     result: WaitResult,
     api: KfpApi,
     run: RunStatus,
-    experiment: Experiment,
-    job: str,
-    pipeline_name: str,
+    base: RunOutcome,
     settings: Settings,
     console: Console,
     *,
     deadline_source: str,
-    url: str,
-    parameters: Mapping[str, object],
     waited_s: float,
 ) -> RunOutcome:
     status = result.status or run
@@ -636,21 +577,7 @@ def _outcome(
         if status.finished_at and status.created_at
         else waited_s
     )
-    return RunOutcome(
-        job=job,
-        pipeline_name=pipeline_name,
-        state=state,
-        exit_code=int(code),
-        run_id=run.run_id,
-        run_url=url,
-        experiment_id=experiment.experiment_id,
-        experiment=experiment.name,
-        tasks=status.tasks,
-        metrics_available=False,
-        parameters=dict(parameters),
-        duration_s=duration,
-        message=message,
-    )
+    return replace(base, state=state, exit_code=int(code), tasks=status.tasks, duration_s=duration, message=message)
 
 
 def classify(result: WaitResult, status: RunStatus) -> tuple[str, ExitCode, str]:

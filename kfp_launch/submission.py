@@ -38,18 +38,6 @@ class RunApi(Protocol):
     def list_runs(
         self, experiment_id: str, *, display_name: str | None = None, page_size: int = 100
     ) -> list[RunStatus]: ...
-    def create_run(
-        self,
-        *,
-        experiment_id: str,
-        display_name: str,
-        description: str,
-        package_path: str,
-        parameters: Mapping[str, object],
-        pipeline_root: str | None,
-        enable_caching: bool | None,
-        service_account: str | None,
-    ) -> RunStatus: ...
 
 
 def experiment_description(ci: CiContext, *, jira_url: str | None) -> str:
