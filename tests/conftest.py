@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner, Result
 
 from kfp_launch.cli import app
+from tests.fake_kfp import FakeKfpServer
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -32,6 +33,13 @@ def project(tmp_path: Path) -> Path:
     dest = tmp_path / "project"
     shutil.copytree(FIXTURES / "project", dest, ignore=shutil.ignore_patterns(".kfp-launch", "__pycache__"))
     return dest
+
+
+@pytest.fixture
+def kfp() -> Iterator[FakeKfpServer]:
+    """A fake KFP API server on 127.0.0.1 (see tests/fake_kfp.py), stopped after the test."""
+    with FakeKfpServer() as server:
+        yield server
 
 
 RunCli = Callable[..., Result]

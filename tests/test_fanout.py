@@ -8,7 +8,6 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ import pytest
 from kfp_launch.errors import ExitCode, worst_exit_code
 from tests.conftest import FIXTURES, RunCli, clean_env
 from tests.fake_kfp import PATH_RUN_TERMINATE, PATH_RUNS, FakeKfpServer
-from tests.test_kubeflow_run import CI, TOKEN
+from tests.test_kubeflow_run import env_for
 
 JOB = '''from kfp import dsl
 
@@ -42,17 +41,6 @@ def make_project(tmp_path: Path, jobs: int, *, without_toy: tuple[int, ...] = ()
             source = source.replace('PROFILES = {"toy": {"a": 1}}', 'PROFILES = {"big": {"a": 100}}')
         (project / "pipelines" / f"job{n:02d}.py").write_text(source)
     return project
-
-
-@pytest.fixture
-def kfp() -> Iterator[FakeKfpServer]:
-    with FakeKfpServer() as server:
-        yield server
-
-
-def env_for(server: FakeKfpServer, **extra: str) -> dict[str, str]:
-    return {**CI, "KFP_HOST": server.url, "KFP_NAMESPACE": "team-a", "KFP_TOKEN": TOKEN,
-            "KFP_LAUNCH_POLL_INTERVAL": "0.01", **extra}
 
 
 def poll_requests(server: FakeKfpServer) -> list[object]:

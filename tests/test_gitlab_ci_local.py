@@ -12,7 +12,6 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from xml.etree import ElementTree
 
@@ -53,12 +52,6 @@ def readme_snippet(name: str) -> str:
     match = re.search(rf"<!-- e2e: {re.escape(name)} -->\s*```yaml\n(.*?)```", text, re.DOTALL)
     assert match, f"README.md has no snippet {name}"
     return match.group(1)
-
-
-@pytest.fixture
-def kfp() -> Iterator[FakeKfpServer]:
-    with FakeKfpServer() as server:
-        yield server
 
 
 @pytest.fixture

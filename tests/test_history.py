@@ -3,26 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from kfp_launch.errors import ExitCode
 from tests.conftest import RunCli
 from tests.fake_kfp import FakeKfpServer
-from tests.test_kubeflow_run import CI, TOKEN
-
-
-@pytest.fixture
-def kfp() -> Iterator[FakeKfpServer]:
-    with FakeKfpServer() as server:
-        yield server
-
-
-def env_for(server: FakeKfpServer, **extra: str) -> dict[str, str]:
-    return {**CI, "KFP_HOST": server.url, "KFP_NAMESPACE": "team-a", "KFP_TOKEN": TOKEN,
-            "KFP_LAUNCH_POLL_INTERVAL": "0.01", **extra}
+from tests.test_kubeflow_run import env_for
 
 
 def launch_two(run_cli: RunCli, project: Path, kfp: FakeKfpServer) -> list[str]:

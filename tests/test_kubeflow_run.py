@@ -9,7 +9,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -44,12 +43,6 @@ CI = {
     "CI_PROJECT_URL": "https://gitlab.example.com/mlops/demo",
     "GITLAB_USER_LOGIN": "alice",
 }
-
-
-@pytest.fixture
-def kfp() -> Iterator[FakeKfpServer]:
-    with FakeKfpServer() as server:
-        yield server
 
 
 def env_for(server: FakeKfpServer, **extra: str) -> dict[str, str]:

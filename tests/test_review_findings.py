@@ -20,12 +20,6 @@ from tests.test_fanout import make_project
 from tests.test_kubeflow_run import CI, TOKEN, env_for, launch, runs
 
 
-@pytest.fixture
-def kfp():  # type: ignore[no-untyped-def]
-    with FakeKfpServer() as server:
-        yield server
-
-
 def test_a_body_cut_mid_read_is_a_transient_failure_not_a_crash() -> None:
     import urllib3
 
