@@ -365,7 +365,7 @@ def run_local_jobs(
     ready = compile_jobs(
         jobs_to_run(jobs, all_jobs, ci, settings, project_dir), settings, project_dir, skip_non_jobs=all_jobs
     )
-    codes = [run_local_job(compiled.job, settings, environ, project_dir, console) for compiled, _ in ready]
+    codes = [run_compiled_locally(c, p, ci, settings, environ, project_dir, console) for c, p in ready]
     return worst_exit_code([int(c) for c in codes])
 
 
@@ -380,15 +380,29 @@ def run_local_job(
     Raises:
         KfpLaunchError: compile or parameter errors (nothing runs).
     """
-    from kfp_launch.local_runner import LocalWorkerDiedError, UnsupportedLocallyError, local_pipeline_root, run_local
-
     ci = read_context(settings, environ, project_dir, require_ref=False)
     job = job_to_run(job, ci)
     console.section_start("kfp_launch_compile", f"Compiling job {job}", collapsed=True, announce=False)
     compiled = compile_pipeline(job, settings, project_dir)
     params = resolve_run_parameters(compiled, settings, project_dir)
     console.section_end("kfp_launch_compile")
-    print_run_summary(compiled, params, ci, experiment_for(ci, settings), console, local=True)
+    return run_compiled_locally(compiled, params, ci, settings, environ, project_dir, console)
+
+
+def run_compiled_locally(
+    compiled: CompiledPipeline,
+    params: ResolvedParameters,
+    ci: CiContext,
+    settings: Settings,
+    environ: Mapping[str, str],
+    project_dir: Path,
+    console: Console,
+) -> ExitCode:
+    """Run an already compiled job with kfp.local; print and report how it went (see :func:`run_local_job`)."""
+    from kfp_launch.local_runner import LocalWorkerDiedError, UnsupportedLocallyError, local_pipeline_root, run_local
+
+    experiment = experiment_for(ci, settings)
+    print_run_summary(compiled, params, ci, experiment, console, local=True)
     root = local_pipeline_root(project_dir / settings.local_root, compiled.job)
     console.line(f"pipeline root: {root}")
     console.section_start("kfp_launch_run", f"Running {compiled.pipeline_name} locally with kfp.local")
@@ -420,7 +434,7 @@ def run_local_job(
             pipeline_name=compiled.pipeline_name,
             state=outcome.state,
             exit_code=int(code),
-            experiment=experiment_for(ci, settings) or "",
+            experiment=experiment or "",
             tasks=outcome.tasks,
             metrics=outcome.metrics,
             metrics_available=True,
