@@ -124,15 +124,19 @@ class Scenario:
 
 
 def wait_kfp_launch(s: Scenario) -> None:
+    from kfp_launch.app import App
     from kfp_launch.connection import Connection
+    from kfp_launch.console import Console
     from kfp_launch.kfp_api import KfpApi
-    from kfp_launch.remote import poll_policy
+    from kfp_launch.polling import read_runs, wait_for_runs
     from kfp_launch.settings import load_settings
-    from kfp_launch.watch import wait_for_run
 
     api = KfpApi(Connection(host=s.server.url, namespace="team-a", token="t"))
-    policy = poll_policy(load_settings({}, {}, Path(tempfile.gettempdir())))  # the shipped defaults
-    wait_for_run(lambda: api.get_run(s.run_id), policy=policy, clock=s.clock, sleep=s.sleep)
+    settings = load_settings({}, {}, Path(tempfile.gettempdir()), command="run")  # the shipped defaults
+    quiet = Console(out=io.StringIO(), err=io.StringIO())
+    policy = App(settings=settings, environ={}, project_dir=Path(tempfile.gettempdir()), console=quiet).poll_policy
+    # The product's own tick: read_runs of one run (one GET /runs/{id}), as `run` and `watch` poll.
+    wait_for_runs(lambda: read_runs(api, "", [s.run_id]), policy=policy, clock=s.clock, sleep=s.sleep)
 
 
 def _client(s: Scenario):  # type: ignore[no-untyped-def]
@@ -299,17 +303,22 @@ def bench_fanout() -> None:
 
 
 def bench_compile() -> None:
-    from kfp_launch.launch import compile_jobs
+    from kfp_launch.app import App
+    from kfp_launch.console import Console
+    from kfp_launch.plan import compile_jobs
     from kfp_launch.settings import load_settings
 
     with tempfile.TemporaryDirectory() as tmp:
         project = make_project(Path(tmp) / "p", 20)
-        settings = load_settings({}, {}, project)
+        settings = load_settings({}, {}, project, command="run")
+        wired = App(
+            settings=settings, environ={}, project_dir=project, console=Console(out=io.StringIO(), err=io.StringIO())
+        )
         import kfp  # noqa: F401 - measured separately: the import is paid once per process
 
         jobs = [f"job{n:02d}" for n in range(20)]
         start = time.perf_counter()
-        compile_jobs(jobs, settings, project)
+        compile_jobs(wired, jobs)
         in_process = time.perf_counter() - start
         start = time.perf_counter()
         subprocess.run([str(BIN / "kfp-launch"), "jobs"], cwd=project, capture_output=True, check=False)

@@ -4,6 +4,7 @@ In a GitLab job the facts come from GitLab's predefined variables (reference/git
 laptop the branch and commit come from ``git`` in the working directory. The environment is passed in
 as an explicit mapping and read once, in :meth:`CiContext.from_environ`; this module never reads
 ``os.environ``. A variable that is set but empty (or blank) counts as unset everywhere.
+The JIRA ticket is found by :mod:`kfp_launch.tickets` from the texts read here.
 """
 
 from __future__ import annotations
@@ -16,16 +17,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal, Protocol
 
-from kfp_launch.errors import ConfigError, ContextError
+from kfp_launch.errors import ContextError
 from kfp_launch.settings import DEFAULT_TICKET_PATTERN
+from kfp_launch.tickets import TicketSource, compile_ticket_pattern, detect_ticket
 
 RefKind = Literal["branch", "tag", "none"]
 """What ``CiContext.ref`` names: a branch, a tag, or nothing (only with ``require_ref=False``)."""
-
-TicketSource = Literal["flag", "JIRA_TICKET", "branch", "merge request title", "commit title"]
-"""Where the JIRA ticket was found, in order of precedence."""
-
-# The default pattern lives in settings.py (kept import-light for start-up time).
 
 
 _NOT_A_BRANCH = "HEAD"
@@ -120,19 +117,6 @@ class SubprocessGitReader:
 
 
 @dataclass(frozen=True, kw_only=True)
-class Ticket:
-    """A JIRA issue key and where it was found.
-
-    Attributes:
-        key: the key, upper-case, e.g. ``"ABC-12"``.
-        source: where it came from (:data:`TicketSource`).
-    """
-
-    key: str
-    source: TicketSource
-
-
-@dataclass(frozen=True, kw_only=True)
 class CiContext:
     """Which branch, commit, merge request, ticket, pipeline and job a launch belongs to.
 
@@ -168,7 +152,7 @@ class CiContext:
         server_url: ``CI_SERVER_URL``.
         default_branch: ``CI_DEFAULT_BRANCH``.
         user_login, user_name: ``GITLAB_USER_LOGIN``, ``GITLAB_USER_NAME`` (who started the pipeline).
-        ticket: the JIRA issue key, upper-case, or None (see :func:`detect_ticket`).
+        ticket: the JIRA issue key, upper-case, or None (see :func:`~kfp_launch.tickets.detect_ticket`).
         ticket_source: where ``ticket`` was found, or None.
     """
 
@@ -304,59 +288,6 @@ def reduce_job_name(job_name: str) -> str:
     """Strip GitLab's ``parallel`` suffix: ``"train 1/3"``, ``"train: [gpu, a100]"`` -> ``"train"``."""
     base = _PARALLEL_JOB_SUFFIX.sub("", job_name).rstrip()
     return base or job_name
-
-
-def compile_ticket_pattern(pattern: str) -> re.Pattern[str]:
-    """Compile the ``ticket_pattern`` setting, case-insensitively.
-
-    Raises:
-        ConfigError: the pattern is not a valid regex, or matches the empty string.
-    """
-    try:
-        compiled = re.compile(pattern, re.IGNORECASE)
-    except re.error as exc:
-        raise ConfigError(
-            f"ticket_pattern {pattern!r} is not a valid regular expression: {exc}",
-            hint=f"use Python regex syntax; the default is {DEFAULT_TICKET_PATTERN!r}",
-        ) from exc
-    if compiled.search("") is not None:
-        raise ConfigError(
-            f"ticket_pattern {pattern!r} matches the empty string, so it would find a ticket everywhere",
-            hint=r"match a whole key, e.g. '(?:ABC|OPS)-\d+'",
-        )
-    return compiled
-
-
-def detect_ticket(
-    *,
-    flag: str | None,
-    jira_ticket: str | None,
-    branch: str | None,
-    merge_request_title: str | None,
-    commit_title: str | None,
-    pattern: re.Pattern[str],
-) -> Ticket | None:
-    """Find the JIRA ticket: the first source that has one wins.
-
-    Order: ``flag`` (``--ticket``) and ``jira_ticket`` (the ``JIRA_TICKET`` variable) are taken as they
-    are (stripped, upper-cased); then the first match of ``pattern`` in the branch, the merge-request
-    title and the commit title. The key is the whole match, upper-cased. No key is not an error: None.
-    """
-    given: tuple[tuple[TicketSource, str | None], ...] = (("flag", flag), ("JIRA_TICKET", jira_ticket))
-    for source, value in given:
-        key = _blank_to_none(value)
-        if key is not None:
-            return Ticket(key=key.upper(), source=source)
-    searched: tuple[tuple[TicketSource, str | None], ...] = (
-        ("branch", branch),
-        ("merge request title", merge_request_title),
-        ("commit title", commit_title),
-    )
-    for source, text in searched:
-        match = pattern.search(text) if text else None
-        if match is not None:
-            return Ticket(key=match.group(0).upper(), source=source)
-    return None
 
 
 def _context_from_gitlab(environ: Mapping[str, str], branch_override: str | None, *, require_ref: bool) -> CiContext:

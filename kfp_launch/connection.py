@@ -4,7 +4,8 @@ Built once from the resolved :class:`Settings` (host, namespace, UI URL: flag > 
 the environment (secrets, CA bundle, proxies: environment only; secrets are never flags).
 
 Facts used (reference kfp-api.md §3):
-- ``kfp.Client`` takes the host from ``KF_PIPELINES_ENDPOINT`` when none is given; we accept it too.
+- ``kfp.Client`` takes the host from ``KF_PIPELINES_ENDPOINT`` when none is given; the ``host`` setting
+  accepts it after ``KFP_HOST`` (see ``settings.py``).
 - ``existing_token`` sends a fixed ``authorization: Bearer`` header; a token *file* (projected service
   account tokens rotate) must be read on every request, which ``ServiceAccountTokenVolumeCredentials``
   does (its hook runs before each request).
@@ -112,7 +113,7 @@ def connection_from(settings: Settings, environ: Mapping[str, str]) -> Connectio
         ConfigError: no host (all missing settings named in one message), a host that is not an
             http(s) URL, or a CA bundle / token file that does not exist.
     """
-    host, host_source = _host(settings, environ)
+    host, host_source = settings.host or "", settings.sources.get("host", "")
     problems: list[str] = []
     if not host:
         problems.append("no Kubeflow host: set KFP_HOST (or --host, or host under [tool.kfp-launch])")
@@ -167,13 +168,6 @@ def _host_problems(host: str) -> list[str]:
             "the host holds credentials or a query string: put the token in KFP_TOKEN (or KFP_COOKIE), not in the URL"
         ]
     return []
-
-
-def _host(settings: Settings, environ: Mapping[str, str]) -> tuple[str, str]:
-    if settings.host:
-        return settings.host, settings.sources.get("host", "")
-    endpoint = _get(environ, "KF_PIPELINES_ENDPOINT")
-    return (endpoint, "env KF_PIPELINES_ENDPOINT") if endpoint else ("", "")
 
 
 def _get(environ: Mapping[str, str], name: str) -> str | None:

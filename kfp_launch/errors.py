@@ -166,6 +166,30 @@ class KfpApiError(KfpLaunchError):
         self.status = status
 
 
+class TransientKfpError(KfpUnavailableError):
+    """A failure that may pass: HTTP 408/429/5xx, a refused/reset/dropped connection, a timeout.
+
+    Retried by :func:`kfp_launch.polling.call_with_retry` until the allowed outage is over; then it is
+    the exit-5 error itself.
+
+    Attributes:
+        maybe_applied: True when a write may have reached the server before the failure (5xx,
+            timeout, dropped connection on a POST): the caller must check before repeating it.
+    """
+
+    def __init__(self, message: str, *, hint: str = "", maybe_applied: bool = False) -> None:
+        super().__init__(message, hint=hint)
+        self.maybe_applied = maybe_applied
+
+
+class KfpTlsError(InputError):
+    """TLS verification failed: a configuration problem (CA bundle), not an outage (exit 3)."""
+
+
+class KfpConflictError(KfpApiError):
+    """HTTP 409: the resource exists already (e.g. an experiment name in that namespace)."""
+
+
 class Interrupted(BaseException):
     """SIGTERM or SIGHUP arrived (SIGINT arrives as ``KeyboardInterrupt``); exit ``128 + signum``.
 

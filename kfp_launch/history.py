@@ -8,17 +8,11 @@ so instead of guessing (reference kfp-api.md §1.3).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from pathlib import Path
 
-from kfp_launch.connection import connection_from
-from kfp_launch.console import Console
+from kfp_launch.app import App
 from kfp_launch.errors import InputError
-from kfp_launch.launch import experiment_for, read_context
 from kfp_launch.models import RunStatus
-from kfp_launch.remote import Runtime, poll_policy, retrier
-from kfp_launch.settings import Settings
-from kfp_launch.submission import run_key
+from kfp_launch.naming import experiment_for, run_key
 
 METRICS_NOTE = "metrics: not available from the KFP v2beta1 API (they live in ML Metadata)"
 MISSING = "(unset)"
@@ -61,18 +55,7 @@ def run_summary(run: RunStatus) -> dict[str, object]:
     }
 
 
-def list_runs(
-    settings: Settings,
-    environ: Mapping[str, str],
-    project_dir: Path,
-    console: Console,
-    *,
-    experiment: str | None,
-    job: str | None,
-    limit: int,
-    as_json: bool,
-    runtime: Runtime | None = None,
-) -> None:
+def list_runs(app: App, *, experiment: str | None, job: str | None, limit: int, as_json: bool) -> None:
     """Print the newest ``limit`` runs of an experiment (default: the current branch's).
 
     Raises:
@@ -80,11 +63,10 @@ def list_runs(
     """
     if not 1 <= limit <= 200:
         raise InputError(f"--limit {limit} is out of range.", hint="give 1 to 200.")
-    rt = runtime or Runtime()
-    name = experiment or experiment_for(read_context(settings, environ, project_dir), settings)
-    assert name is not None
-    api = rt.api_factory(connection_from(settings, environ))
-    retry = retrier(poll_policy(settings), console, rt)
+    console = app.console
+    name = experiment or experiment_for(app.require_ref(), app.settings) or ""
+    api = app.kfp()
+    retry = app.retry()
     found = retry(lambda: api.find_experiment(name))
     if found is None:
         raise InputError(
@@ -131,20 +113,11 @@ def list_runs(
     console.line(METRICS_NOTE, style="dim")
 
 
-def compare_runs(
-    run_a: str,
-    run_b: str,
-    settings: Settings,
-    environ: Mapping[str, str],
-    console: Console,
-    *,
-    as_json: bool,
-    runtime: Runtime | None = None,
-) -> None:
+def compare_runs(app: App, run_a: str, run_b: str, *, as_json: bool) -> None:
     """Print the parameters of two runs side by side, differences first."""
-    rt = runtime or Runtime()
-    api = rt.api_factory(connection_from(settings, environ))
-    retry = retrier(poll_policy(settings), console, rt)
+    console = app.console
+    api = app.kfp()
+    retry = app.retry()
     a = retry(lambda: api.get_run(run_a))
     b = retry(lambda: api.get_run(run_b))
     names = list(dict.fromkeys([*a.parameters, *b.parameters]))

@@ -21,8 +21,9 @@ from datetime import datetime
 from typing import Any
 
 from kfp_launch.connection import Connection
-from kfp_launch.errors import InputError, KfpApiError, KfpAuthError, KfpUnavailableError
+from kfp_launch.errors import KfpApiError, KfpAuthError, KfpConflictError, KfpTlsError, TransientKfpError
 from kfp_launch.models import Experiment, RunStatus, TaskResult
+from kfp_launch.states import RunState
 
 _TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 _EPOCH_PREFIX = "1970-01-01T00:00:00"
@@ -33,27 +34,6 @@ _NO_CONTEXT_FILE = "/nonexistent/kfp-launch/kfp-context.json"
 # write a context file (§3.3). Any other namespace means zero requests; we pass the real namespace on
 # every call ourselves, so the constructor's value is never sent.
 _CONSTRUCTOR_NAMESPACE = "kfp-launch-explicit-namespace"
-
-
-class TransientKfpError(KfpUnavailableError):
-    """A failure that may pass: HTTP 408/429/5xx, a refused/reset/dropped connection, a timeout.
-
-    Attributes:
-        maybe_applied: True when a write may have reached the server before the failure (5xx,
-            timeout, dropped connection on a POST): the caller must check before repeating it.
-    """
-
-    def __init__(self, message: str, *, hint: str = "", maybe_applied: bool = False) -> None:
-        super().__init__(message, hint=hint)
-        self.maybe_applied = maybe_applied
-
-
-class KfpTlsError(InputError):
-    """TLS verification failed: a configuration problem (CA bundle), not an outage (exit 3)."""
-
-
-class KfpConflictError(KfpApiError):
-    """HTTP 409: the resource exists already (e.g. an experiment name in that namespace)."""
 
 
 class KfpApi:
@@ -409,13 +389,15 @@ def _run(data: Mapping[str, Any]) -> RunStatus:
     if not data.get("run_id"):
         raise KfpApiError("Kubeflow returned a run without an id.")
     details = data.get("run_details") or {}
-    history = tuple((str(h.get("state", "")), _error_message(h.get("error"))) for h in data.get("state_history") or [])
+    history = tuple(
+        (RunState.parse(h.get("state")), _error_message(h.get("error"))) for h in data.get("state_history") or []
+    )
     return RunStatus(
         run_id=data["run_id"],
         experiment_id=data.get("experiment_id", ""),
         name=data.get("display_name", ""),
         description=data.get("description", ""),
-        state=str(data.get("state") or "RUNTIME_STATE_UNSPECIFIED"),
+        state=RunState.parse(data.get("state")),
         created_at=_time(data.get("created_at")),
         finished_at=_time(data.get("finished_at")),
         error=_error_message(data.get("error")),
@@ -435,7 +417,7 @@ def _task(data: Mapping[str, Any]) -> TaskResult:
         pods.append(data["pod_name"])
     return TaskResult(
         name=data.get("display_name") or data.get("task_id", "?"),
-        state=str(data.get("state") or "RUNTIME_STATE_UNSPECIFIED"),
+        state=RunState.parse(data.get("state")),
         duration_s=(end - start).total_seconds() if start and end else None,
         error=next((e for e in errors if e), ""),
         node_ids=tuple(dict.fromkeys(pods)),

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from kfp_launch.models import CompiledPipeline, LocalRunOutcome, MetricValue, TaskResult
+from kfp_launch.states import RunState
 
 ANSI_RE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _EXECUTING_RE = re.compile(r"^Executing task '(?P<task>[^']+)'")
@@ -46,7 +47,6 @@ _FINISHED_RE = re.compile(r"^Task '(?P<task>[^']+)' finished with status (?P<sta
 _INNER_RE = re.compile(r"Inner task failed: '(?P<task>[^']+)'")
 _STATES = {"SUCCESS": "SUCCEEDED", "FAILURE": "FAILED"}
 LOG_TAIL_LINES = 20
-_SECRET_VARIABLES = frozenset({"KFP_TOKEN", "KFP_COOKIE", "GITLAB_TOKEN", "CI_JOB_TOKEN"})
 
 
 class UnsupportedLocallyError(RuntimeError):
@@ -84,10 +84,12 @@ class _TaskTracker(logging.Filter):
                 self._started[match["task"]] = self._clock()
                 self._lines[match["task"]] = []
         elif match := _FINISHED_RE.match(message):
-            self._finish(match["task"], _STATES.get(match["status"], match["status"]), record.thread or 0)
+            self._finish(
+                match["task"], RunState.parse(_STATES.get(match["status"], match["status"])), record.thread or 0
+            )
         return True
 
-    def _finish(self, task: str, state: str, thread: int) -> None:
+    def _finish(self, task: str, state: RunState, thread: int) -> None:
         with self._lock:
             self._current.pop(thread, None)
             started = self._started.get(task)
@@ -96,8 +98,8 @@ class _TaskTracker(logging.Filter):
             name=task,
             state=state,
             duration_s=None if started is None else self._clock() - started,
-            error=_last_error_line(lines) if state == "FAILED" else "",
-            log_tail=failure_log_tail(lines) if state == "FAILED" else (),
+            error=_last_error_line(lines) if state == RunState.FAILED else "",
+            log_tail=failure_log_tail(lines) if state == RunState.FAILED else (),
         )
         self.finished.append(result)
         self._on_task(result)
@@ -169,6 +171,7 @@ def run_local(
     arguments: Mapping[str, object],
     *,
     pipeline_root: Path,
+    env: Mapping[str, str],
     on_task: Callable[[TaskResult], None] = lambda _task: None,
     echo: bool = False,
     clock: Callable[[], float] = time.monotonic,
@@ -185,6 +188,8 @@ def run_local(
         pipeline: the compiled pipeline (its YAML package is what runs).
         arguments: parameter values by name (defaults need not be repeated).
         pipeline_root: a fresh directory for this run's artifacts and log (created).
+        env: the worker's (and so the components') environment: the process environment without
+            credentials, the interpreter's own ``bin/`` first on PATH (``App.subprocess_environ``).
         on_task: called each time a task finishes.
         echo: also copy kfp.local's own output (task logs) to this process's stderr, live.
         clock: monotonic clock in seconds, for the run's duration.
@@ -223,14 +228,19 @@ def run_local(
         text=True,
         encoding="utf-8",
         start_new_session=True,
-        env=_worker_env(),
+        env=dict(env),
     )
     try:
         assert worker.stdout is not None
         for line in worker.stdout:
             event = json.loads(line)
             if event["event"] == "task":
-                tasks.append(TaskResult(**{**event["task"], "log_tail": tuple(event["task"]["log_tail"])}))
+                fields = event["task"]
+                tasks.append(
+                    TaskResult(
+                        **{**fields, "state": RunState.parse(fields["state"]), "log_tail": tuple(fields["log_tail"])}
+                    )
+                )
                 on_task(tasks[-1])
             elif event["event"] == "done":
                 result = event
@@ -246,7 +256,7 @@ def run_local(
     run_dir = _run_dir(pipeline_root)
     return LocalRunOutcome(
         job=pipeline.job,
-        state="FAILED" if result["error"] else "SUCCEEDED",
+        state=RunState.FAILED if result["error"] else RunState.SUCCEEDED,
         tasks=tuple(tasks),
         outputs=result["outputs"],
         metrics=read_metrics(run_dir, pipeline.package_yaml) if run_dir else (),
@@ -256,15 +266,6 @@ def run_local(
         log_path=str(log_path),
         duration_s=clock() - started,
     )
-
-
-def _worker_env() -> dict[str, str]:
-    # Tasks run `pip` from PATH for kfp's install prologue; without the interpreter's own bin/ first
-    # (a venv used without activation) they fall back to `python -m ensurepip`, ~3.5 s per task.
-    # Kubeflow and GitLab credentials are not the components' business.
-    env = {k: v for k, v in os.environ.items() if k not in _SECRET_VARIABLES}
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    return env
 
 
 def _kill_group(worker: subprocess.Popen[str], grace_s: float) -> None:
@@ -333,7 +334,7 @@ def _observing(tracker: _TaskTracker) -> Any:
 def _failed_task(error: str, finished: list[TaskResult]) -> str:
     if match := _INNER_RE.search(error):
         return match["task"]
-    failed = [t.name for t in finished if t.state == "FAILED"]
+    failed = [t.name for t in finished if t.state == RunState.FAILED]
     return failed[0] if failed else ""
 
 

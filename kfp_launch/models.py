@@ -7,6 +7,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
+from kfp_launch.errors import ExitCode
+from kfp_launch.states import OutcomeState, RunState
+
 
 class ParameterType(StrEnum):
     """A pipeline parameter's type, as the compiled pipeline's IR declares it.
@@ -151,7 +154,7 @@ class TaskResult:
 
     Attributes:
         name: the task's name (e.g. ``"build-and-fit"``).
-        state: ``"SUCCEEDED"``, ``"FAILED"``, ``"SKIPPED"``, ``"RUNNING"``…
+        state: the task's state (the run states: SUCCEEDED, FAILED, SKIPPED, RUNNING…).
         duration_s: wall time in seconds, when known.
         error: the task's error message ('' if none).
         log_tail: the last lines of the task's log (empty when unknown).
@@ -161,12 +164,15 @@ class TaskResult:
     """
 
     name: str
-    state: str
+    state: RunState
     duration_s: float | None = None
     error: str = ""
     log_tail: tuple[str, ...] = ()
     node_ids: tuple[str, ...] = ()
     task_id: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "state", RunState.parse(self.state))  # a plain string becomes the enum
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -192,7 +198,7 @@ class LocalRunOutcome:
 
     Attributes:
         job: the job name.
-        state: ``"SUCCEEDED"`` or ``"FAILED"``.
+        state: SUCCEEDED or FAILED.
         tasks: tasks in the order they finished.
         outputs: the pipeline's declared outputs (empty on failure).
         metrics: every ``Metrics`` value the tasks logged.
@@ -204,7 +210,7 @@ class LocalRunOutcome:
     """
 
     job: str
-    state: str
+    state: RunState
     tasks: tuple[TaskResult, ...]
     outputs: Mapping[str, object]
     metrics: tuple[MetricValue, ...]
@@ -217,7 +223,7 @@ class LocalRunOutcome:
     @property
     def succeeded(self) -> bool:
         """True when the run ended in SUCCEEDED."""
-        return self.state == "SUCCEEDED"
+        return self.state == RunState.SUCCEEDED
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -227,10 +233,9 @@ class RunOutcome:
     Attributes:
         job: the job name.
         pipeline_name: the pipeline's name.
-        state: the final run state: ``SUCCEEDED``, ``FAILED``, ``SKIPPED``, ``CANCELED`` (also for a run
-            terminated by someone else), or, when the wait stopped first, ``TIMED_OUT``, ``INTERRUPTED``,
-            ``DETACHED`` (``--no-wait``) or ``UNREACHABLE``.
-        exit_code: the process exit code this outcome maps to (an :class:`~kfp_launch.errors.ExitCode`).
+        state: how it ended (:class:`~kfp_launch.states.OutcomeState`): the run's final state, or why the
+            wait stopped first.
+        exit_code: the process exit code this outcome maps to (:func:`kfp_launch.states.exit_code_for`).
         run_id: the KFP run id ('' for local runs).
         run_url: the run's UI link ('' for local runs).
         experiment_id: the KFP experiment id ('' for local runs).
@@ -247,8 +252,8 @@ class RunOutcome:
 
     job: str
     pipeline_name: str
-    state: str
-    exit_code: int
+    state: OutcomeState
+    exit_code: ExitCode
     run_id: str = ""
     run_url: str = ""
     experiment_id: str = ""
@@ -281,14 +286,6 @@ class Experiment:
     archived: bool = False
 
 
-TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "SKIPPED", "CANCELED"})
-"""Run states after which a run never changes (KFP ``V2beta1RuntimeState``; reference kfp-api.md §2).
-CANCELING and PAUSED are not terminal."""
-
-ACTIVE_STATES = frozenset({"RUNTIME_STATE_UNSPECIFIED", "PENDING", "RUNNING", "PAUSED", "CANCELING"})
-"""States of a run that may still change."""
-
-
 @dataclass(frozen=True, kw_only=True)
 class RunStatus:
     """A KFP run as last read from the API server.
@@ -308,20 +305,23 @@ class RunStatus:
     experiment_id: str = ""
     name: str = ""
     description: str = ""
-    state: str = "RUNTIME_STATE_UNSPECIFIED"
+    state: RunState = RunState.UNSPECIFIED
     created_at: datetime | None = None
     finished_at: datetime | None = None
     error: str = ""
-    state_history: tuple[tuple[str, str], ...] = ()
+    state_history: tuple[tuple[RunState, str], ...] = ()
     tasks: tuple[TaskResult, ...] = ()
     parameters: Mapping[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "state", RunState.parse(self.state))  # a plain string becomes the enum
 
     @property
     def is_terminal(self) -> bool:
         """True when the state can no longer change (SUCCEEDED, FAILED, SKIPPED, CANCELED)."""
-        return self.state in TERMINAL_STATES
+        return self.state.is_terminal
 
     @property
     def was_canceling(self) -> bool:
         """True when the state history shows CANCELING (someone asked KFP to terminate it)."""
-        return any(state == "CANCELING" for state, _ in self.state_history)
+        return any(state == RunState.CANCELING for state, _ in self.state_history)

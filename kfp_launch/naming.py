@@ -31,11 +31,14 @@ GitLab's ``CI_COMMIT_REF_SLUG`` is not used: it is lossy without a hash (gitlab-
 from __future__ import annotations
 
 import hashlib
+import secrets
 import string
 import unicodedata
+from urllib.parse import quote
 
 from kfp_launch.ci_context import CiContext
 from kfp_launch.errors import ConfigError
+from kfp_launch.settings import Settings
 
 DEFAULT_EXPERIMENT_TEMPLATE = "{branch}"
 """The default ``experiment_template``: one experiment per branch."""
@@ -174,3 +177,46 @@ def _is_allowed(char: str) -> bool:
     if char.isspace():
         return char == " "
     return unicodedata.category(char) not in _DISALLOWED_CATEGORIES
+
+
+def experiment_for(ci: CiContext, settings: Settings) -> str | None:
+    """The experiment name for this context (``experiment_template``), or None without a ref.
+
+    Raises:
+        ConfigError: the template is invalid or renders empty.
+    """
+    validate_experiment_template(settings.experiment_template)
+    if ci.ref_kind == "none":
+        return None
+    return experiment_name_for(ci, settings.experiment_template)
+
+
+KEY_PREFIX = "kfp-launch-key: "
+"""Starts the last line of a kfp-launch run's description: the run's key (see ``submission.py``)."""
+
+
+def _key_base(ci: CiContext, job: str) -> str:
+    # The CI job's full name (url-quoted: it may hold "/" as in "train 1/3") keeps parallel and matrix
+    # jobs of one pipeline job apart; the pipeline job keeps the runs of one `run --all` apart.
+    ci_job = quote(ci.job_name, safe="") if ci.job_name else "-"
+    return f"{ci.project_path or 'local'}/{ci.pipeline_id or 'local'}/{ci_job}/{job}/"
+
+
+def new_run_key(ci: CiContext, job: str) -> str:
+    """A fresh key ``<project>/<CI pipeline id>/<CI job name>/<job>/<nonce>`` (``local``/``-`` outside CI)."""
+    return _key_base(ci, job) + secrets.token_hex(6)
+
+
+def attach_prefix(ci: CiContext, job: str) -> str | None:
+    """The key prefix shared by every attempt of this CI job in this CI pipeline (None outside CI)."""
+    if not (ci.in_ci and ci.pipeline_id):
+        return None
+    return _key_base(ci, job)
+
+
+def run_key(description: str) -> str | None:
+    """The key in a run description, or None."""
+    for line in reversed(description.splitlines()):
+        if line.startswith(KEY_PREFIX):
+            return line[len(KEY_PREFIX) :].strip()
+    return None

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from contextlib import ExitStack
 from types import TracebackType
 from typing import Self
 
 from kfp_launch.console import Console, LiveTable
-from kfp_launch.models import TERMINAL_STATES as _TERMINAL
 from kfp_launch.models import RunStatus
 
 _STYLES = {"SUCCEEDED": "green", "FAILED": "red", "CANCELED": "yellow", "CANCELING": "yellow", "SKIPPED": "yellow"}
@@ -32,6 +32,10 @@ class _Display:
     ) -> None:
         self._stack.close()
 
+    def note(self, text: str) -> None:
+        """Print a line about the wait itself (retries, outages)."""
+        self._console.line(f"{self._console.stamp()} {text}", style="dim")
+
 
 class RunProgress(_Display):
     """Prints what changed since the last :meth:`update` (context manager: owns the live table).
@@ -46,8 +50,9 @@ class RunProgress(_Display):
         self._run_state = ""
         self._task_states: dict[str, str] = {}
 
-    def update(self, status: RunStatus) -> None:
-        """Show the run's state and each task's state if they changed."""
+    def update(self, statuses: Mapping[str, RunStatus]) -> None:
+        """Show the (only) run's state and each task's state if they changed."""
+        status = next(iter(statuses.values()))
         changed = [t for t in status.tasks if self._task_states.get(t.name) != t.state]
         run_changed = status.state != self._run_state
         self._run_state = status.state
@@ -68,10 +73,6 @@ class RunProgress(_Display):
                 f"{self._console.stamp()}   task {task.name} {task.state}{took}", style=_STYLES.get(task.state)
             )
 
-    def note(self, text: str) -> None:
-        """Print a line about the wait itself (retries, outages)."""
-        self._console.line(f"{self._console.stamp()} {text}", style="dim")
-
 
 class RunsProgress(_Display):
     """Progress of several runs at once: one line per run state change in CI, a live table on a terminal.
@@ -87,7 +88,7 @@ class RunsProgress(_Display):
         self._jobs = jobs
         self._states: dict[str, str] = {}
 
-    def update(self, statuses: dict[str, RunStatus]) -> None:
+    def update(self, statuses: Mapping[str, RunStatus]) -> None:
         """Show each run whose state changed."""
         changed = [s for s in statuses.values() if self._states.get(s.run_id) != s.state]
         for status in changed:
@@ -95,9 +96,20 @@ class RunsProgress(_Display):
         if self._table is not None:
             if changed:
                 rows = [[job, self._states.get(run_id, "PENDING"), run_id] for run_id, job in self._jobs.items()]
-                done = sum(1 for state in self._states.values() if state in _TERMINAL)
+                done = sum(1 for s in statuses.values() if s.is_terminal)
                 self._table.show(f"{done}/{len(self._jobs)} runs finished", ("job", "state", "run"), rows)
             return
         for status in changed:
             job = self._jobs.get(status.run_id, status.name)
             self._console.line(f"{self._console.stamp()} {job} {status.state}", style=_STYLES.get(status.state))
+
+
+def progress_for(console: Console, jobs: dict[str, str]) -> RunProgress | RunsProgress:
+    """The display of a wait: one run's tasks (:class:`RunProgress`), or several runs' states
+    (:class:`RunsProgress`, one line per run, or a table of runs on a terminal).
+
+    Args:
+        console: where to print.
+        jobs: run id -> job name, in display order.
+    """
+    return RunProgress(console) if len(jobs) == 1 else RunsProgress(console, jobs)

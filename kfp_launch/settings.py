@@ -16,9 +16,10 @@ import re
 import shlex
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from kfp_launch.errors import ConfigError, UsageError
 
@@ -128,116 +129,304 @@ def _choice(*options: str) -> Callable[[object, str], str]:
     return parse
 
 
+RUN, WATCH, CANCEL, CONTEXT, JOBS, COMPILE, PARAMS, RUNS, COMPARE = (
+    "run",
+    "watch",
+    "cancel",
+    "context",
+    "jobs",
+    "compile",
+    "params",
+    "runs",
+    "compare",
+)
+_CONNECT = frozenset({RUN, WATCH, CANCEL, RUNS, COMPARE})
+_WAIT = frozenset({RUN, WATCH})
+_PIPELINES = frozenset({RUN, JOBS, COMPILE, PARAMS})
+_NAMING = frozenset({RUN, CONTEXT, RUNS})
+
+
 @dataclass(frozen=True, kw_only=True)
 class SettingSpec:
-    """How one setting is named, parsed and defaulted.
+    """How one setting is named, parsed, defaulted and offered on the command line.
+
+    Declared once, as the metadata of its :class:`Settings` field (:func:`setting`); the flag, the
+    environment variable, the pyproject key, the metavar, the help text and the commands that take it
+    are all derived from here.
 
     Attributes:
         name: the setting's name (``foo_bar``): the pyproject key; the flag is ``--foo-bar``.
         default: the built-in default.
         parse: ``(value, where) -> typed value``; raises ConfigError naming ``where``.
-        env: the environment variable (``KFP_LAUNCH_FOO_BAR`` unless an exception).
+        help: the option's help text (without the ``[env: …]`` suffix, which is derived).
+        metavar: the placeholder in ``--help`` (``URL``, ``DURATION``…), or None for typer's own.
+        commands: the commands that take it as a flag (empty: environment and pyproject only).
+        env: the environment variables that set it, first wins (``KFP_LAUNCH_FOO_BAR`` unless declared).
+        reads_env: False when another module reads ``env`` itself (``JIRA_TICKET`` is one of the CI
+            context's ticket sources, ``ci_context.py``); the help still names it.
         pyproject: whether ``[tool.kfp-launch]`` may set it.
+        flags: extra flag spellings (``-p``) or a boolean pair (``--wait/--no-wait``).
+        kubeflow_only: meaningless for ``run --local`` (given there, it is a usage error).
+        command_defaults: a different default for some commands (``watch`` detaches by default).
     """
 
     name: str
     default: object
-    parse: Callable[[object, str], object] = _parse_str
-    env: str = ""
+    parse: Callable[[object, str], object]
+    help: str
+    metavar: str | None = None
+    commands: frozenset[str] = frozenset()
+    env: tuple[str, ...] = ()
+    reads_env: bool = True
     pyproject: bool = True
+    flags: tuple[str, ...] = ()
+    kubeflow_only: bool = False
+    command_defaults: Mapping[str, object] = field(default_factory=dict)
 
     @property
     def env_var(self) -> str:
-        """The environment variable that sets this setting."""
-        return self.env or "KFP_LAUNCH_" + self.name.upper()
+        """The (first) environment variable that sets this setting."""
+        return self.env_vars[0]
+
+    @property
+    def env_vars(self) -> tuple[str, ...]:
+        """Every environment variable that sets this setting, first wins."""
+        return self.env or ("KFP_LAUNCH_" + self.name.upper(),)
 
     @property
     def flag(self) -> str:
         """The command-line flag, e.g. ``--pipelines-package``."""
         return "--" + self.name.replace("_", "-")
 
+    @property
+    def option_type(self) -> object:
+        """The Python type typer parses the flag as (``None`` means "not given")."""
+        return _OPTION_TYPES.get(self.parse, str) | None
 
-SPECS: dict[str, SettingSpec] = {
-    s.name: s
-    for s in (
-        SettingSpec(name="pipelines_package", default="pipelines"),
-        SettingSpec(name="local_root", default=".kfp-launch/local"),
-        SettingSpec(name="param", default=(), parse=_parse_list),
-        SettingSpec(name="params_file", default=None),
-        SettingSpec(name="profile", default=None),
-        SettingSpec(name="experiment_template", default="{branch}"),
-        SettingSpec(name="ticket_pattern", default=DEFAULT_TICKET_PATTERN),
-        SettingSpec(name="branch", default=None, pyproject=False),
-        SettingSpec(name="ticket", default=None, env="JIRA_TICKET", pyproject=False),
-        SettingSpec(name="verbose", default=False, parse=_parse_bool),
-        # Kubeflow connection (reference kfp-api.md §3); secrets are environment-only, see connection.py.
-        SettingSpec(name="host", default=None, env="KFP_HOST"),
-        SettingSpec(name="namespace", default=None, env="KFP_NAMESPACE"),
-        SettingSpec(name="ui_url", default=None, env="KFP_UI_URL"),
-        # Submitting and waiting.
-        SettingSpec(name="wait", default=True, parse=_parse_bool),
-        SettingSpec(name="dry_run", default=False, parse=_parse_bool, pyproject=False),
-        SettingSpec(name="no_cache", default=False, parse=_parse_bool),
-        SettingSpec(name="service_account", default=None),
-        SettingSpec(name="pipeline_root", default=None),
-        SettingSpec(name="run_name_template", default="{job} {commit} {pipeline}"),
-        SettingSpec(name="poll_interval", default=timedelta(seconds=2), parse=_parse_poll_interval),
-        SettingSpec(name="max_outage", default=timedelta(minutes=10), parse=_parse_duration),
-        SettingSpec(name="timeout", default=None, parse=_parse_duration),
-        SettingSpec(name="on_timeout", default="terminate", parse=_choice("terminate", "detach")),
-        SettingSpec(name="on_cancel", default="terminate", parse=_choice("terminate", "detach")),
-        SettingSpec(name="log_lines", default=50, parse=_parse_count),
-        SettingSpec(name="state_file", default=".kfp-launch/state.json"),
-        # Report files for GitLab's artifacts:reports (reference gitlab-ci.md §1.5).
-        SettingSpec(name="dotenv_report", default=".kfp-launch/run.env"),
-        SettingSpec(name="junit_report", default=".kfp-launch/junit.xml"),
-        SettingSpec(name="metrics_report", default=".kfp-launch/metrics.txt"),
-    )
+    def default_for(self, command: str | None) -> object:
+        """The default for ``command`` (see ``command_defaults``)."""
+        return self.command_defaults.get(command or "", self.default)
+
+
+_OPTION_TYPES: dict[Callable[[object, str], object], type] = {
+    _parse_bool: bool,
+    _parse_list: list[str],
+    _parse_count: int,
 }
+
+
+def setting(default: object, help: str, **declared: Any) -> Any:
+    """Declare a :class:`Settings` field and its :class:`SettingSpec` (every keyword but ``name``)."""
+    declared.setdefault("parse", _parse_str)
+    return field(default=default, metadata={"spec": (default, help, declared)})
 
 
 @dataclass(frozen=True, kw_only=True)
 class Settings:
-    """Resolved settings. ``sources[name]`` says where each value came from
-    (``"--flag"``, ``"env KFP_LAUNCH_X"``, ``"pyproject.toml"`` or ``"default"``)."""
+    """Resolved settings, each declared once here with its flag, variable, help and commands.
 
-    pipelines_package: str = "pipelines"
-    local_root: str = ".kfp-launch/local"
-    param: tuple[str, ...] = ()
-    params_file: str | None = None
-    profile: str | None = None
-    experiment_template: str = "{branch}"
-    ticket_pattern: str = DEFAULT_TICKET_PATTERN
-    branch: str | None = None
-    ticket: str | None = None
-    verbose: bool = False
-    host: str | None = None
-    namespace: str | None = None
-    ui_url: str | None = None
-    wait: bool = True
-    dry_run: bool = False
-    no_cache: bool = False
-    service_account: str | None = None
-    pipeline_root: str | None = None
-    run_name_template: str = "{job} {commit} {pipeline}"
-    poll_interval: timedelta = timedelta(seconds=2)
-    max_outage: timedelta = timedelta(minutes=10)
-    timeout: timedelta | None = None
-    on_timeout: str = "terminate"
-    on_cancel: str = "terminate"
-    log_lines: int = 50
-    state_file: str = ".kfp-launch/state.json"
-    dotenv_report: str = ".kfp-launch/run.env"
-    junit_report: str = ".kfp-launch/junit.xml"
-    metrics_report: str = ".kfp-launch/metrics.txt"
+    ``sources[name]`` says where each value came from (``"--flag"``, ``"env KFP_LAUNCH_X"``,
+    ``"pyproject.toml"`` or ``"default"``), for the start-up summary.
+    """
+
+    pipelines_package: str = setting(
+        "pipelines", "Package holding the job modules [default: pipelines]", metavar="PACKAGE", commands=_PIPELINES
+    )
+    local_root: str = setting(
+        ".kfp-launch/local",
+        "Where local runs keep artifacts [default: .kfp-launch/local]",
+        metavar="DIR",
+        commands={RUN},
+    )
+    param: tuple[str, ...] = setting(
+        (),
+        "Set a pipeline parameter, KEY=VALUE (repeatable)",
+        parse=_parse_list,
+        commands={RUN},
+        flags=("-p",),
+        metavar="KEY=VALUE",
+    )
+    params_file: str | None = setting(None, "YAML or JSON file of parameter values", metavar="FILE", commands={RUN})
+    profile: str | None = setting(None, "Use the job's PROFILES[NAME] values", metavar="NAME", commands={RUN})
+    experiment_template: str = setting(
+        "{branch}",
+        "Experiment name template: {branch} {ticket} {project} {ref} [default: {branch}]",
+        metavar="TEMPLATE",
+        commands=_NAMING,
+    )
+    ticket_pattern: str = setting(
+        DEFAULT_TICKET_PATTERN,
+        "Regex of a JIRA issue key, matched case-insensitively",
+        metavar="REGEX",
+        commands={RUN, CONTEXT},
+    )
+    branch: str | None = setting(
+        None,
+        "The branch, when git or GitLab cannot tell (detached HEAD)",
+        metavar="BRANCH",
+        commands=_NAMING | {CONTEXT},
+        pyproject=False,
+    )
+    ticket: str | None = setting(
+        None,
+        "The JIRA ticket (else found in branch, MR title, commit title)",
+        metavar="KEY",
+        commands={RUN, CONTEXT},
+        env=("JIRA_TICKET",),
+        reads_env=False,
+        pyproject=False,
+    )
+    verbose: bool = setting(
+        False, "Show kfp.local's own output live", parse=_parse_bool, commands={RUN}, flags=("--verbose/--quiet", "-v")
+    )
+    # Kubeflow connection (kfp.Client's own variable KF_PIPELINES_ENDPOINT too: kfp/client/client.py, _load_config).
+    host: str | None = setting(
+        None,
+        "KFP API URL, e.g. https://kubeflow.example.com/pipeline",
+        metavar="URL",
+        commands=_CONNECT,
+        env=("KFP_HOST", "KF_PIPELINES_ENDPOINT"),
+        kubeflow_only=True,
+    )
+    namespace: str | None = setting(
+        None,
+        "Kubeflow profile namespace (multi-user)",
+        metavar="NAME",
+        commands=_CONNECT,
+        env=("KFP_NAMESPACE",),
+        kubeflow_only=True,
+    )
+    ui_url: str | None = setting(
+        None, "KFP UI base URL for links", metavar="URL", commands=_WAIT, env=("KFP_UI_URL",), kubeflow_only=True
+    )
+    # Submitting and waiting.
+    wait: bool = setting(
+        True,
+        "Wait for the run to end [default: wait]",
+        parse=_parse_bool,
+        commands={RUN},
+        flags=("--wait/--no-wait",),
+        kubeflow_only=True,
+    )
+    dry_run: bool = setting(
+        False,
+        "Compile, resolve experiment and parameters, print the plan; change nothing",
+        parse=_parse_bool,
+        commands={RUN},
+        pyproject=False,
+        kubeflow_only=True,
+    )
+    no_cache: bool = setting(
+        False, "Turn execution caching off for this run", parse=_parse_bool, commands={RUN}, kubeflow_only=True
+    )
+    service_account: str | None = setting(
+        None, "Kubernetes service account of the run", metavar="NAME", commands={RUN}, kubeflow_only=True
+    )
+    pipeline_root: str | None = setting(
+        None,
+        "Where the run's artifacts go (e.g. s3://bucket/root)",
+        metavar="URI",
+        commands={RUN},
+        kubeflow_only=True,
+    )
+    run_name_template: str = setting(
+        "{job} {commit} {pipeline}",
+        "Run name: {job} {commit} {pipeline} {branch} {ticket} {mr} [default: {job} {commit} {pipeline}]",
+        metavar="TEMPLATE",
+        commands={RUN},
+        kubeflow_only=True,
+    )
+    poll_interval: timedelta = setting(
+        timedelta(seconds=2),
+        "First poll interval, then it backs off [default: 2s]",
+        parse=_parse_poll_interval,
+        metavar="DURATION",
+        commands=_WAIT,
+        kubeflow_only=True,
+    )
+    max_outage: timedelta = setting(
+        timedelta(minutes=10),
+        "Give up (exit 5) after Kubeflow fails this long [default: 10m]",
+        parse=_parse_duration,
+        metavar="DURATION",
+        commands=_WAIT,
+        kubeflow_only=True,
+    )
+    timeout: timedelta | None = setting(
+        None,
+        "Wait deadline (90s, 45m, 6h) [default in CI: job timeout - 5m]",
+        parse=_parse_duration,
+        metavar="DURATION",
+        commands=_WAIT,
+        kubeflow_only=True,
+    )
+    on_timeout: str = setting(
+        "terminate",
+        "terminate|detach the run at the deadline [default: terminate; watch: detach]",
+        parse=_choice("terminate", "detach"),
+        metavar="terminate|detach",
+        commands=_WAIT,
+        kubeflow_only=True,
+        command_defaults={WATCH: "detach"},  # watching is not owning
+    )
+    on_cancel: str = setting(
+        "terminate",
+        "terminate|detach the run on SIGTERM/SIGINT/SIGHUP [default: terminate; watch: detach]",
+        parse=_choice("terminate", "detach"),
+        metavar="terminate|detach",
+        commands=_WAIT,
+        kubeflow_only=True,
+        command_defaults={WATCH: "detach"},
+    )
+    log_lines: int = setting(
+        50,
+        "Log lines shown per failing task [default: 50]",
+        parse=_parse_count,
+        metavar="N",
+        commands=_WAIT,
+        kubeflow_only=True,
+    )
+    state_file: str = setting(
+        ".kfp-launch/state.json",
+        "Where to record runs for `cancel` [default: .kfp-launch/state.json]",
+        metavar="FILE",
+        commands={RUN},
+        kubeflow_only=True,
+    )
+    # Report files for GitLab's artifacts:reports (docs.gitlab.com/ci/yaml/artifacts_reports): env and pyproject only.
+    dotenv_report: str = setting(".kfp-launch/run.env", "The dotenv report")
+    junit_report: str = setting(".kfp-launch/junit.xml", "The JUnit XML report")
+    metrics_report: str = setting(".kfp-launch/metrics.txt", "The OpenMetrics report")
     param_layers: tuple[tuple[str, tuple[str, ...]], ...] = ()
     sources: Mapping[str, str] = field(default_factory=dict)
+
+
+def _specs() -> dict[str, SettingSpec]:
+    specs = {}
+    for item in fields(Settings):
+        if "spec" in item.metadata:
+            default, help_text, declared = item.metadata["spec"]
+            declared = dict(declared)
+            commands = frozenset(declared.pop("commands", frozenset()))
+            specs[item.name] = SettingSpec(
+                name=item.name, default=default, help=help_text, commands=commands, **declared
+            )
+    return specs
+
+
+SPECS: dict[str, SettingSpec] = _specs()
+"""Every setting's declaration, by name, in declaration order."""
+
+
+def specs_for(command: str) -> list[SettingSpec]:
+    """The settings ``command`` takes as flags, in declaration order."""
+    return [spec for spec in SPECS.values() if command in spec.commands]
 
 
 def help_suffix(name: str) -> str:
     """The ``[env: …; pyproject: …]`` text appended to an option's help."""
     spec = SPECS[name]
-    where = f"env: {spec.env_var}" + (" or KF_PIPELINES_ENDPOINT" if name == "host" else "")
+    where = "env: " + " or ".join(spec.env_vars)
     if spec.pyproject:
         where += f"; pyproject: {spec.name}"
     return f"[{where}]"
@@ -269,13 +458,16 @@ def read_pyproject_table(project_dir: Path) -> dict[str, object]:
     return table
 
 
-def load_settings(flags: Mapping[str, object], environ: Mapping[str, str], project_dir: Path) -> Settings:
+def load_settings(
+    flags: Mapping[str, object], environ: Mapping[str, str], project_dir: Path, *, command: str | None = None
+) -> Settings:
     """Resolve every setting: flag > environment > pyproject > default.
 
     Args:
         flags: setting name -> value given on the command line; ``None`` (or absent) means not given.
         environ: the process environment (empty values count as unset).
         project_dir: where ``pyproject.toml`` is read from.
+        command: the command being run, for its own defaults (``SettingSpec.command_defaults``).
 
     Raises:
         ConfigError: a value from the environment or pyproject does not parse.
@@ -284,7 +476,7 @@ def load_settings(flags: Mapping[str, object], environ: Mapping[str, str], proje
     values: dict[str, object] = {}
     sources: dict[str, str] = {}
     for name, spec in SPECS.items():
-        values[name], sources[name] = _resolve_one(spec, flags.get(name), environ, table)
+        values[name], sources[name] = _resolve_one(spec, flags.get(name), environ, table, command)
     return Settings(**values, param_layers=_param_layers(flags, environ, table), sources=sources)  # type: ignore[arg-type]  # values typed per SPECS
 
 
@@ -307,17 +499,18 @@ def _param_layers(
 
 
 def _resolve_one(
-    spec: SettingSpec, flag: object, environ: Mapping[str, str], table: Mapping[str, object]
+    spec: SettingSpec, flag: object, environ: Mapping[str, str], table: Mapping[str, object], command: str | None
 ) -> tuple[object, str]:
     if flag is not None and flag != ():
         try:
             return spec.parse(flag, spec.flag), spec.flag
         except ConfigError as exc:  # a flag's value is rejected like the argument parser rejects: exit 2
             raise UsageError(exc.message, hint=exc.hint) from None
-    env_value = environ.get(spec.env_var, "")
-    if env_value != "":
-        return spec.parse(env_value, f"environment variable {spec.env_var}"), f"env {spec.env_var}"
+    for variable in spec.env_vars if spec.reads_env else ():
+        env_value = environ.get(variable, "")
+        if env_value.strip() != "":
+            return spec.parse(env_value.strip(), f"environment variable {variable}"), f"env {variable}"
     if spec.pyproject and spec.name in table:
         where = f"{spec.name} in [tool.kfp-launch] of pyproject.toml"
         return spec.parse(table[spec.name], where), "pyproject.toml"
-    return spec.default, "default"
+    return spec.default_for(command), "default"

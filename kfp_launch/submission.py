@@ -1,5 +1,5 @@
-"""Putting a run on Kubeflow: the branch's experiment, the run's name and description, idempotent
-submission, and the state file that lets ``kfp-launch cancel`` find the run later.
+"""Putting runs on Kubeflow: the branch's experiment, each run's name and description, and idempotent
+submission that keeps the state file (``state_file.py``) true at every step.
 
 Idempotency: every run's description ends with a key line
 ``kfp-launch-key: <project>/<CI pipeline id>/<CI job name>/<job>/<nonce>``. A create call that failed in a way that
@@ -10,22 +10,31 @@ pipeline's still-active run of the job instead of submitting another.
 
 from __future__ import annotations
 
-import json
-import os
-import secrets
 import tempfile
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
-from urllib.parse import quote
 
+from kfp_launch import interrupts
+from kfp_launch.app import App
 from kfp_launch.ci_context import CiContext
-from kfp_launch.errors import ConfigError, InputError
+from kfp_launch.errors import (
+    ConfigError,
+    Interrupted,
+    KfpConflictError,
+    KfpLaunchError,
+    KfpUnavailableError,
+    TransientKfpError,
+)
+from kfp_launch.kfp_api import KfpApi
 from kfp_launch.models import CompiledPipeline, Experiment, RunStatus
+from kfp_launch.naming import KEY_PREFIX, attach_prefix, new_run_key, run_key
+from kfp_launch.plan import JobPlan
+from kfp_launch.state_file import StateEntry, write_state
+from kfp_launch.states import RunState
+from kfp_launch.termination import terminate_runs
 
-KEY_PREFIX = "kfp-launch-key: "
 RUN_NAME_FIELDS = ("job", "commit", "pipeline", "branch", "ticket", "mr")
 
 
@@ -80,38 +89,6 @@ def run_name(template: str, *, job: str, ci: CiContext) -> str:
     return sanitize_display_name(name)
 
 
-ATTACHABLE_STATES = frozenset({"RUNTIME_STATE_UNSPECIFIED", "PENDING", "RUNNING", "PAUSED"})
-"""States of a run a retried CI job attaches to. Not CANCELING: a run on its way out (e.g. terminated by
-the previous attempt's after_script) is replaced by a new one, not waited for."""
-
-
-def _key_base(ci: CiContext, job: str) -> str:
-    # The CI job's full name (url-quoted: it may hold "/" as in "train 1/3") keeps parallel and matrix
-    # jobs of one pipeline job apart; the pipeline job keeps the runs of one `run --all` apart.
-    ci_job = quote(ci.job_name, safe="") if ci.job_name else "-"
-    return f"{ci.project_path or 'local'}/{ci.pipeline_id or 'local'}/{ci_job}/{job}/"
-
-
-def new_run_key(ci: CiContext, job: str) -> str:
-    """A fresh key ``<project>/<CI pipeline id>/<CI job name>/<job>/<nonce>`` (``local``/``-`` outside CI)."""
-    return _key_base(ci, job) + secrets.token_hex(6)
-
-
-def attach_prefix(ci: CiContext, job: str) -> str | None:
-    """The key prefix shared by every attempt of this CI job in this CI pipeline (None outside CI)."""
-    if not (ci.in_ci and ci.pipeline_id):
-        return None
-    return _key_base(ci, job)
-
-
-def run_key(description: str) -> str | None:
-    """The key in a run description, or None."""
-    for line in reversed(description.splitlines()):
-        if line.startswith(KEY_PREFIX):
-            return line[len(KEY_PREFIX) :].strip()
-    return None
-
-
 def run_description(compiled: CompiledPipeline, ci: CiContext, key: str, *, jira_url: str | None) -> str:
     """The run's description: links back to commit, branch, MR, CI pipeline and job, the ticket and
     the triggering user, ending with the key line."""
@@ -147,8 +124,6 @@ def ensure_experiment(
     Raises:
         KfpApiError: the name is still unknown after a 409 and ``lookups`` look-ups.
     """
-    from kfp_launch.kfp_api import KfpConflictError
-
     experiment = api.find_experiment(name)
     if experiment is None:
         try:
@@ -177,7 +152,7 @@ def find_active_attempt(api: RunApi, experiment_id: str, name: str, prefix: str)
     for run in api.list_runs(experiment_id, display_name=name):
         key = run_key(run.description)
         if key and key.startswith(prefix):
-            return run if run.state in ATTACHABLE_STATES or run.state == "SUCCEEDED" else None
+            return run if run.state.is_attachable or run.state == RunState.SUCCEEDED else None
     return None
 
 
@@ -204,13 +179,11 @@ def create_run_once(
         api: the adapter (for look-ups by key).
         experiment_id, name, key: identify the run being created.
         create: one create attempt (``POST /runs``).
-        retry: runs an attempt with the transient-retry rule (``watch.call_with_retry``).
+        retry: runs an attempt with the transient-retry rule (``polling.call_with_retry``).
 
     Raises:
         KfpUnavailableError: still failing after the allowed outage (no duplicate was created).
     """
-    from kfp_launch.kfp_api import TransientKfpError
-
     must_check = False
 
     def attempt() -> RunStatus:
@@ -229,81 +202,159 @@ def create_run_once(
     return retry(attempt)
 
 
-@dataclass(frozen=True, kw_only=True)
-class StateEntry:
-    """One run in ``.kfp-launch/state.json`` (what ``kfp-launch cancel --state-file`` needs).
-
-    Attributes:
-        run_id, experiment_id: the KFP ids (``run_id`` is '' while the run is being created: then
-            ``run_key`` and ``run_name`` find it).
-        host, namespace: where the run lives.
-        url: the run's UI link.
-        job: the job name.
-        cancel_policy: ``"terminate"`` or ``"detach"`` (``--on-cancel``).
-        created_at: when kfp-launch recorded it, ISO 8601 UTC.
-        run_key: the run's kfp-launch key.
-        run_name: the run's display name.
-        ci_job_id: the GitLab job that recorded it (``CI_JOB_ID``): ``cancel`` in another job (which got
-            this file as an artifact) leaves the run alone.
-    """
-
-    run_id: str
-    experiment_id: str
-    host: str
-    namespace: str
-    url: str
-    job: str
-    cancel_policy: str
-    created_at: str = ""
-    run_key: str = ""
-    run_name: str = ""
-    ci_job_id: str = ""
-
-
-def write_state(path: Path, entries: list[StateEntry]) -> None:
-    """Write ``{"runs": [...]}`` atomically (temp file + rename), creating the directory.
-
-    Raises:
-        InputError: the file cannot be written.
-    """
-    stamped = [asdict(e) | {"created_at": e.created_at or datetime.now(UTC).isoformat()} for e in entries]
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".state-", dir=path.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump({"runs": stamped}, handle, indent=2)
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise InputError(
-            f"Cannot write the state file {path}: {exc.strerror or exc}.", hint="set --state-file to a writable path."
-        ) from None
-
-
-def read_state(path: Path) -> list[StateEntry]:
-    """Read the runs of a state file.
-
-    Raises:
-        InputError: missing, unreadable or malformed file.
-    """
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return [
-            StateEntry(**{k: v for k, v in run.items() if k in StateEntry.__dataclass_fields__}) for run in data["runs"]
-        ]
-    except FileNotFoundError:
-        raise InputError(
-            f"No state file at {path}: no run was recorded there.",
-            hint="kfp-launch run writes it when it submits a run.",
-        ) from None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise InputError(
-            f"The state file {path} is unreadable or malformed: {exc}.",
-            hint='it must be {"runs": [{"run_id": ..., "host": ...}]}.',
-        ) from None
-
-
 def environ_experiment_overrides(environ: Mapping[str, str]) -> list[str]:
     """The SDK's experiment-name variables that are set (we resolve the experiment ourselves and
     pass its id, so they are ignored: reference kfp-api.md §1.4)."""
     names = ("KF_PIPELINES_DEFAULT_EXPERIMENT_NAME", "KF_PIPELINES_OVERRIDE_EXPERIMENT_NAME")
     return [n for n in names if environ.get(n, "").strip()]
+
+
+@dataclass(frozen=True, kw_only=True)
+class PlannedRun:
+    """A run about to be submitted: what, under which name, with which key.
+
+    Attributes:
+        plan: the job, compiled, with its parameters.
+        name: the run's display name.
+        key: the run's kfp-launch key (the last line of its description).
+    """
+
+    plan: JobPlan
+    name: str
+    key: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class SubmittedRun:
+    """A run that exists on Kubeflow: ours, or this CI job's earlier attempt's (``attached``).
+
+    Attributes:
+        plan: the job, compiled, with its parameters.
+        run: the run as created or found.
+        url: its UI link.
+        attached: True when a retried CI job took over its earlier attempt's run.
+    """
+
+    plan: JobPlan
+    run: RunStatus
+    url: str
+    attached: bool
+
+
+def plan_runs(app: App, plans: list[JobPlan]) -> list[PlannedRun]:
+    """Name each run (``run_name_template``) and give it a fresh key.
+
+    Raises:
+        ConfigError: an invalid ``run_name_template``.
+    """
+    ci = app.ci
+    return [
+        PlannedRun(plan=p, name=run_name(app.settings.run_name_template, job=p.job, ci=ci), key=new_run_key(ci, p.job))
+        for p in plans
+    ]
+
+
+def submit_recorded(app: App, api: KfpApi, experiment: Experiment, planned: list[PlannedRun]) -> list[SubmittedRun]:
+    """Submit (or attach) each planned run, keeping the state file true at every step.
+
+    The state file is written before the first request, with each run's key: an unwritable path fails
+    before anything is submitted, and a job killed mid-submission leaves what ``cancel --state-file``
+    needs to find its run. A signal during submission terminates what was created (``--on-cancel``),
+    including a run whose create call was cut short (found by its key).
+
+    Raises:
+        InputError: the state file cannot be written (nothing submitted).
+        KfpUnavailableError: Kubeflow failed for too long (exit 5): what was submitted is left for the
+            CI job's retry, which attaches to it (the state file says ``detach``).
+        Interrupted / KeyboardInterrupt: after terminating what was submitted.
+    """
+    ci, settings, console = app.ci, app.settings, app.console
+    state_path = app.project_dir / settings.state_file
+    entries = [
+        StateEntry(
+            run_id="",
+            experiment_id=experiment.experiment_id,
+            host=api.connection.host,
+            namespace=api.connection.namespace,
+            url="",
+            job=p.plan.job,
+            cancel_policy=settings.on_cancel,
+            run_key=p.key,
+            run_name=p.name,
+            ci_job_id=ci.job_id or "",
+        )
+        for p in planned
+    ]
+    write_state(state_path, entries)
+    submitted: list[SubmittedRun] = []
+    try:
+        for i, p in enumerate(planned):
+            run, attached = submit_or_attach(app, api, experiment, p)
+            url = api.connection.run_url(run.run_id)
+            entries[i] = replace(entries[i], run_id=run.run_id, url=url, run_key=run_key(run.description) or p.key)
+            write_state(state_path, entries)
+            console.url(p.plan.job if len(planned) > 1 else "run", url)
+            console.line(("attached to the active run of this CI job: " if attached else "submitted run ") + run.run_id)
+            submitted.append(SubmittedRun(plan=p.plan, run=run, url=url, attached=attached))
+    except (Interrupted, KeyboardInterrupt):
+        _terminate_submitted(app, api, experiment, planned, submitted)
+        raise
+    except KfpUnavailableError:
+        write_state(state_path, [replace(e, cancel_policy="detach") for e in entries])
+        raise
+    return submitted
+
+
+def _terminate_submitted(
+    app: App, api: KfpApi, experiment: Experiment, planned: list[PlannedRun], submitted: list[SubmittedRun]
+) -> None:
+    why = "interrupted while submitting"
+    if app.settings.on_cancel == "detach":
+        app.console.warn(f"{why}: what was submitted keeps running (--on-cancel detach)")
+        return
+    with interrupts.deferred():
+        run_ids = [s.run.run_id for s in submitted]
+        if len(submitted) < len(planned):  # the create call in flight may have stored the run
+            cut = planned[len(submitted)]
+            try:
+                found = find_by_key(api, experiment.experiment_id, cut.name, cut.key)
+            except KfpLaunchError:
+                found = None
+            run_ids += [found.run_id] if found else []
+        terminate_runs(api, run_ids, app.console, why=why)
+
+
+def submit_or_attach(app: App, api: KfpApi, experiment: Experiment, planned: PlannedRun) -> tuple[RunStatus, bool]:
+    """Attach to this CI job's active run of the job, or create the run exactly once (by its key).
+
+    Returns:
+        The run, and whether it was attached to rather than created.
+    """
+    ci, settings, retry = app.ci, app.settings, app.retry()
+    compiled, params = planned.plan.compiled, planned.plan.params
+    prefix = attach_prefix(ci, compiled.job)
+    if prefix is not None:
+        active = retry(lambda: find_active_attempt(api, experiment.experiment_id, planned.name, prefix))
+        if active is not None:
+            return active, True
+    description = run_description(compiled, ci, planned.key, jira_url=app.jira_url)
+    with tempfile.TemporaryDirectory(prefix="kfp-launch-") as tmp:
+        package = Path(tmp) / "pipeline.yaml"
+        package.write_text(compiled.package_yaml, encoding="utf-8")
+
+        def create() -> RunStatus:
+            return api.create_run(
+                experiment_id=experiment.experiment_id,
+                display_name=planned.name,
+                description=description,
+                package_path=str(package),
+                parameters=params.arguments(),
+                pipeline_root=settings.pipeline_root,
+                enable_caching=False if settings.no_cache else None,
+                service_account=settings.service_account,
+            )
+
+        run = create_run_once(
+            api, experiment_id=experiment.experiment_id, name=planned.name, key=planned.key, create=create, retry=retry
+        )
+    return run, False

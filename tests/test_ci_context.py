@@ -13,17 +13,15 @@ from pathlib import Path
 import pytest
 
 from kfp_launch.ci_context import (
-    DEFAULT_TICKET_PATTERN,
     CiContext,
     GitHead,
     SubprocessGitReader,
-    Ticket,
-    compile_ticket_pattern,
-    detect_ticket,
     is_gitlab_ci,
     reduce_job_name,
 )
 from kfp_launch.errors import ConfigError, ContextError, ExitCode
+from kfp_launch.settings import DEFAULT_TICKET_PATTERN
+from kfp_launch.tickets import Ticket, compile_ticket_pattern, detect_ticket
 
 SHA = "a" * 40
 SOURCE_SHA = "5" * 40

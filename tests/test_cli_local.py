@@ -162,12 +162,12 @@ def test_container_components_cannot_run_locally_exit_3(run_cli: RunCli, project
 
 
 def test_internal_errors_exit_1_without_traceback(run_cli: RunCli, project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from kfp_launch import launch
+    from kfp_launch import project as project_module
 
     def explode(*_args: object, **_kwargs: object) -> None:
         raise ZeroDivisionError("simulated bug")
 
-    monkeypatch.setattr(launch, "compile_pipeline", explode)
+    monkeypatch.setattr(project_module, "compile_pipeline", explode)
     result = run_cli(["compile", "good"], cwd=project)
     assert result.exit_code == ExitCode.INTERNAL
     assert "internal error (a bug in kfp-launch): ZeroDivisionError: simulated bug" in result.stderr

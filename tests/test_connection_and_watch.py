@@ -4,19 +4,21 @@ plus the client's construction making no surprising calls (fake server)."""
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from kfp_launch.connection import connection_from
 from kfp_launch.console import Console
-from kfp_launch.errors import ConfigError, KfpAuthError
-from kfp_launch.kfp_api import KfpApi, TransientKfpError
+from kfp_launch.errors import ConfigError, KfpAuthError, TransientKfpError
+from kfp_launch.kfp_api import KfpApi
 from kfp_launch.models import RunStatus, TaskResult
+from kfp_launch.polling import PollPolicy, WaitResult, call_with_retry, wait_for_runs
 from kfp_launch.progress import RunProgress
 from kfp_launch.settings import load_settings, parse_duration
-from kfp_launch.watch import PollPolicy, call_with_retry, wait_for_run
 from tests.fake_kfp import PATH_HEALTHZ, FakeKfpServer
 
 
@@ -110,6 +112,15 @@ def test_client_construction_makes_no_request(tmp_path: Path, namespace: str) ->
         assert not server.requests_to("GET", PATH_HEALTHZ)
 
 
+def wait_for_run(get: Callable[[], RunStatus], **options: Any) -> WaitResult:
+    """The poll loop over one run read by ``get``."""
+    def fetch() -> dict[str, RunStatus]:
+        status = get()
+        return {status.run_id: status}
+
+    return wait_for_runs(fetch, **options)
+
+
 class Clock:
     def __init__(self) -> None:
         self.now = 0.0
@@ -139,7 +150,7 @@ def test_wait_retries_transient_errors_and_auth_once() -> None:
         return reply  # type: ignore[return-value]
 
     result = wait_for_run(get, policy=PollPolicy(), clock=clock, sleep=clock.sleep)
-    assert (result.reason, result.polls, result.status.state if result.status else None) == ("terminal", 2, "SUCCEEDED")
+    assert (result.reason, result.polls, result.statuses["r"].state) == ("terminal", 2, "SUCCEEDED")
 
 
 def test_wait_raises_on_a_second_auth_refusal() -> None:
@@ -170,9 +181,9 @@ def test_progress_prints_one_line_per_change_in_ci() -> None:
     progress = RunProgress(Console(out=out, err=out, color=False), live=False)
     tasks = (TaskResult(name="train", state="RUNNING"),)
     with progress:
-        progress.update(RunStatus(run_id="r", state="RUNNING", tasks=tasks))
-        progress.update(RunStatus(run_id="r", state="RUNNING", tasks=tasks))
-        progress.update(RunStatus(run_id="r", state="SUCCEEDED", tasks=(TaskResult(name="train", state="SUCCEEDED", duration_s=12),)))
+        progress.update({"r": RunStatus(run_id="r", state="RUNNING", tasks=tasks)})
+        progress.update({"r": RunStatus(run_id="r", state="RUNNING", tasks=tasks)})
+        progress.update({"r": RunStatus(run_id="r", state="SUCCEEDED", tasks=(TaskResult(name="train", state="SUCCEEDED", duration_s=12),))})
     lines = [line.split(" ", 1)[1] for line in out.getvalue().splitlines()]
     assert lines == ["run RUNNING", "  task train RUNNING", "run SUCCEEDED", "  task train SUCCEEDED (12s)"]
 
@@ -181,6 +192,6 @@ def test_progress_on_a_terminal_draws_a_table() -> None:
     out = io.StringIO()
     progress = RunProgress(Console(out=out, err=out, color=False, width=60), live=True)
     with progress:
-        progress.update(RunStatus(run_id="r", state="RUNNING", tasks=(TaskResult(name="train", state="RUNNING"),)))
+        progress.update({"r": RunStatus(run_id="r", state="RUNNING", tasks=(TaskResult(name="train", state="RUNNING"),))})
     text = out.getvalue()
     assert "run RUNNING" in text and "train" in text and "state" in text

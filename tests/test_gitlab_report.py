@@ -17,8 +17,9 @@ import pytest
 
 from kfp_launch.ci_context import CiContext, GitHead
 from kfp_launch.console import Console
-from kfp_launch.gitlab_report import GitLabReportConfig, MergeRequestNotes, note_marker, render_note
+from kfp_launch.gitlab_notes import GitLabReportConfig, MergeRequestNotes
 from kfp_launch.models import MetricValue, RunOutcome, TaskResult
+from kfp_launch.note_markdown import note_marker, render_note
 from tests.fake_gitlab import PATH_MERGE_REQUESTS, PATH_NOTE, PATH_NOTES, FakeGitLab
 
 TOKEN = "glpat-s3cr3t-T0ken-value"

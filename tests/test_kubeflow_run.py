@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 from typer.testing import Result
 
+from kfp_launch.app import App, Runtime
 from kfp_launch.console import Console
 from kfp_launch.errors import ExitCode, KfpAuthError, KfpUnavailableError
 from kfp_launch.kfp_api import KfpApi
-from kfp_launch.remote import Runtime, run_on_kubeflow
+from kfp_launch.kubeflow import run_on_kubeflow
 from kfp_launch.settings import load_settings
 from tests.conftest import RunCli, clean_env
 from tests.fake_kfp import PATH_EXPERIMENTS, PATH_RUN, PATH_RUN_TERMINATE, PATH_RUNS, FakeKfpServer, RunStep
@@ -406,7 +407,7 @@ def run_use_case(
     clock = clock or FakeClock()
     environ = {**env_for(server), **(env or {})}
     environ = {k: v for k, v in environ.items() if v != ""}
-    settings = load_settings({}, environ, project)
+    settings = load_settings({}, environ, project, command="run")
     out = io.StringIO()
     console = Console(out=out, err=out)
 
@@ -418,7 +419,8 @@ def run_use_case(
     runtime = Runtime(clock=clock, sleep=do_sleep,
                       api_factory=lambda c: KfpApi(c, connect_timeout_s=1.0, read_timeout_s=read_timeout_s))
     try:
-        code = run_on_kubeflow("good", settings, environ, project, console, runtime)
+        wired = App(settings=settings, environ=environ, project_dir=project, console=console, runtime=runtime)
+        code = run_on_kubeflow(wired, ["good"], False)
     except (KfpAuthError, KfpUnavailableError) as exc:
         out.write(f"error: {exc.message}\n")
         code = exc.exit_code

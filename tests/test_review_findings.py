@@ -24,7 +24,8 @@ def test_a_body_cut_mid_read_is_a_transient_failure_not_a_crash() -> None:
     import urllib3
 
     from kfp_launch.connection import Connection
-    from kfp_launch.kfp_api import KfpApi, TransientKfpError
+    from kfp_launch.errors import TransientKfpError
+    from kfp_launch.kfp_api import KfpApi
 
     class CutBody:
         status = 200

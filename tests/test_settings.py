@@ -39,9 +39,12 @@ def test_empty_environment_values_count_as_unset(tmp_path: Path) -> None:
     assert settings.profile == "toml"
 
 
-def test_ticket_comes_from_jira_ticket_not_a_kfp_launch_variable(tmp_path: Path) -> None:
+def test_ticket_setting_is_the_flag_and_jira_ticket_is_left_to_the_ci_context(tmp_path: Path) -> None:
     settings = load_settings({}, {"JIRA_TICKET": "ML-7", "KFP_LAUNCH_TICKET": "NO-1"}, tmp_path)
-    assert (settings.ticket, settings.sources["ticket"]) == ("ML-7", "env JIRA_TICKET")
+    assert (settings.ticket, settings.sources["ticket"]) == (None, "default")  # ci_context reads JIRA_TICKET
+    assert "JIRA_TICKET" in help_suffix("ticket")
+    flagged = load_settings({"ticket": "ML-8"}, {"JIRA_TICKET": "ML-7"}, tmp_path)
+    assert (flagged.ticket, flagged.sources["ticket"]) == ("ML-8", "--ticket")
 
 
 def test_param_from_env_is_split_like_a_shell(tmp_path: Path) -> None:

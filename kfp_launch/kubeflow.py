@@ -1,0 +1,140 @@
+"""``run`` on Kubeflow, for one job or many: the product, read top to bottom.
+
+Plan the jobs (compile, parameters) -> the branch's experiment -> submit each run exactly once (or attach
+to this CI job's earlier attempt) -> the merge request note -> one wait loop for all runs -> outcomes ->
+reports -> the worst exit code. ``run JOB`` is a plan of one; ``run JOB JOB`` and ``run --all`` go the
+same road.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from kfp_launch import interrupts
+from kfp_launch.app import App
+from kfp_launch.errors import ExitCode, Interrupted, worst_exit_code
+from kfp_launch.kfp_api import KfpApi
+from kfp_launch.models import Experiment, RunOutcome
+from kfp_launch.naming import experiment_for
+from kfp_launch.plan import plan_jobs, print_plan
+from kfp_launch.reporting import Reporting
+from kfp_launch.states import OutcomeState, exit_code_for
+from kfp_launch.submission import (
+    PlannedRun,
+    SubmittedRun,
+    ensure_experiment,
+    environ_experiment_overrides,
+    experiment_description,
+    plan_runs,
+    submit_recorded,
+)
+from kfp_launch.termination import terminate_runs
+from kfp_launch.waiting import Tracked, check_time_to_wait, wait_and_report
+
+PREFLIGHT_OUTAGE_S = 30.0
+"""Before anything is submitted, give up on an unreachable Kubeflow after this long (a wrong KFP_HOST
+should not take --max-outage to report; the CI template retries exit 5 anyway)."""
+
+
+def run_on_kubeflow(app: App, jobs: list[str], all_jobs: bool) -> ExitCode:
+    """Compile the jobs, run them in the branch's experiment, wait for all, report; the worst exit code.
+
+    Args:
+        app: the wiring (settings, CI context, console, runtime).
+        jobs: JOB arguments (none: the CI job's name).
+        all_jobs: ``--all``.
+
+    Raises:
+        KfpLaunchError: invalid input (3, nothing submitted), auth (4), Kubeflow unreachable (5); nothing
+            is left running that we started, except where ``--on-cancel detach`` says so.
+    """
+    console, settings = app.console, app.settings
+    clear_previous_run_files(app)
+    ci = app.require_ref()
+    plans = plan_jobs(app, jobs, all_jobs)
+    experiment_name = experiment_for(ci, settings) or ""
+    planned = plan_runs(app, plans)
+    print_plan(plans, ci, experiment_name, console, local=False)
+    connection = app.connection()
+    console.table(["Kubeflow", "value", "from"], [list(row) for row in connection.summary_rows()])
+    for variable in environ_experiment_overrides(app.environ):
+        console.warn(f"{variable} is ignored: kfp-launch resolves the experiment itself and passes its id")
+    if settings.dry_run:
+        return _dry_run(app, app.kfp(connection), experiment_name, planned)
+    check_time_to_wait(app)
+    api = app.kfp(connection)
+    what = planned[0].plan.compiled.pipeline_name if len(planned) == 1 else f"{len(planned)} runs"
+    console.section_start("kfp_launch_submit", f"Submitting {what} to {connection.host}")
+    description = experiment_description(ci, jira_url=app.jira_url)
+    experiment = app.retry().within(PREFLIGHT_OUTAGE_S)(
+        lambda: ensure_experiment(api, experiment_name, description, say=console.line)
+    )
+    submitted = submit_recorded(app, api, experiment, planned)
+    console.section_end("kfp_launch_submit")
+    tracked = [_tracked(s, experiment) for s in submitted]
+    reporting = Reporting(app, notes=True)
+    try:
+        reporting.started([t.base for t in tracked])
+    except (Interrupted, KeyboardInterrupt):
+        with interrupts.deferred():
+            if settings.on_cancel == "terminate":
+                terminate_runs(api, [s.run.run_id for s in submitted], console, why="interrupted")
+        raise
+    if not settings.wait:
+        for t in tracked:
+            console.line("not waiting (--no-wait): kfp-launch watch " + t.base.run_id)
+        message = "submitted without waiting (--no-wait)"
+        state = OutcomeState.DETACHED
+        reporting.finished([_ended(t.base, state, message) for t in tracked])
+        return ExitCode.SUCCESS
+    state_path = app.project_dir / settings.state_file
+    outcomes = wait_and_report(app, api, tracked, reporting=reporting, state_path=state_path)
+    return worst_exit_code([o.exit_code for o in outcomes])
+
+
+def _tracked(submitted: SubmittedRun, experiment: Experiment) -> Tracked:
+    compiled = submitted.plan.compiled
+    base = RunOutcome(
+        job=compiled.job,
+        pipeline_name=compiled.pipeline_name,
+        state=OutcomeState.RUNNING,
+        exit_code=ExitCode.SUCCESS,
+        run_id=submitted.run.run_id,
+        run_url=submitted.url,
+        experiment_id=experiment.experiment_id,
+        experiment=experiment.name,
+        metrics_available=False,
+        parameters=submitted.plan.params.as_dict(),
+    )
+    return Tracked(base=base, status=submitted.run)
+
+
+def _ended(base: RunOutcome, state: OutcomeState, message: str) -> RunOutcome:
+    return replace(base, state=state, exit_code=exit_code_for(state), message=message)
+
+
+def clear_previous_run_files(app: App) -> None:
+    """Remove the state file and reports an earlier run left (in CI: an earlier job's artifacts), so that
+    nothing of another run is cancelled by the after_script or re-published as this job's reports."""
+    settings = app.settings
+    for name in (settings.state_file, settings.dotenv_report, settings.junit_report, settings.metrics_report):
+        try:
+            (app.project_dir / name).unlink(missing_ok=True)
+        except OSError:
+            pass  # not removable (e.g. a path through a file): writing it later says so clearly
+
+
+def _dry_run(app: App, api: KfpApi, experiment_name: str, planned: list[PlannedRun]) -> ExitCode:
+    console = app.console
+    experiment = app.retry().within(PREFLIGHT_OUTAGE_S)(lambda: api.find_experiment(experiment_name))
+    if experiment is None:
+        state = "does not exist yet: would be created"
+    else:
+        archived = ", archived: would be unarchived" if experiment.archived else ""
+        state = f"exists ({experiment.experiment_id}{archived})"
+    console.line(f'dry run: experiment "{experiment_name}" {state}')
+    for p in planned:
+        arguments = p.plan.params.arguments() or "defaults"
+        console.line(f'dry run: would submit run "{p.name}" of {p.plan.compiled.pipeline_name} with {arguments}')
+    console.line("dry run: nothing was changed")
+    return ExitCode.SUCCESS

@@ -1,0 +1,126 @@
+"""``run JOB --local``: run jobs on this machine with kfp.local (no cluster), one after the other.
+
+Every job is compiled first (:func:`plan.plan_jobs`); each then runs in a kfp.local worker process
+(``local_runner.py``), prints a line per task, its outputs and ``Metrics`` values, and writes the same
+report files as a Kubeflow run. The exit code is the worst of the runs'.
+"""
+
+from __future__ import annotations
+
+import json
+
+from kfp_launch.app import App
+from kfp_launch.console import Console
+from kfp_launch.errors import ExitCode, LocalRunError, PipelineError, worst_exit_code
+from kfp_launch.models import LocalRunOutcome, RunOutcome, TaskResult
+from kfp_launch.naming import experiment_for
+from kfp_launch.plan import JobPlan, plan_jobs, print_plan
+from kfp_launch.reporting import Reporting
+from kfp_launch.states import OutcomeState, RunState, exit_code_for
+
+
+def run_local_jobs(app: App, jobs: list[str], all_jobs: bool) -> ExitCode:
+    """Compile the jobs, then run each with kfp.local; the worst exit code.
+
+    Returns:
+        SUCCESS, or RUN_FAILED when a task of any run failed.
+
+    Raises:
+        KfpLaunchError: compile or parameter errors (nothing runs); the worker died (exit 6).
+    """
+    plans = plan_jobs(app, jobs, all_jobs)
+    return worst_exit_code([run_locally(app, plan) for plan in plans])
+
+
+def run_locally(app: App, plan: JobPlan) -> ExitCode:
+    """Run one compiled job with kfp.local; print and report how it went."""
+    from kfp_launch.local_runner import LocalWorkerDiedError, UnsupportedLocallyError, local_pipeline_root, run_local
+
+    console, compiled = app.console, plan.compiled
+    experiment = experiment_for(app.ci, app.settings)
+    print_plan([plan], app.ci, experiment, console, local=True)
+    root = local_pipeline_root(app.project_dir / app.settings.local_root, compiled.job)
+    console.line(f"pipeline root: {root}")
+    console.section_start("kfp_launch_run", f"Running {compiled.pipeline_name} locally with kfp.local")
+    try:
+        outcome = run_local(
+            compiled,
+            plan.params.arguments(),
+            pipeline_root=root,
+            env=app.subprocess_environ,
+            on_task=lambda task: _print_task(task, console),
+            echo=app.settings.verbose,
+        )
+    except UnsupportedLocallyError as exc:
+        raise PipelineError(
+            f"kfp.local cannot run job {compiled.job}: {exc}",
+            hint="kfp.local runs lightweight Python components only; run this job on Kubeflow.",
+        ) from None
+    except LocalWorkerDiedError as exc:
+        raise LocalRunError(
+            f"The local run of job {compiled.job} did not finish: {exc}.",
+            hint=f"a killed worker is often out of memory; the log so far is in {root / 'kfp-local.log'}.",
+        ) from None
+    finally:
+        console.section_end("kfp_launch_run")
+    _print_outcome(outcome, console)
+    state = OutcomeState.SUCCEEDED if outcome.succeeded else OutcomeState.FAILED
+    Reporting(app, notes=False).finished(
+        [
+            RunOutcome(
+                job=compiled.job,
+                pipeline_name=compiled.pipeline_name,
+                state=state,
+                exit_code=exit_code_for(state),
+                experiment=experiment or "",
+                tasks=outcome.tasks,
+                metrics=outcome.metrics,
+                metrics_available=True,
+                parameters=plan.params.as_dict(),
+                duration_s=outcome.duration_s,
+                message=outcome.error,
+                local=True,
+            )
+        ]
+    )
+    return exit_code_for(state)
+
+
+def _print_task(task: TaskResult, console: Console) -> None:
+    mark, style = ("✓", "green") if task.state == RunState.SUCCEEDED else ("✗", "red")
+    took = f"  {task.duration_s:.1f}s" if task.duration_s is not None else ""
+    console.line(f"  {mark} {task.name}  {task.state}{took}", style=style)
+    if task.state == RunState.FAILED:
+        if task.error:
+            console.line(f"      {task.error}", style="red")
+        for line in task.log_tail:
+            console.line(f"      | {line}")
+
+
+def _print_outcome(outcome: LocalRunOutcome, console: Console) -> None:
+    if outcome.outputs:
+        console.line("outputs:")
+        for name, value in outcome.outputs.items():
+            console.line(f"  {name} = {_format_value(value)}")
+    if outcome.metrics:
+        console.line("metrics:")
+        for metric in outcome.metrics:
+            console.line(f"  {metric.task}/{metric.artifact}  {metric.name} = {metric.value:g}")
+    console.line(f"artifacts: {outcome.run_dir}")
+    console.line(f"log: {outcome.log_path}")
+    if outcome.succeeded:
+        console.markup(f"[bold green]run SUCCEEDED[/] in {outcome.duration_s:.1f}s")
+        return
+    task = outcome.failed_task or "(unknown task)"
+    failing = next((t for t in outcome.tasks if t.name == outcome.failed_task), None)
+    reason = f": {failing.error}" if failing and failing.error else ""
+    message = f"run FAILED in {outcome.duration_s:.1f}s: task {task} failed{reason}"
+    console.error(message, f"see the task's log above and the full log in {outcome.log_path}")
+
+
+def _format_value(value: object) -> str:
+    if isinstance(value, float):
+        return repr(round(value, 6))
+    if hasattr(value, "uri"):
+        return str(value.uri)
+    return json.dumps(value, default=str)

@@ -1,0 +1,214 @@
+"""What a ``run`` runs: the jobs named (or ``--all``, or the CI job's name), each compiled, with its
+parameters resolved; and the summary printed before anything runs.
+
+A single ``run JOB`` is a plan of one: every job is compiled and parameterized first, and one problem
+anywhere means nothing runs (nothing is submitted).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from kfp_launch.app import App
+from kfp_launch.ci_context import CiContext
+from kfp_launch.console import Console
+from kfp_launch.errors import ConfigError, InputError, ParameterError, UsageError
+from kfp_launch.models import CompiledPipeline, ResolvedParameters
+from kfp_launch.parameters import ParameterLayer, load_params_file, parse_param_assignments, resolve_parameters
+from kfp_launch.settings import Settings
+
+MAX_RUNS = 200
+"""At most this many runs from one command (four list requests per poll tick; split larger sets by job)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobPlan:
+    """One job ready to run: its compiled pipeline and the parameters it gets.
+
+    Attributes:
+        compiled: the compiled pipeline.
+        params: the resolved parameters (every value, with where it came from).
+    """
+
+    compiled: CompiledPipeline
+    params: ResolvedParameters
+
+    @property
+    def job(self) -> str:
+        """The job's name."""
+        return self.compiled.job
+
+
+def plan_jobs(app: App, jobs: list[str], all_jobs: bool) -> list[JobPlan]:
+    """Compile the jobs a ``run`` means and resolve their parameters; report every problem together.
+
+    Args:
+        app: settings (profile, params file, ``--param`` apply to every job), project and console.
+        jobs: JOB arguments (``JOB`` or ``JOB:function``); none means the CI job's name.
+        all_jobs: ``--all``: every module of the pipelines package (helper modules without a pipeline
+            are skipped).
+
+    Raises:
+        UsageError: ``--all`` with JOB arguments, or no JOB outside CI.
+        InputError: a job cannot be compiled or parameterized (one job: its own error; several: all of
+            them listed); more than :data:`MAX_RUNS` runs.
+    """
+    names = jobs_to_run(app, jobs, all_jobs)
+    label = f"job {names[0]}" if len(names) == 1 else f"{len(names)} jobs"
+    app.console.section_start("kfp_launch_compile", f"Compiling {label}", collapsed=True, announce=False)
+    plans = compile_jobs(app, names, skip_non_jobs=all_jobs)
+    app.console.section_end("kfp_launch_compile")
+    if len(plans) > MAX_RUNS:
+        raise InputError(
+            f"{len(plans)} runs at once is more than {MAX_RUNS}; nothing was submitted.",
+            hint="split them into several CI jobs by naming the jobs to run.",
+        )
+    return plans
+
+
+def jobs_to_run(app: App, jobs: list[str], all_jobs: bool) -> list[str]:
+    """The jobs a ``run`` means: the JOB arguments (a job named twice runs once), every job with ``--all``,
+    or in CI the GitLab job's name without its parallel/matrix suffix.
+
+    Raises:
+        UsageError: ``--all`` together with JOB arguments, or no JOB outside CI.
+        InputError: ``--all`` in a project without jobs.
+    """
+    if all_jobs and jobs:
+        raise UsageError("Give JOB arguments or --all, not both.", hint="kfp-launch run --all --profile toy")
+    if jobs:
+        return list(dict.fromkeys(jobs))
+    if not all_jobs:
+        return [job_from_ci(app.ci)]
+    from kfp_launch.pipeline_package import list_job_modules
+
+    found = list_job_modules(app.project_dir, app.settings.pipelines_package)
+    if not found:
+        raise InputError(
+            f"--all found no jobs in {app.project_dir / app.settings.pipelines_package}.",
+            hint="add modules pipelines/<job>.py that define a @dsl.pipeline.",
+        )
+    return found
+
+
+def job_from_ci(ci: CiContext) -> str:
+    """In CI, the GitLab job's name (without its parallel/matrix suffix) is the job.
+
+    Raises:
+        UsageError: no JOB argument outside CI.
+    """
+    if ci.in_ci and ci.job:
+        return ci.job
+    raise UsageError(
+        "Missing the JOB argument: which pipelines.<job> module to run.",
+        hint="e.g. kfp-launch run train --local (in a GitLab job it defaults to the job's name); "
+        "kfp-launch jobs lists them.",
+    )
+
+
+def compile_jobs(app: App, jobs: list[str], *, skip_non_jobs: bool = False) -> list[JobPlan]:
+    """Compile every job and resolve its parameters; report every problem together.
+
+    Args:
+        app: the settings and the project.
+        jobs: job specs.
+        skip_non_jobs: skip modules that define no pipeline (``--all``: helper modules are not jobs).
+
+    Raises:
+        InputError: one job's own error; or, for several, all of them listed (nothing ran).
+    """
+    from kfp_launch.pipeline_package import compile_job_pipelines
+
+    ready: list[JobPlan] = []
+    problems: list[tuple[str, InputError]] = []
+    for job in jobs:
+        try:
+            if skip_non_jobs and ":" not in job:
+                variants = compile_job_pipelines(
+                    job, project_dir=app.project_dir, package=app.settings.pipelines_package
+                )
+            else:
+                variants = [compile_pipeline(job, app.settings, app.project_dir)]
+            ready += [
+                JobPlan(compiled=c, params=resolve_run_parameters(c, app.settings, app.project_dir)) for c in variants
+            ]
+        except InputError as exc:
+            problems.append((job, exc))
+    if len(jobs) == 1 and problems:
+        raise problems[0][1]
+    if problems:
+        listed = [f"{job}: " + exc.message.replace("\n", "\n    ") for job, exc in problems]
+        raise InputError(
+            f"{len(problems)} of {len(jobs)} jobs cannot run, so nothing was submitted:\n"
+            + "\n".join(f"  - {p}" for p in listed),
+            hint="fix them, or run the other jobs by name.",
+        )
+    if not ready:
+        raise InputError("None of the modules defines a @dsl.pipeline.", hint="kfp-launch jobs lists the jobs.")
+    return ready
+
+
+def compile_pipeline(job: str, settings: Settings, project_dir: Path) -> CompiledPipeline:
+    """Import and compile ``<pipelines_package>.<job>`` (see :func:`pipeline_package.compile_job`)."""
+    from kfp_launch.pipeline_package import compile_job
+
+    return compile_job(job, project_dir=project_dir, package=settings.pipelines_package)
+
+
+def resolve_run_parameters(compiled: CompiledPipeline, settings: Settings, project_dir: Path) -> ResolvedParameters:
+    """Resolve the run's parameters, lowest precedence first: pipeline defaults < ``param`` in
+    pyproject.toml < profile < params file < ``KFP_LAUNCH_PARAM`` < ``--param``.
+
+    Raises:
+        ParameterError: unknown profile, unreadable params file, or invalid parameters.
+        UsageError / ConfigError: a ``--param`` (or its env/pyproject equivalent) is not KEY=VALUE.
+    """
+    assignments = {source: _assignments(source, values) for source, values in settings.param_layers}
+    layers = [ParameterLayer(source=s, values=v, raw=True) for s, v in assignments.items() if s == "pyproject.toml"]
+    if settings.profile:
+        layers.append(ParameterLayer(source=f"profile {settings.profile}", values=_profile(compiled, settings.profile)))
+    if settings.params_file:
+        path = project_dir / settings.params_file
+        layers.append(ParameterLayer(source=f"params file {settings.params_file}", values=load_params_file(path)))
+    layers += [ParameterLayer(source=s, values=v, raw=True) for s, v in assignments.items() if s != "pyproject.toml"]
+    return resolve_parameters(compiled.parameters, layers, job=compiled.job)
+
+
+def _assignments(source: str, values: tuple[str, ...]) -> dict[str, str]:
+    try:
+        return parse_param_assignments(values, origin=source)
+    except UsageError as exc:
+        if source == "--param":
+            raise
+        raise ConfigError(exc.message, hint=exc.hint) from None
+
+
+def _profile(compiled: CompiledPipeline, name: str) -> dict[str, object]:
+    if name in compiled.profiles:
+        return dict(compiled.profiles[name])
+    known = ", ".join(sorted(compiled.profiles)) or "none"
+    raise ParameterError(
+        f'Job {compiled.job} has no profile "{name}".',
+        hint=f"profiles of {compiled.module}: {known} (defined in its PROFILES dict).",
+    )
+
+
+def print_plan(plans: list[JobPlan], ci: CiContext, experiment: str | None, console: Console, *, local: bool) -> None:
+    """Print, before anything runs: the job(s), the experiment, the ticket, and (for one job) each
+    parameter with its source."""
+    where = f"{ci.ref_kind} {ci.ref}" if ci.ref else "no branch (not a git checkout; --branch sets one)"
+    if len(plans) > 1:
+        console.line(f"jobs: {', '.join(p.job for p in plans)}")
+    else:
+        c = plans[0].compiled
+        console.line(f"job: {c.job} ({c.module}:{c.function}, pipeline {c.pipeline_name})")
+    console.line(f"experiment{' (on Kubeflow)' if local else ''}: {experiment or '(none)'}  [{where}]")
+    if ci.ticket:
+        console.line(f"ticket: {ci.ticket} (from {ci.ticket_source})")
+    else:
+        console.line("ticket: none found (set --ticket or JIRA_TICKET to tag the experiment)")
+    if len(plans) == 1 and plans[0].params.values:
+        rows = [[v.name, json.dumps(v.value), v.source] for v in plans[0].params.values]
+        console.table(["parameter", "value", "from"], rows)

@@ -1,0 +1,71 @@
+"""What every run reports, local or on Kubeflow: the report files for GitLab's ``artifacts:reports``
+(``reports.py``) and the merge request note (``gitlab_notes.py``), with the console's secret masking.
+
+A failure to report is a warning; it never changes the exit code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from kfp_launch.app import App
+from kfp_launch.models import RunOutcome
+
+if TYPE_CHECKING:
+    from kfp_launch.gitlab_notes import MergeRequestNotes
+
+
+class Reporting:
+    """The report files (always) and the merge request note (in CI, or with ``GITLAB_TOKEN``).
+
+    Args:
+        app: report paths (settings), the CI context, the GitLab configuration (environment), console.
+        notes: whether to keep a merge request note (Kubeflow runs).
+    """
+
+    def __init__(self, app: App, *, notes: bool) -> None:
+        from kfp_launch.reports import ReportPaths
+
+        settings, project_dir = app.settings, app.project_dir
+        self._paths = ReportPaths(
+            dotenv=project_dir / settings.dotenv_report,
+            junit=project_dir / settings.junit_report,
+            metrics=project_dir / settings.metrics_report,
+        )
+        self._console = app.console
+        self._notes: MergeRequestNotes | None = None
+        if notes and (app.ci.in_ci or app.environ.get("GITLAB_TOKEN", "").strip()):
+            from kfp_launch.gitlab_notes import GitLabReportConfig, MergeRequestNotes
+
+            self._notes = MergeRequestNotes(GitLabReportConfig.from_environ(app.environ), app.ci, app.console)
+
+    def started(self, outcomes: Sequence[RunOutcome]) -> None:
+        """The runs exist: create each job's merge request note."""
+        if self._notes is not None:
+            for outcome in outcomes:
+                self._notes.run_started(self._masked(outcome))
+
+    def finished(self, outcomes: Sequence[RunOutcome]) -> None:
+        """The runs ended (or the wait stopped): one set of report files for all, each job's note updated."""
+        from kfp_launch.reports import write_reports_many
+
+        masked = [self._masked(o) for o in outcomes]
+        try:
+            written = write_reports_many(masked, self._paths)
+            self._console.line("reports: " + ", ".join(str(p) for p in written))
+        except OSError as exc:
+            self._console.warn(f"could not write the reports: {exc}; the exit code is not affected")
+        if self._notes is not None:
+            for outcome in masked:
+                self._notes.run_finished(outcome)
+
+    def _masked(self, outcome: RunOutcome) -> RunOutcome:
+        # Server messages and task logs can echo a token: reports and notes get the console's masking.
+        redact = self._console.redact
+        tasks = tuple(
+            replace(t, error=redact(t.error), log_tail=tuple(redact(line) for line in t.log_tail))
+            for t in outcome.tasks
+        )
+        return replace(outcome, message=redact(outcome.message), tasks=tasks)

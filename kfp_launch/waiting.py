@@ -1,0 +1,288 @@
+"""Waiting for launched runs, one or many, with one poll loop: progress, the deadline, signals, the
+outcome of each run, the explanation of a failure, and the reports.
+
+Used by ``run`` (a single run is a list of one) and by ``watch``. Each tick reads every run with
+:func:`polling.read_runs` (one request for up to 50 runs); a run deleted mid-wait answers 404 and ends
+CANCELED (exit 7) whatever the number of runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from kfp_launch import interrupts
+from kfp_launch.app import App
+from kfp_launch.console import Console
+from kfp_launch.errors import ExitCode, InputError, Interrupted, KfpLaunchError, worst_exit_code
+from kfp_launch.kfp_api import KfpApi
+from kfp_launch.models import RunOutcome, RunStatus
+from kfp_launch.polling import WaitResult, read_runs, wait_for_runs
+from kfp_launch.progress import progress_for
+from kfp_launch.reporting import Reporting
+from kfp_launch.state_file import mark_detached
+from kfp_launch.states import OutcomeState, RunState, exit_code_for
+from kfp_launch.termination import terminate_runs
+
+DEADLINE_MARGIN_S = 300.0
+"""Report this many seconds before GitLab's job timeout (``CI_JOB_STARTED_AT + CI_JOB_TIMEOUT``)."""
+MIN_TIME_TO_WAIT_S = 60.0
+"""Refuse to submit when the wait deadline leaves less than this: the run would be terminated at once."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Tracked:
+    """A run being waited for.
+
+    Attributes:
+        base: what every outcome of this run shares (job, run id and link, experiment, parameters),
+            in state RUNNING; each ending fills in state, exit code, tasks, duration and message.
+        status: the run as last read before the wait.
+    """
+
+    base: RunOutcome
+    status: RunStatus
+
+
+def wait_deadline(app: App) -> tuple[float | None, str]:
+    """The ``clock()`` value to stop waiting at, and where it comes from: ``--timeout``, else in CI
+    ``CI_JOB_STARTED_AT + CI_JOB_TIMEOUT - 5m`` (so we report before GitLab kills the job)."""
+    timeout, clock = app.settings.timeout, app.runtime.clock
+    if timeout is not None:
+        return clock() + timeout.total_seconds(), f"--timeout {timeout.total_seconds():g}s"
+    deadline = app.ci.job_deadline
+    if app.ci.in_ci and deadline is not None:
+        left = (deadline - app.runtime.wall_clock()).total_seconds() - DEADLINE_MARGIN_S
+        return clock() + max(left, 0.0), "the GitLab job timeout (CI_JOB_TIMEOUT) minus 5 minutes"
+    return None, ""
+
+
+def check_time_to_wait(app: App) -> None:
+    """Refuse to submit when the wait deadline is (almost) past.
+
+    Raises:
+        InputError: less than :data:`MIN_TIME_TO_WAIT_S` left (e.g. a CI job timeout of 4 minutes).
+    """
+    deadline, source = wait_deadline(app)
+    if not app.settings.wait or deadline is None or app.settings.timeout is not None:
+        return  # an explicit --timeout is the user's choice, however short
+    left = deadline - app.runtime.clock()
+    if left < MIN_TIME_TO_WAIT_S:
+        raise InputError(
+            f"The wait deadline ({source}) leaves {max(left, 0):.0f}s, so the run would be terminated at once; "
+            "nothing was submitted.",
+            hint="raise the GitLab job timeout, set --timeout, or submit with --no-wait.",
+        )
+
+
+def wait_and_report(
+    app: App, api: KfpApi, tracked: Sequence[Tracked], *, reporting: Reporting | None, state_path: Path | None
+) -> list[RunOutcome]:
+    """Wait for every run with one poll loop; at the deadline or on a signal terminate what is still
+    active (``--on-timeout``/``--on-cancel``); explain failures; print and report the outcomes.
+
+    Args:
+        app: settings, CI context (for the deadline), console and runtime.
+        api: the KFP adapter.
+        tracked: the runs, all in one experiment.
+        reporting: where reports and the merge request note go (None: ``watch`` writes none).
+        state_path: the state file, whose cancel policy becomes ``detach`` for runs left running on
+            purpose (deadline with ``detach``) or for the CI job's retry (Kubeflow unreachable, exit 5).
+
+    Returns:
+        One outcome per run, in order.
+
+    Raises:
+        Interrupted / KeyboardInterrupt: after terminating the active runs (per ``--on-cancel``) and reporting.
+        KfpLaunchError: credentials refused twice (4), TLS (3), a refusal (3); after reporting.
+    """
+    console, clock, settings = app.console, app.runtime.clock, app.settings
+    deadline, deadline_source = wait_deadline(app)
+    ids = [t.base.run_id for t in tracked]
+    seen: dict[str, RunStatus] = {t.base.run_id: t.status for t in tracked}
+    now = app.runtime.wall_clock()
+    age = max(((now - t.status.created_at).total_seconds() for t in tracked if t.status.created_at), default=0.0)
+    started = clock()
+    label = f"run {ids[0]}" if len(ids) == 1 else f"{len(ids)} runs"
+    console.section_start("kfp_launch_wait", f"Waiting for {label}")
+    try:
+        with progress_for(console, {t.base.run_id: t.base.job for t in tracked}) as progress:
+
+            def fetch() -> dict[str, RunStatus]:
+                statuses = read_runs(api, tracked[0].base.experiment_id, ids)
+                seen.update(statuses)
+                progress.update(statuses)
+                return statuses
+
+            result = wait_for_runs(
+                fetch,
+                policy=app.poll_policy,
+                on_transient=lambda exc, outage: progress.note(f"{exc.message}; retrying (outage {outage:.0f}s)"),
+                deadline=deadline,
+                age_at_start_s=max(age, 0.0),
+                clock=clock,
+                sleep=app.runtime.sleep,
+            )
+    except (Interrupted, KeyboardInterrupt) as exc:
+        with interrupts.deferred():
+            active = [run_id for run_id in ids if not seen[run_id].is_terminal]
+            _stop(app, api, active, policy=settings.on_cancel, why="interrupted")
+            code = ExitCode(128 + getattr(exc, "signum", 2))
+            message = f"the CI job was interrupted; --on-cancel {settings.on_cancel}"
+            _report_all(reporting, tracked, OutcomeState.INTERRUPTED, code, message, clock() - started)
+        raise
+    except KfpLaunchError as exc:
+        _report_all(reporting, tracked, OutcomeState.ERROR, exc.exit_code, exc.message, clock() - started)
+        raise
+    finally:
+        console.section_end("kfp_launch_wait")
+    outcomes = [_outcome(t, result, waited_s=clock() - started) for t in tracked]
+    if result.reason == "deadline":
+        outcomes = _at_deadline(app, api, outcomes, deadline_source)
+    if state_path is not None:
+        mark_detached(state_path, [o.run_id for o in outcomes if _left_running(o, settings.on_timeout)])
+    for outcome in outcomes:
+        if outcome.state == OutcomeState.FAILED:
+            explain_failure(app, api, seen[outcome.run_id], outcome.job if len(outcomes) > 1 else "")
+    print_outcomes(outcomes, console)
+    if reporting is not None:
+        reporting.finished(outcomes)
+    return outcomes
+
+
+def _left_running(outcome: RunOutcome, on_timeout: str) -> bool:
+    # Unreachable: the run may be fine; the CI template retries exit 5 and the retry attaches to it.
+    return outcome.state == OutcomeState.UNREACHABLE or (
+        outcome.state == OutcomeState.TIMED_OUT and on_timeout == "detach"
+    )
+
+
+def _stop(app: App, api: KfpApi, run_ids: list[str], *, policy: str, why: str) -> None:
+    if policy == "detach":
+        app.console.warn(f"{why}: {', '.join(run_ids) or 'no run'} keeps running (--on-cancel/--on-timeout detach)")
+        return
+    terminate_runs(api, run_ids, app.console, why=why)
+
+
+def _report_all(
+    reporting: Reporting | None,
+    tracked: Sequence[Tracked],
+    state: OutcomeState,
+    code: ExitCode,
+    message: str,
+    waited_s: float,
+) -> None:
+    if reporting is not None:
+        reporting.finished(
+            [
+                replace(
+                    t.base,
+                    state=state,
+                    exit_code=exit_code_for(state, cause=code),
+                    duration_s=waited_s,
+                    message=message,
+                )
+                for t in tracked
+            ]
+        )
+
+
+def _outcome(t: Tracked, result: WaitResult, *, waited_s: float) -> RunOutcome:
+    status = result.statuses.get(t.base.run_id, t.status)
+    if status.is_terminal:
+        state, message = _final_state(status)
+    elif result.reason == "outage":
+        state = OutcomeState.UNREACHABLE
+        message = f"Kubeflow failed for {result.outage_s:.0f}s (more than --max-outage): {result.last_error}"
+    else:
+        state, message = OutcomeState.TIMED_OUT, ""
+    known = status.finished_at and status.created_at
+    duration = (status.finished_at - status.created_at).total_seconds() if known else waited_s  # type: ignore[operator]
+    return replace(
+        t.base, state=state, exit_code=exit_code_for(state), tasks=status.tasks, duration_s=duration, message=message
+    )
+
+
+def _final_state(status: RunStatus) -> tuple[OutcomeState, str]:
+    if status.state == RunState.SUCCEEDED:
+        return OutcomeState.SUCCEEDED, ""
+    if status.state == RunState.SKIPPED:
+        return OutcomeState.SKIPPED, "the run was SKIPPED"
+    if status.state == RunState.CANCELED:
+        return OutcomeState.CANCELED, status.error or "the run was canceled"
+    if status.was_canceling:
+        # KFP 2.x reports a run terminated in the UI as FAILED after CANCELING (run_store.go, TerminateRun).
+        return OutcomeState.CANCELED, "the run was terminated by someone else (FAILED after CANCELING)"
+    failed = [t.name for t in status.tasks if t.state == RunState.FAILED]
+    return OutcomeState.FAILED, ("failed tasks: " + ", ".join(failed)) if failed else "see the run's page"
+
+
+def _at_deadline(app: App, api: KfpApi, outcomes: list[RunOutcome], source: str) -> list[RunOutcome]:
+    late = [o.run_id for o in outcomes if o.state == OutcomeState.TIMED_OUT]
+    policy = app.settings.on_timeout
+    if policy == "terminate":
+        terminate_runs(api, late, app.console, why="the wait deadline passed")
+        message = f"the wait deadline ({source}) passed: terminated the run"
+    else:
+        message = f"the wait deadline ({source}) passed: the run keeps running (--on-timeout detach)"
+    return [replace(o, message=message) if o.run_id in late else o for o in outcomes]
+
+
+def explain_failure(app: App, api: KfpApi, status: RunStatus, job: str) -> None:
+    """Name the failing tasks with their errors and print the last ``--log-lines`` lines of each one's
+    log, read best-effort from the API server's log endpoint (``GET /apis/v1alpha1/runs/{run}/nodes/{pod}/log``)."""
+    console, lines_wanted = app.console, app.settings.log_lines
+    prefix = f"{job}: " if job else ""
+    if not status.tasks:
+        try:
+            status = api.get_run(status.run_id)  # a list response may carry no task details
+        except KfpLaunchError as exc:
+            console.warn(f"could not read why {job or status.run_id} failed: {exc.message}")
+    failing = [t for t in status.tasks if t.state == RunState.FAILED]
+    errors = [e for _, e in status.state_history if e] + ([status.error] if status.error else [])
+    if not failing:
+        why = errors[-1] if errors else "Kubeflow gave no task details or error message"
+        console.line(f"{prefix}why it failed: {why}")
+        return
+    for task in failing:
+        console.line(f"{prefix}task {task.name} FAILED" + (f": {task.error}" if task.error else ""), style="red")
+        for node in task.node_ids:
+            try:
+                text = api.task_log(status.run_id, node)
+            except KfpLaunchError as exc:
+                console.line(f"  (log of {node} not available: {exc.message})", style="dim")
+                continue
+            lines = text.rstrip("\n").splitlines()[-lines_wanted:] if lines_wanted > 0 else []
+            if lines:
+                console.line(f"  last {len(lines)} lines of {node}:")
+                for line in lines:
+                    console.line(f"  | {line}")
+                break
+
+
+def print_outcomes(outcomes: Sequence[RunOutcome], console: Console) -> None:
+    """The end of a wait: one run's state, duration and link; several runs' table and how many failed."""
+    if len(outcomes) == 1:
+        _print_one(outcomes[0], console)
+        return
+    console.table(
+        ["job", "state", "duration", "run"],
+        [[o.job, o.state, f"{o.duration_s:.0f}s" if o.duration_s is not None else "", o.run_url] for o in outcomes],
+    )
+    code = worst_exit_code([o.exit_code for o in outcomes])
+    if code != ExitCode.SUCCESS:
+        failed = sum(1 for o in outcomes if o.exit_code != ExitCode.SUCCESS)
+        console.error(f"{failed} of {len(outcomes)} runs did not succeed (exit {int(code)})")
+
+
+def _print_one(outcome: RunOutcome, console: Console) -> None:
+    took = f" in {outcome.duration_s:.0f}s" if outcome.duration_s is not None else ""
+    if outcome.exit_code == ExitCode.SUCCESS:
+        if outcome.state == OutcomeState.SKIPPED:
+            console.warn("the run was SKIPPED (exit 0)")
+        console.markup(f"[bold green]run {outcome.state}[/]{took}")
+        console.url("run", outcome.run_url)
+        return
+    console.url("run", outcome.run_url)
+    console.error(f"run {outcome.state}{took}: {outcome.message} (exit {int(outcome.exit_code)})")
