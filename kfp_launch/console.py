@@ -88,8 +88,13 @@ class Console:
         """True on a terminal where live redraws are fine (never in CI)."""
         return bool(self._out.is_terminal and self._out.is_interactive and not self.in_gitlab)
 
-    def line(self, text: str = "", *, style: str | None = None) -> None:
-        """Print one line of progress (``text`` is plain text, not rich markup)."""
+    def line(self, text: str = "", *, style: str | None = None, once_key: str | None = None) -> None:
+        """Print one line of progress (``text`` is plain text, not rich markup); with ``once_key``, only
+        the first time."""
+        if once_key is not None:
+            if once_key in self._warned:
+                return
+            self._warned.add(once_key)
         self._out.print(escape(self._clean(text)), style=style)
         self._out_stream.flush()
 

@@ -125,9 +125,12 @@ class MergeRequestNotes:
         config: URL, project and token (see :class:`GitLabReportConfig`).
         ci: the CI context: merge request, branch, job, pipeline, commit and ticket.
         console: where warnings and the note's link go.
+        job: the job whose note this is, when one CI job runs several jobs (``run JOB JOB``, ``--all``):
+            each gets its own note. None when the CI job runs one job (its note is the CI job's).
     """
 
-    def __init__(self, config: GitLabReportConfig, ci: CiContext, console: Console) -> None:
+    def __init__(self, config: GitLabReportConfig, ci: CiContext, console: Console, *, job: str | None = None) -> None:
+        self._job = job
         self._config = config
         self._ci = ci
         self._console = console
@@ -161,11 +164,17 @@ class MergeRequestNotes:
         if config.token is None and config.job_token_present:
             self._console.warn(_JOB_TOKEN_WARNING, once_key="gitlab-note-job-token")
         elif config.token is None:
-            self._console.line("merge request note: skipped (set GITLAB_TOKEN to write one)")
+            self._console.line(
+                "merge request note: skipped (set GITLAB_TOKEN to write one)", once_key="gitlab-note-skipped"
+            )
         elif config.url is None:
-            self._console.line("merge request note: skipped (no GitLab URL: CI_SERVER_URL is unset)")
+            self._console.line(
+                "merge request note: skipped (no GitLab URL: CI_SERVER_URL is unset)", once_key="gitlab-note-skipped"
+            )
         elif config.project is None:
-            self._console.line("merge request note: skipped (no project: CI_PROJECT_ID is unset)")
+            self._console.line(
+                "merge request note: skipped (no project: CI_PROJECT_ID is unset)", once_key="gitlab-note-skipped"
+            )
         else:
             return True
         self._disabled = True
@@ -247,7 +256,10 @@ class MergeRequestNotes:
         )
         self._looked_up_merge_request = True
         if not found:
-            self._console.line(f"merge request note: skipped (no open merge request from branch {branch})")
+            self._console.line(
+                f"merge request note: skipped (no open merge request from branch {branch})",
+                once_key="gitlab-note-no-mr",
+            )
             return None
         self._merge_request = (int(found[0].iid), getattr(found[0], "web_url", None))
         return self._merge_request
@@ -256,8 +268,10 @@ class MergeRequestNotes:
         return self._ci.project_path or str(self._config.project)
 
     def _job_key(self, run: StartedRun) -> str:
-        """The CI job's full name (each parallel/matrix instance has its own note); on a laptop the job."""
-        return self._ci.job_name or f"{run.job} (local)"
+        """The CI job's full name (each parallel/matrix instance has its own note), and the job when the CI
+        job runs several; on a laptop the job."""
+        key = self._ci.job_name or f"{run.job} (local)"
+        return f"{key} / {self._job}" if self._job and self._ci.job_name else key
 
     # ---- python-gitlab plumbing ----------------------------------------------------------------------------
 

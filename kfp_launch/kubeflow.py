@@ -72,7 +72,7 @@ def run_on_kubeflow(app: App, jobs: list[str], all_jobs: bool) -> ExitCode:
     submitted = submit_recorded(app, api, experiment, planned)
     console.section_end("kfp_launch_submit")
     tracked = [_tracked(s, experiment) for s in submitted]
-    reporting = Reporting(app, notes=True)
+    reporting = Reporting(app, note_jobs=[t.base.job for t in tracked])
     try:
         reporting.started([t.base for t in tracked])
     except (Interrupted, KeyboardInterrupt):

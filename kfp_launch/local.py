@@ -65,7 +65,7 @@ def run_locally(app: App, plan: JobPlan) -> ExitCode:
         console.section_end("kfp_launch_run")
     _print_outcome(outcome, console)
     state = OutcomeState.SUCCEEDED if outcome.succeeded else OutcomeState.FAILED
-    Reporting(app, notes=False).finished(
+    Reporting(app).finished(
         [
             RunOutcome(
                 job=compiled.job,

@@ -45,7 +45,7 @@ ANSI_RE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _EXECUTING_RE = re.compile(r"^Executing task '(?P<task>[^']+)'")
 _FINISHED_RE = re.compile(r"^Task '(?P<task>[^']+)' finished with status (?P<status>[A-Z]+)")
 _INNER_RE = re.compile(r"Inner task failed: '(?P<task>[^']+)'")
-_STATES = {"SUCCESS": "SUCCEEDED", "FAILURE": "FAILED"}
+_STATES = {"SUCCESS": RunState.SUCCEEDED, "FAILURE": RunState.FAILED}  # kfp.local's words
 LOG_TAIL_LINES = 20
 
 
@@ -85,7 +85,7 @@ class _TaskTracker(logging.Filter):
                 self._lines[match["task"]] = []
         elif match := _FINISHED_RE.match(message):
             self._finish(
-                match["task"], RunState.parse(_STATES.get(match["status"], match["status"])), record.thread or 0
+                match["task"], _STATES.get(match["status"]) or RunState.parse(match["status"]), record.thread or 0
             )
         return True
 
@@ -196,7 +196,7 @@ def run_local(
         kill_grace_s: seconds between SIGTERM and SIGKILL when the run is interrupted.
 
     Returns:
-        The outcome; a failed task is a result (``state == "FAILED"``), not an exception.
+        The outcome; a failed task is a result (state FAILED), not an exception.
 
     Raises:
         UnsupportedLocallyError: kfp.local cannot run this pipeline at all (e.g. container components);

@@ -18,6 +18,7 @@ from urllib.parse import quote
 from kfp_launch.ci_context import CiContext
 from kfp_launch.models import RunOutcome, TaskResult
 from kfp_launch.reports import plain_text
+from kfp_launch.states import OutcomeState, RunState
 
 _MAX_PARAMETERS, _MAX_METRICS, _MAX_VALUE_CHARS, _MAX_ERROR_CHARS, _LOG_LINES = 50, 50, 200, 1_000, 20
 
@@ -53,15 +54,15 @@ def _marker_part(text: str) -> str:
 
 
 _STATE_LABELS = {
-    "RUNNING": ("🔄", "running"),
-    "SUCCEEDED": ("✅", "succeeded"),
-    "FAILED": ("❌", "failed"),
-    "CANCELED": ("🚫", "canceled"),
-    "TIMED_OUT": ("⏱️", "timed out"),
-    "INTERRUPTED": ("⚠️", "interrupted (the CI job was stopped)"),
-    "UNREACHABLE": ("⚠️", "Kubeflow unreachable"),
-    "SKIPPED": ("⏭️", "skipped"),
-    "DETACHED": ("🚀", "submitted, not waited for"),
+    OutcomeState.RUNNING: ("🔄", "running"),
+    OutcomeState.SUCCEEDED: ("✅", "succeeded"),
+    OutcomeState.FAILED: ("❌", "failed"),
+    OutcomeState.CANCELED: ("🚫", "canceled"),
+    OutcomeState.TIMED_OUT: ("⏱️", "timed out"),
+    OutcomeState.INTERRUPTED: ("⚠️", "interrupted (the CI job was stopped)"),
+    OutcomeState.UNREACHABLE: ("⚠️", "Kubeflow unreachable"),
+    OutcomeState.SKIPPED: ("⏭️", "skipped"),
+    OutcomeState.DETACHED: ("🚀", "submitted, not waited for"),
 }
 
 
@@ -77,7 +78,7 @@ def render_note(
     tables and the code fence longer than any backtick run; link targets must be ``http(s)`` URLs and are
     percent-encoded where Markdown would break.
     """
-    state = outcome.state if outcome is not None else "RUNNING"
+    state = outcome.state if outcome is not None else OutcomeState.RUNNING
     emoji, word = _STATE_LABELS.get(state, ("ℹ️", state.lower()))
     lines = [f"#### {emoji} Kubeflow Pipelines run of {_code(run.job)}: {word}", ""]
     lines += [f"- **{label}:** {value}" for label, value in _facts(run, ci, outcome, jira_url, f"{emoji} {word}")]
@@ -86,7 +87,7 @@ def render_note(
     lines += _parameters_section(run.parameters)
     if outcome is not None:
         lines += _metrics_section(outcome)
-        lines += _failed_tasks_section([task for task in outcome.tasks if task.state == "FAILED"])
+        lines += _failed_tasks_section([task for task in outcome.tasks if task.state == RunState.FAILED])
     lines += [
         "",
         "<sub>Written by kfp-launch; updated in place when the run ends or the job runs again.</sub>",

@@ -9,8 +9,15 @@ from typing import Self
 
 from kfp_launch.console import Console, LiveTable
 from kfp_launch.models import RunStatus
+from kfp_launch.states import RunState
 
-_STYLES = {"SUCCEEDED": "green", "FAILED": "red", "CANCELED": "yellow", "CANCELING": "yellow", "SKIPPED": "yellow"}
+_STYLES = {
+    RunState.SUCCEEDED: "green",
+    RunState.FAILED: "red",
+    RunState.CANCELED: "yellow",
+    RunState.CANCELING: "yellow",
+    RunState.SKIPPED: "yellow",
+}
 
 
 class _Display:
@@ -95,7 +102,7 @@ class RunsProgress(_Display):
             self._states[status.run_id] = status.state
         if self._table is not None:
             if changed:
-                rows = [[job, self._states.get(run_id, "PENDING"), run_id] for run_id, job in self._jobs.items()]
+                rows = [[job, self._states.get(run_id, RunState.PENDING), run_id] for run_id, job in self._jobs.items()]
                 done = sum(1 for s in statuses.values() if s.is_terminal)
                 self._table.show(f"{done}/{len(self._jobs)} runs finished", ("job", "state", "run"), rows)
             return

@@ -22,10 +22,11 @@ class Reporting:
 
     Args:
         app: report paths (settings), the CI context, the GitLab configuration (environment), console.
-        notes: whether to keep a merge request note (Kubeflow runs).
+        note_jobs: the jobs that keep a merge request note (Kubeflow runs), one note each; none for
+            local runs.
     """
 
-    def __init__(self, app: App, *, notes: bool) -> None:
+    def __init__(self, app: App, *, note_jobs: Sequence[str] = ()) -> None:
         from kfp_launch.reports import ReportPaths
 
         settings, project_dir = app.settings, app.project_dir
@@ -35,17 +36,21 @@ class Reporting:
             metrics=project_dir / settings.metrics_report,
         )
         self._console = app.console
-        self._notes: MergeRequestNotes | None = None
-        if notes and (app.ci.in_ci or app.environ.get("GITLAB_TOKEN", "").strip()):
+        self._notes: dict[str, MergeRequestNotes] = {}
+        if note_jobs and (app.ci.in_ci or app.environ.get("GITLAB_TOKEN", "").strip()):
             from kfp_launch.gitlab_notes import GitLabReportConfig, MergeRequestNotes
 
-            self._notes = MergeRequestNotes(GitLabReportConfig.from_environ(app.environ), app.ci, app.console)
+            config = GitLabReportConfig.from_environ(app.environ)
+            several = len(note_jobs) > 1
+            self._notes = {
+                job: MergeRequestNotes(config, app.ci, app.console, job=job if several else None) for job in note_jobs
+            }
 
     def started(self, outcomes: Sequence[RunOutcome]) -> None:
         """The runs exist: create each job's merge request note."""
-        if self._notes is not None:
-            for outcome in outcomes:
-                self._notes.run_started(self._masked(outcome))
+        for outcome in outcomes:
+            if outcome.job in self._notes:
+                self._notes[outcome.job].run_started(self._masked(outcome))
 
     def finished(self, outcomes: Sequence[RunOutcome]) -> None:
         """The runs ended (or the wait stopped): one set of report files for all, each job's note updated."""
@@ -57,9 +62,9 @@ class Reporting:
             self._console.line("reports: " + ", ".join(str(p) for p in written))
         except OSError as exc:
             self._console.warn(f"could not write the reports: {exc}; the exit code is not affected")
-        if self._notes is not None:
-            for outcome in masked:
-                self._notes.run_finished(outcome)
+        for outcome in masked:
+            if outcome.job in self._notes:
+                self._notes[outcome.job].run_finished(outcome)
 
     def _masked(self, outcome: RunOutcome) -> RunOutcome:
         # Server messages and task logs can echo a token: reports and notes get the console's masking.

@@ -20,6 +20,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from kfp_launch.models import MetricValue, RunOutcome, TaskResult
+from kfp_launch.states import OutcomeState, RunState
 
 DOTENV_MAX_BYTES = 5 * 1024
 """GitLab's default dotenv size limit, in bytes (``ParseDotenvArtifactService``: ``5.kilobytes``; §1.5)."""
@@ -248,21 +249,21 @@ def _task_case(task: TaskResult, outcome: RunOutcome) -> ET.Element:
     case = ET.Element("testcase", name=plain_text(task.name), classname=_classname(outcome))
     if task.duration_s is not None:
         case.set("time", _seconds(task.duration_s))
-    if task.state == "FAILED":
+    if task.state == RunState.FAILED:
         error = task.error or "task failed (no error message from KFP)"
         failure = ET.SubElement(
             case, "failure", message=_clip_start(plain_text(error), _JUNIT_MESSAGE_CHARS), type="FAILED"
         )
         parts = [error, "\n".join(task.log_tail), f"run: {outcome.run_url}" if outcome.run_url else ""]
         failure.text = _clip_end(plain_text("\n\n".join(part for part in parts if part)), _JUNIT_TEXT_CHARS)
-    elif task.state != "SUCCEEDED":
-        reason = "skipped" if task.state == "SKIPPED" else f"task did not succeed: {task.state}"
+    elif task.state != RunState.SUCCEEDED:
+        reason = "skipped" if task.state == RunState.SKIPPED else f"task did not succeed: {task.state}"
         ET.SubElement(case, "skipped", message=reason)
     return case
 
 
 def _needs_run_case(outcome: RunOutcome) -> bool:
-    any_task_failed = any(task.state == "FAILED" for task in outcome.tasks)
+    any_task_failed = any(task.state == RunState.FAILED for task in outcome.tasks)
     return not outcome.tasks or (outcome.exit_code != 0 and not any_task_failed)
 
 
@@ -279,7 +280,7 @@ def _run_case(outcome: RunOutcome) -> ET.Element:
             type=outcome.state,
         )
         failure.text = plain_text(f"{message}\nstate: {outcome.state}\nrun: {outcome.run_url or '(none)'}")
-    elif outcome.state != "SUCCEEDED":
+    elif outcome.state != OutcomeState.SUCCEEDED:
         ET.SubElement(case, "skipped", message=plain_text(message))
     if outcome.run_url:
         ET.SubElement(case, "system-out").text = plain_text(outcome.run_url)

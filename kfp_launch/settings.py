@@ -11,9 +11,6 @@ The environment is read once, by the CLI, and handed in as a mapping.
 
 from __future__ import annotations
 
-import math
-import re
-import shlex
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -22,6 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from kfp_launch.errors import ConfigError, UsageError
+from kfp_launch.setting_values import (
+    choice,
+    parse_bool,
+    parse_count,
+    parse_duration_value,
+    parse_list,
+    parse_poll_interval,
+    parse_str,
+)
 
 DEFAULT_TICKET_PATTERN = r"(?<![^\W_])(?a:[A-Z][A-Z0-9]*-[0-9]+)(?![^\W_])"
 """A JIRA issue key: a letter, letters/digits, a dash, digits; not glued to other letters or digits.
@@ -33,101 +39,6 @@ Known and accepted: any word-dash-number reads as a key, e.g. ``utf-8`` gives ``
 ``release-2024`` gives ``RELEASE-2024``; set ``ticket_pattern`` to your project keys (``(?:ABC|OPS)-\\d+``)
 to avoid that.
 """
-
-_TRUE = frozenset({"true", "1", "yes", "on"})
-_FALSE = frozenset({"false", "0", "no", "off"})
-
-
-def _parse_str(value: object, where: str) -> str:
-    if isinstance(value, str):
-        return value
-    raise ConfigError(f"{where} must be a string, not {type(value).__name__}.", hint="quote the value.")
-
-
-def _parse_bool(value: object, where: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-        return value.strip().lower() in _TRUE
-    raise ConfigError(f'{where} must be a boolean, not "{value}".', hint="use true or false.")
-
-
-def _parse_list(value: object, where: str) -> tuple[str, ...]:
-    if isinstance(value, str):
-        try:
-            return tuple(shlex.split(value))
-        except ValueError as exc:
-            raise ConfigError(f"{where} cannot be split into words: {exc}.", hint="check its quotes.") from None
-    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-        return tuple(value)
-    raise ConfigError(f"{where} must be a list of strings.", hint='e.g. param = ["steps=10"].')
-
-
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|h|m|s)")
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def parse_duration(text: str) -> timedelta:
-    """Parse ``"0.5"`` (seconds), ``"90s"``, ``"45m"``, ``"6h"`` or a sum like ``"1h30m"``.
-
-    Raises:
-        ValueError: the text is not such a duration, or is negative.
-    """
-    raw = text.strip().lower().replace(" ", "")
-    try:
-        seconds = float(raw)
-    except ValueError:
-        parts = _DURATION_PART.findall(raw)
-        if not parts or "".join(n + u for n, u in parts) != raw:
-            raise ValueError(f'"{text}" is not a duration') from None
-        seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
-    if seconds < 0 or not math.isfinite(seconds):
-        raise ValueError(f'"{text}" is not a duration')
-    try:
-        return timedelta(seconds=seconds)
-    except OverflowError:
-        raise ValueError(f'"{text}" is too long a duration') from None
-
-
-def _parse_duration(value: object, where: str) -> timedelta:
-    if isinstance(value, timedelta):
-        return value
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        value = str(value)
-    if isinstance(value, str):
-        try:
-            return parse_duration(value)
-        except ValueError:
-            pass
-    raise ConfigError(
-        f'{where} must be a duration, not "{value}".',
-        hint="write plain seconds (0.5) or a number with a unit: 90s, 45m, 6h.",
-    )
-
-
-def _parse_poll_interval(value: object, where: str) -> timedelta:
-    duration = _parse_duration(value, where)
-    if not timedelta(0) < duration <= timedelta(hours=1):
-        raise ConfigError(f"{where} must be more than zero and at most 1h.", hint="e.g. 2s (the default).")
-    return duration
-
-
-def _parse_count(value: object, where: str) -> int:
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value.strip())
-    raise ConfigError(f'{where} must be a whole number of 0 or more, not "{value}".', hint="e.g. 50.")
-
-
-def _choice(*options: str) -> Callable[[object, str], str]:
-    def parse(value: object, where: str) -> str:
-        if isinstance(value, str) and value.strip().lower() in options:
-            return value.strip().lower()
-        raise ConfigError(f'{where} must be one of {", ".join(options)}, not "{value}".', hint="")
-
-    return parse
-
 
 RUN, WATCH, CANCEL, CONTEXT, JOBS, COMPILE, PARAMS, RUNS, COMPARE = (
     "run",
@@ -209,15 +120,15 @@ class SettingSpec:
 
 
 _OPTION_TYPES: dict[Callable[[object, str], object], type] = {
-    _parse_bool: bool,
-    _parse_list: list[str],
-    _parse_count: int,
+    parse_bool: bool,
+    parse_list: list[str],
+    parse_count: int,
 }
 
 
 def setting(default: object, help: str, **declared: Any) -> Any:
     """Declare a :class:`Settings` field and its :class:`SettingSpec` (every keyword but ``name``)."""
-    declared.setdefault("parse", _parse_str)
+    declared.setdefault("parse", parse_str)
     return field(default=default, metadata={"spec": (default, help, declared)})
 
 
@@ -241,7 +152,7 @@ class Settings:
     param: tuple[str, ...] = setting(
         (),
         "Set a pipeline parameter, KEY=VALUE (repeatable)",
-        parse=_parse_list,
+        parse=parse_list,
         commands={RUN},
         flags=("-p",),
         metavar="KEY=VALUE",
@@ -277,7 +188,7 @@ class Settings:
         pyproject=False,
     )
     verbose: bool = setting(
-        False, "Show kfp.local's own output live", parse=_parse_bool, commands={RUN}, flags=("--verbose/--quiet", "-v")
+        False, "Show kfp.local's own output live", parse=parse_bool, commands={RUN}, flags=("--verbose/--quiet", "-v")
     )
     # Kubeflow connection (kfp.Client's own variable KF_PIPELINES_ENDPOINT too: kfp/client/client.py, _load_config).
     host: str | None = setting(
@@ -303,7 +214,7 @@ class Settings:
     wait: bool = setting(
         True,
         "Wait for the run to end [default: wait]",
-        parse=_parse_bool,
+        parse=parse_bool,
         commands={RUN},
         flags=("--wait/--no-wait",),
         kubeflow_only=True,
@@ -311,13 +222,13 @@ class Settings:
     dry_run: bool = setting(
         False,
         "Compile, resolve experiment and parameters, print the plan; change nothing",
-        parse=_parse_bool,
+        parse=parse_bool,
         commands={RUN},
         pyproject=False,
         kubeflow_only=True,
     )
     no_cache: bool = setting(
-        False, "Turn execution caching off for this run", parse=_parse_bool, commands={RUN}, kubeflow_only=True
+        False, "Turn execution caching off for this run", parse=parse_bool, commands={RUN}, kubeflow_only=True
     )
     service_account: str | None = setting(
         None, "Kubernetes service account of the run", metavar="NAME", commands={RUN}, kubeflow_only=True
@@ -339,7 +250,7 @@ class Settings:
     poll_interval: timedelta = setting(
         timedelta(seconds=2),
         "First poll interval, then it backs off [default: 2s]",
-        parse=_parse_poll_interval,
+        parse=parse_poll_interval,
         metavar="DURATION",
         commands=_WAIT,
         kubeflow_only=True,
@@ -347,7 +258,7 @@ class Settings:
     max_outage: timedelta = setting(
         timedelta(minutes=10),
         "Give up (exit 5) after Kubeflow fails this long [default: 10m]",
-        parse=_parse_duration,
+        parse=parse_duration_value,
         metavar="DURATION",
         commands=_WAIT,
         kubeflow_only=True,
@@ -355,7 +266,7 @@ class Settings:
     timeout: timedelta | None = setting(
         None,
         "Wait deadline (90s, 45m, 6h) [default in CI: job timeout - 5m]",
-        parse=_parse_duration,
+        parse=parse_duration_value,
         metavar="DURATION",
         commands=_WAIT,
         kubeflow_only=True,
@@ -363,7 +274,7 @@ class Settings:
     on_timeout: str = setting(
         "terminate",
         "terminate|detach the run at the deadline [default: terminate; watch: detach]",
-        parse=_choice("terminate", "detach"),
+        parse=choice("terminate", "detach"),
         metavar="terminate|detach",
         commands=_WAIT,
         kubeflow_only=True,
@@ -372,7 +283,7 @@ class Settings:
     on_cancel: str = setting(
         "terminate",
         "terminate|detach the run on SIGTERM/SIGINT/SIGHUP [default: terminate; watch: detach]",
-        parse=_choice("terminate", "detach"),
+        parse=choice("terminate", "detach"),
         metavar="terminate|detach",
         commands=_WAIT,
         kubeflow_only=True,
@@ -381,7 +292,7 @@ class Settings:
     log_lines: int = setting(
         50,
         "Log lines shown per failing task [default: 50]",
-        parse=_parse_count,
+        parse=parse_count,
         metavar="N",
         commands=_WAIT,
         kubeflow_only=True,
@@ -488,13 +399,13 @@ def _param_layers(
     spec = SPECS["param"]
     layers: list[tuple[str, tuple[str, ...]]] = []
     if "param" in table:
-        layers.append(("pyproject.toml", _parse_list(table["param"], "param in [tool.kfp-launch] of pyproject.toml")))
+        layers.append(("pyproject.toml", parse_list(table["param"], "param in [tool.kfp-launch] of pyproject.toml")))
     if environ.get(spec.env_var, "") != "":
         layers.append(
-            (f"env {spec.env_var}", _parse_list(environ[spec.env_var], f"environment variable {spec.env_var}"))
+            (f"env {spec.env_var}", parse_list(environ[spec.env_var], f"environment variable {spec.env_var}"))
         )
     if flags.get("param"):
-        layers.append((spec.flag, _parse_list(flags["param"], spec.flag)))
+        layers.append((spec.flag, parse_list(flags["param"], spec.flag)))
     return tuple(layers)
 
 

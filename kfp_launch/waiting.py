@@ -267,8 +267,11 @@ def print_outcomes(outcomes: Sequence[RunOutcome], console: Console) -> None:
         _print_one(outcomes[0], console)
         return
     console.table(
-        ["job", "state", "duration", "run"],
-        [[o.job, o.state, f"{o.duration_s:.0f}s" if o.duration_s is not None else "", o.run_url] for o in outcomes],
+        ["job", "state", "duration", "run", "why"],
+        [
+            [o.job, o.state, f"{o.duration_s:.0f}s" if o.duration_s is not None else "", o.run_url, o.message]
+            for o in outcomes
+        ],
     )
     code = worst_exit_code([o.exit_code for o in outcomes])
     if code != ExitCode.SUCCESS:

@@ -18,7 +18,8 @@ from kfp_launch.kfp_api import KfpApi
 from kfp_launch.models import RunStatus, TaskResult
 from kfp_launch.polling import PollPolicy, WaitResult, call_with_retry, wait_for_runs
 from kfp_launch.progress import RunProgress
-from kfp_launch.settings import load_settings, parse_duration
+from kfp_launch.setting_values import parse_duration
+from kfp_launch.settings import load_settings
 from tests.fake_kfp import PATH_HEALTHZ, FakeKfpServer
 
 

@@ -1,0 +1,108 @@
+"""Parsing setting values from flags, environment variables and ``pyproject.toml``: strings, booleans,
+shell-split lists, durations, counts and choices. Each parser takes ``(value, where)`` and raises a
+:class:`ConfigError` that names ``where`` (the flag, the variable or the pyproject key).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import shlex
+from collections.abc import Callable
+from datetime import timedelta
+
+from kfp_launch.errors import ConfigError
+
+_TRUE = frozenset({"true", "1", "yes", "on"})
+_FALSE = frozenset({"false", "0", "no", "off"})
+
+
+def parse_str(value: object, where: str) -> str:
+    if isinstance(value, str):
+        return value
+    raise ConfigError(f"{where} must be a string, not {type(value).__name__}.", hint="quote the value.")
+
+
+def parse_bool(value: object, where: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise ConfigError(f'{where} must be a boolean, not "{value}".', hint="use true or false.")
+
+
+def parse_list(value: object, where: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        try:
+            return tuple(shlex.split(value))
+        except ValueError as exc:
+            raise ConfigError(f"{where} cannot be split into words: {exc}.", hint="check its quotes.") from None
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise ConfigError(f"{where} must be a list of strings.", hint='e.g. param = ["steps=10"].')
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|h|m|s)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> timedelta:
+    """Parse ``"0.5"`` (seconds), ``"90s"``, ``"45m"``, ``"6h"`` or a sum like ``"1h30m"``.
+
+    Raises:
+        ValueError: the text is not such a duration, or is negative.
+    """
+    raw = text.strip().lower().replace(" ", "")
+    try:
+        seconds = float(raw)
+    except ValueError:
+        parts = _DURATION_PART.findall(raw)
+        if not parts or "".join(n + u for n, u in parts) != raw:
+            raise ValueError(f'"{text}" is not a duration') from None
+        seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+    if seconds < 0 or not math.isfinite(seconds):
+        raise ValueError(f'"{text}" is not a duration')
+    try:
+        return timedelta(seconds=seconds)
+    except OverflowError:
+        raise ValueError(f'"{text}" is too long a duration') from None
+
+
+def parse_duration_value(value: object, where: str) -> timedelta:
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)
+    if isinstance(value, str):
+        try:
+            return parse_duration(value)
+        except ValueError:
+            pass
+    raise ConfigError(
+        f'{where} must be a duration, not "{value}".',
+        hint="write plain seconds (0.5) or a number with a unit: 90s, 45m, 6h.",
+    )
+
+
+def parse_poll_interval(value: object, where: str) -> timedelta:
+    duration = parse_duration_value(value, where)
+    if not timedelta(0) < duration <= timedelta(hours=1):
+        raise ConfigError(f"{where} must be more than zero and at most 1h.", hint="e.g. 2s (the default).")
+    return duration
+
+
+def parse_count(value: object, where: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    raise ConfigError(f'{where} must be a whole number of 0 or more, not "{value}".', hint="e.g. 50.")
+
+
+def choice(*options: str) -> Callable[[object, str], str]:
+    def parse(value: object, where: str) -> str:
+        if isinstance(value, str) and value.strip().lower() in options:
+            return value.strip().lower()
+        raise ConfigError(f'{where} must be one of {", ".join(options)}, not "{value}".', hint="")
+
+    return parse
