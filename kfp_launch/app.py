@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from kfp_launch.ci_context import CiContext
     from kfp_launch.connection import Connection
     from kfp_launch.console import Console
+    from kfp_launch.gitlab_notes import GitLabReportConfig
     from kfp_launch.kfp_api import KfpApi
     from kfp_launch.polling import PollPolicy, Retry
 
@@ -110,10 +111,18 @@ class App:
             require_ref=True,
         )
 
+    @cached_property
+    def gitlab(self) -> GitLabReportConfig:
+        """Where and as whom merge request notes are written (``CI_SERVER_URL``, ``GITLAB_TOKEN``...), and
+        the JIRA base URL (``JIRA_URL``)."""
+        from kfp_launch.gitlab_notes import GitLabReportConfig
+
+        return GitLabReportConfig.from_environ(self.environ)
+
     @property
     def jira_url(self) -> str | None:
         """The JIRA base URL (``JIRA_URL``) for ticket links, or None."""
-        return self.environ.get("JIRA_URL", "").strip().rstrip("/") or None
+        return self.gitlab.jira_url
 
     @property
     def subprocess_environ(self) -> dict[str, str]:

@@ -77,8 +77,8 @@ def run_on_kubeflow(app: App, jobs: list[str], all_jobs: bool) -> ExitCode:
         reporting.started([t.base for t in tracked])
     except (Interrupted, KeyboardInterrupt):
         with interrupts.deferred():
-            if settings.on_cancel == "terminate":
-                terminate_runs(api, [s.run.run_id for s in submitted], console, why="interrupted")
+            run_ids = [s.run.run_id for s in submitted]
+            terminate_runs(api, run_ids, console, why="interrupted", policy=settings.on_cancel)
         raise
     if not settings.wait:
         for t in tracked:

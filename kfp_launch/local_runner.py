@@ -219,8 +219,6 @@ def run_local(
         encoding="utf-8",
     )
     started = clock()
-    tasks: list[TaskResult] = []
-    result: dict[str, Any] = {}
     worker = subprocess.Popen(
         [sys.executable, "-m", "kfp_launch.local_runner", str(request)],
         stdout=subprocess.PIPE,
@@ -231,20 +229,7 @@ def run_local(
         env=dict(env),
     )
     try:
-        assert worker.stdout is not None
-        for line in worker.stdout:
-            event = json.loads(line)
-            if event["event"] == "task":
-                fields = event["task"]
-                tasks.append(
-                    TaskResult(
-                        **{**fields, "state": RunState.parse(fields["state"]), "log_tail": tuple(fields["log_tail"])}
-                    )
-                )
-                on_task(tasks[-1])
-            elif event["event"] == "done":
-                result = event
-        worker.wait()
+        tasks, result = _read_events(worker, on_task)
     except BaseException:
         _kill_group(worker, kill_grace_s)
         raise
@@ -266,6 +251,29 @@ def run_local(
         log_path=str(log_path),
         duration_s=clock() - started,
     )
+
+
+def _read_events(
+    worker: subprocess.Popen[str], on_task: Callable[[TaskResult], None]
+) -> tuple[list[TaskResult], dict[str, Any]]:
+    """Read the worker's JSON-line events until it exits: the tasks as they finish, and the final result
+    (``{}`` when the worker died before reporting one)."""
+    tasks: list[TaskResult] = []
+    result: dict[str, Any] = {}
+    assert worker.stdout is not None
+    for line in worker.stdout:
+        event = json.loads(line)
+        if event["event"] == "task":
+            fields = event["task"]
+            task = TaskResult(
+                **{**fields, "state": RunState.parse(fields["state"]), "log_tail": tuple(fields["log_tail"])}
+            )
+            tasks.append(task)
+            on_task(task)
+        elif event["event"] == "done":
+            result = event
+    worker.wait()
+    return tasks, result
 
 
 def _kill_group(worker: subprocess.Popen[str], grace_s: float) -> None:

@@ -37,10 +37,10 @@ class Reporting:
         )
         self._console = app.console
         self._notes: dict[str, MergeRequestNotes] = {}
-        if note_jobs and (app.ci.in_ci or app.environ.get("GITLAB_TOKEN", "").strip()):
-            from kfp_launch.gitlab_notes import GitLabReportConfig, MergeRequestNotes
+        if note_jobs and (app.ci.in_ci or app.gitlab.token):
+            from kfp_launch.gitlab_notes import MergeRequestNotes
 
-            config = GitLabReportConfig.from_environ(app.environ)
+            config = app.gitlab
             several = len(note_jobs) > 1
             self._notes = {
                 job: MergeRequestNotes(config, app.ci, app.console, job=job if several else None) for job in note_jobs

@@ -308,20 +308,18 @@ def submit_recorded(app: App, api: KfpApi, experiment: Experiment, planned: list
 def _terminate_submitted(
     app: App, api: KfpApi, experiment: Experiment, planned: list[PlannedRun], submitted: list[SubmittedRun]
 ) -> None:
-    why = "interrupted while submitting"
-    if app.settings.on_cancel == "detach":
-        app.console.warn(f"{why}: what was submitted keeps running (--on-cancel detach)")
-        return
     with interrupts.deferred():
         run_ids = [s.run.run_id for s in submitted]
-        if len(submitted) < len(planned):  # the create call in flight may have stored the run
+        if (
+            len(submitted) < len(planned) and app.settings.on_cancel != "detach"
+        ):  # the create call in flight may have stored it
             cut = planned[len(submitted)]
             try:
                 found = find_by_key(api, experiment.experiment_id, cut.name, cut.key)
             except KfpLaunchError:
                 found = None
             run_ids += [found.run_id] if found else []
-        terminate_runs(api, run_ids, app.console, why=why)
+        terminate_runs(api, run_ids, app.console, why="interrupted while submitting", policy=app.settings.on_cancel)
 
 
 def submit_or_attach(app: App, api: KfpApi, experiment: Experiment, planned: PlannedRun) -> tuple[RunStatus, bool]:

@@ -27,7 +27,13 @@ class Terminator(Protocol):
 
 
 def terminate_runs(
-    api: Terminator, run_ids: Iterable[str], console: Console, *, why: str, retry: Retry | None = None
+    api: Terminator,
+    run_ids: Iterable[str],
+    console: Console,
+    *,
+    why: str,
+    policy: str = "terminate",
+    retry: Retry | None = None,
 ) -> dict[str, ExitCode]:
     """Ask Kubeflow to terminate each run, each on its own: one failure does not spare the others.
 
@@ -36,6 +42,7 @@ def terminate_runs(
         run_ids: the runs (an empty id is skipped).
         console: where each result is said (``warning:`` lines unless ``retry`` is given).
         why: the reason, leading each line (``"interrupted"``, ``"the wait deadline passed"``).
+        policy: ``"detach"`` (``--on-cancel``/``--on-timeout detach``) leaves the runs running and says so.
         retry: retry transient failures (``cancel``); without it one attempt of at most
             :data:`TERMINATE_TIMEOUT_S` seconds each (a signal leaves little time).
 
@@ -44,8 +51,12 @@ def terminate_runs(
         of why not.
     """
     say = console.line if retry is not None else console.warn
+    ids = [run_id for run_id in run_ids if run_id]
+    if policy == "detach":
+        say(f"{why}: {', '.join(ids) or 'no run'} keeps running (detach)")
+        return {}
     failed: dict[str, ExitCode] = {}
-    for run_id in filter(None, run_ids):
+    for run_id in ids:
         try:
             if retry is None:
                 api.terminate_run(run_id, timeout_s=TERMINATE_TIMEOUT_S)

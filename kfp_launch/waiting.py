@@ -127,7 +127,7 @@ def wait_and_report(
     except (Interrupted, KeyboardInterrupt) as exc:
         with interrupts.deferred():
             active = [run_id for run_id in ids if not seen[run_id].is_terminal]
-            _stop(app, api, active, policy=settings.on_cancel, why="interrupted")
+            terminate_runs(api, active, console, why="interrupted", policy=settings.on_cancel)
             code = ExitCode(128 + getattr(exc, "signum", 2))
             message = f"the CI job was interrupted; --on-cancel {settings.on_cancel}"
             _report_all(reporting, tracked, OutcomeState.INTERRUPTED, code, message, clock() - started)
@@ -156,13 +156,6 @@ def _left_running(outcome: RunOutcome, on_timeout: str) -> bool:
     return outcome.state == OutcomeState.UNREACHABLE or (
         outcome.state == OutcomeState.TIMED_OUT and on_timeout == "detach"
     )
-
-
-def _stop(app: App, api: KfpApi, run_ids: list[str], *, policy: str, why: str) -> None:
-    if policy == "detach":
-        app.console.warn(f"{why}: {', '.join(run_ids) or 'no run'} keeps running (--on-cancel/--on-timeout detach)")
-        return
-    terminate_runs(api, run_ids, app.console, why=why)
 
 
 def _report_all(
@@ -221,11 +214,9 @@ def _final_state(status: RunStatus) -> tuple[OutcomeState, str]:
 def _at_deadline(app: App, api: KfpApi, outcomes: list[RunOutcome], source: str) -> list[RunOutcome]:
     late = [o.run_id for o in outcomes if o.state == OutcomeState.TIMED_OUT]
     policy = app.settings.on_timeout
-    if policy == "terminate":
-        terminate_runs(api, late, app.console, why="the wait deadline passed")
-        message = f"the wait deadline ({source}) passed: terminated the run"
-    else:
-        message = f"the wait deadline ({source}) passed: the run keeps running (--on-timeout detach)"
+    terminate_runs(api, late, app.console, why="the wait deadline passed", policy=policy)
+    left = "terminated the run" if policy == "terminate" else "the run keeps running (--on-timeout detach)"
+    message = f"the wait deadline ({source}) passed: {left}"
     return [replace(o, message=message) if o.run_id in late else o for o in outcomes]
 
 
