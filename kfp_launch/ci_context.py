@@ -1,6 +1,7 @@
 """The CI context of a launch: branch, commit, merge request, JIRA ticket, pipeline and job.
 
-In a GitLab job the facts come from GitLab's predefined variables (reference/gitlab-ci.md §1.1); on a
+In a GitLab job the facts come from GitLab's predefined variables
+(https://docs.gitlab.com/ci/variables/predefined_variables/; docs/gitlab-notes.md, 'Predefined variables'); on a
 laptop the branch and commit come from ``git`` in the working directory. The environment is passed in
 as an explicit mapping and read once, in :meth:`CiContext.from_environ`; this module never reads
 ``os.environ``. A variable that is set but empty (or blank) counts as unset everywhere.
@@ -27,7 +28,8 @@ RefKind = Literal["branch", "tag", "none"]
 
 _NOT_A_BRANCH = "HEAD"
 # gitlab-ci-local sets CI_COMMIT_BRANCH=HEAD and CI_COMMIT_REF_NAME=HEAD on a checked-out tag or detached
-# HEAD (reference/gitlab-ci.md §2.2); git itself refuses a branch named "HEAD", so it never names one.
+# HEAD (firecow/gitlab-ci-local src/git-data.ts (4.75.0): `git rev-parse --abbrev-ref HEAD`; docs/gitlab-notes.md,
+# 'gitlab-ci-local on a detached HEAD'); git itself refuses a branch named "HEAD", so it never names one.
 
 _PARALLEL_JOB_SUFFIX = re.compile(r"(?: \d+/\d+|: \[[^\]]*\])$")
 # GitLab names `parallel: N` jobs "train 1/3" and `parallel: matrix` jobs "train: [gpu, a100]".
@@ -121,7 +123,8 @@ class CiContext:
     """Which branch, commit, merge request, ticket, pipeline and job a launch belongs to.
 
     Build it with :meth:`from_environ`. Facts GitLab does not give (or that make no sense outside CI)
-    are None. Sources are GitLab's predefined variables (reference/gitlab-ci.md §1.1).
+    are None. Sources are GitLab's predefined variables (https://docs.gitlab.com/ci/variables/predefined_variables/;
+    docs/gitlab-notes.md, 'Predefined variables').
 
     Attributes:
         in_ci: True in a GitLab job (``CI=true`` and ``CI_COMMIT_SHA`` set).
@@ -279,7 +282,10 @@ class CiContext:
 
 
 def is_gitlab_ci(environ: Mapping[str, str]) -> bool:
-    """True in a GitLab job: ``CI`` is ``true`` and ``CI_COMMIT_SHA`` is non-empty (gitlab-ci.md §1.1)."""
+    """True in a GitLab job: ``CI`` is ``true`` and ``CI_COMMIT_SHA`` is non-empty.
+
+    Both are GitLab predefined variables (https://docs.gitlab.com/ci/variables/predefined_variables/).
+    """
     ci = _value(environ, "CI")
     return ci is not None and ci.strip().lower() == "true" and _value(environ, "CI_COMMIT_SHA") is not None
 
@@ -337,7 +343,11 @@ def _context_from_gitlab(environ: Mapping[str, str], branch_override: str | None
 
 
 def _gitlab_ref(environ: Mapping[str, str], branch_override: str | None) -> tuple[RefKind, str | None]:
-    """The ref per gitlab-ci.md §1.1: branch variables first, then the tag, then CI_COMMIT_REF_NAME."""
+    """The ref: branch variables first, then the tag, then CI_COMMIT_REF_NAME.
+
+    ``CI_COMMIT_BRANCH`` is unset in merge request and tag pipelines, ``CI_COMMIT_TAG`` only exists in tag
+    pipelines (docs/gitlab-notes.md, 'Predefined variables').
+    """
     if branch_override is not None:
         return "branch", branch_override
     for name in ("CI_COMMIT_BRANCH", "CI_MERGE_REQUEST_SOURCE_BRANCH_NAME"):

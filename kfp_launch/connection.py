@@ -3,15 +3,17 @@
 Built once from the resolved :class:`Settings` (host, namespace, UI URL: flag > env > pyproject) and
 the environment (secrets, CA bundle, proxies: environment only; secrets are never flags).
 
-Facts used (reference kfp-api.md §3):
-- ``kfp.Client`` takes the host from ``KF_PIPELINES_ENDPOINT`` when none is given; the ``host`` setting
-  accepts it after ``KFP_HOST`` (see ``settings.py``).
+Facts used (kubeflow/pipelines sdk/python/kfp/client/ and the generated ``kfp_server_api`` at 2.17.0;
+docs/kfp-backend-notes.md, 'Client construction' and 'Credentials and TLS'):
+- ``kfp.Client`` takes the host from ``KF_PIPELINES_ENDPOINT`` when none is given (``Client.__init__``);
+  the ``host`` setting accepts it after ``KFP_HOST`` (see ``settings.py``).
 - ``existing_token`` sends a fixed ``authorization: Bearer`` header; a token *file* (projected service
   account tokens rotate) must be read on every request, which ``ServiceAccountTokenVolumeCredentials``
-  does (its hook runs before each request).
+  does (its ``refresh_api_key_hook`` runs before each request, from
+  ``Configuration.get_api_key_with_prefix``).
 - ``cookies`` is a string placed verbatim in the ``Cookie`` header (Dex/oauth2-proxy sessions).
-- the SDK's urllib3 ignores ``REQUESTS_CA_BUNDLE``/``SSL_CERT_FILE`` and ``HTTPS_PROXY``/``NO_PROXY``:
-  we resolve them here and pass them explicitly.
+- the SDK's urllib3 ignores ``REQUESTS_CA_BUNDLE``/``SSL_CERT_FILE`` and ``HTTPS_PROXY``/``NO_PROXY``
+  (``kfp_server_api/rest.py``, ``RESTClientObject.__init__``): we resolve them here and pass them explicitly.
 """
 
 from __future__ import annotations

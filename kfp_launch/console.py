@@ -1,10 +1,11 @@
 """The only module that prints.
 
 On a terminal it uses rich (colours, tables); in CI it writes plain lines, one per event, that
-GitLab's job log renders (ANSI colours only, no cursor movement, no OSC 8 hyperlinks: reference
-gitlab-ci.md §1.4). Collapsible-section markers are written raw to the stream, never through rich,
-which would drop the ``\\r`` and highlight the timestamp (reference gitlab-ci.md §1.4, verified
-with rich 15).
+GitLab's job log renders (ANSI colours only, no cursor movement, no OSC 8 hyperlinks, which GitLab's
+log viewer garbles: lindell/multi-gitter#314; docs/gitlab-notes.md, 'Job log output'). Collapsible-section
+markers (https://docs.gitlab.com/ci/jobs/job_logs/#custom-collapsible-sections) are written raw to the
+stream, never through rich, which would drop the ``\\r`` and highlight the timestamp (observed with
+rich 15.0.0: docs/gitlab-notes.md, 'Job log output').
 
 Human progress goes to ``out`` (stdout); errors and warnings go to ``err`` (stderr). Machine-
 readable output (``--json``, ``compile -o -``) is written with :meth:`Console.data`.

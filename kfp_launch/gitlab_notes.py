@@ -76,7 +76,7 @@ class GitLabReportConfig:
 
         The project is ``CI_MERGE_REQUEST_PROJECT_ID`` (the merge request's own project, which differs
         from the job's for merge requests from forks), else ``CI_PROJECT_ID``, else ``CI_PROJECT_PATH``
-        (all predefined variables, §1.1).
+        (all predefined variables: https://docs.gitlab.com/ci/variables/predefined_variables/).
         """
 
         def value(name: str) -> str | None:

@@ -1,8 +1,9 @@
 """Run history for comparison: ``kfp-launch runs`` lists a branch's (or an experiment's) runs, and
 ``kfp-launch compare`` shows two runs' parameter differences side by side.
 
-Metrics: the KFP v2beta1 API exposes no metric values (they live in ML Metadata), so both commands say
-so instead of guessing (reference kfp-api.md §1.3).
+Metrics: the KFP v2beta1 API exposes no metric values (they live in ML Metadata; the ``Run`` message of
+kubeflow/pipelines backend/api/v2beta1/run.proto (2.17.0) has no metrics field), so both commands say
+so instead of guessing (docs/kfp-backend-notes.md, 'No metric values in the v2beta1 API').
 """
 
 from __future__ import annotations

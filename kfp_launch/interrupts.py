@@ -1,5 +1,6 @@
-"""Signals: a canceled CI job gets SIGTERM (the runner signals the job's process group; reference
-gitlab-ci.md §1.3), Ctrl-C gives SIGINT, a closed terminal SIGHUP.
+"""Signals: a canceled CI job gets SIGTERM (the runner signals the job's process group: gitlab-org/gitlab-runner
+helpers/process/killer_unix.go, ``unixKiller.Terminate``; docs/gitlab-notes.md, 'Job cancellation signals'),
+Ctrl-C gives SIGINT, a closed terminal SIGHUP.
 
 Each raises in the main thread (SIGINT as ``KeyboardInterrupt``, the others as
 :class:`~kfp_launch.errors.Interrupted`), every time: a first signal swallowed by user code (an

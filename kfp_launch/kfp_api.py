@@ -1,14 +1,18 @@
 """The only ``kfp.Client`` user: experiments, runs, terminate, task logs, with our own error types.
 
 Every call goes through the client's generated API objects with ``_request_timeout`` (the SDK passes
-none anywhere, so a stuck request hangs forever: reference kfp-api.md §1.5, kubeflow/pipelines#8661)
-and ``_preload_content=False``, so we see the raw response: a 200 that is an HTML login page (an auth
-proxy) is an auth failure, not a model full of ``None``\\s (§1.3). Responses are read as the server's
-JSON (snake_case, empty fields omitted) into our plain models; no vendor type leaves this module.
+none anywhere, so a stuck request hangs forever: docs/kfp-backend-notes.md, 'Request timeouts';
+kubeflow/pipelines#8661) and ``_preload_content=False``, so we see the raw response: a 200 that is an
+HTML login page (an auth proxy) is an auth failure, not a model full of ``None``\\s (``kfp_server_api``
+``ApiClient.deserialize``; docs/kfp-backend-notes.md, 'Login pages with status 200'). Responses are read
+as the server's JSON (snake_case, empty fields omitted: kubeflow/pipelines
+backend/src/apiserver/common/utils.go (2.17.0), ``CustomMarshaler``) into our plain models; no vendor
+type leaves this module.
 
-Errors are translated once, here (§1.5): HTTP 401/403 and login pages -> :class:`KfpAuthError`;
-408/429/5xx, refused/reset/dropped connections and timeouts -> :class:`TransientKfpError` (retried by
-the caller); other statuses -> :class:`KfpApiError` (409 -> :class:`KfpConflictError`).
+Errors are translated once, here (docs/kfp-backend-notes.md, 'Errors and status codes'): HTTP 401/403
+and login pages -> :class:`KfpAuthError`; 408/429/5xx, refused/reset/dropped connections and timeouts ->
+:class:`TransientKfpError` (retried by the caller); other statuses -> :class:`KfpApiError` (409 ->
+:class:`KfpConflictError`).
 """
 
 from __future__ import annotations
@@ -27,12 +31,14 @@ from kfp_launch.states import RunState
 
 _TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 _EPOCH_PREFIX = "1970-01-01T00:00:00"
-# kfp.Client reads ~/.config/kfp/context.json (namespace, auth headers) in its constructor (§3.4):
-# we point it at a path that does not exist (nothing creates it) so only our explicit settings apply.
+# kfp.Client reads ~/.config/kfp/context.json (namespace, auth headers) in its constructor (kubeflow/pipelines
+# sdk/python/kfp/client/client.py (2.17.0), Client._LOCAL_KFP_CONTEXT; docs/kfp-backend-notes.md, 'Client
+# construction'): we point it at a path that does not exist (nothing creates it) so only our explicit
+# settings apply.
 _NO_CONTEXT_FILE = "/nonexistent/kfp-launch/kfp-context.json"
 # With an empty namespace the constructor calls GET /healthz, retrying 5 times with 5 s sleeps, and may
-# write a context file (§3.3). Any other namespace means zero requests; we pass the real namespace on
-# every call ourselves, so the constructor's value is never sent.
+# write a context file (client.py, Client.__init__ and get_kfp_healthz). Any other namespace means zero
+# requests; we pass the real namespace on every call ourselves, so the constructor's value is never sent.
 _CONSTRUCTOR_NAMESPACE = "kfp-launch-explicit-namespace"
 
 
@@ -55,7 +61,8 @@ class KfpApi:
         if connection.token_file and not connection.token:
             from kfp.client import ServiceAccountTokenVolumeCredentials
 
-            # Its hook runs before every request, so a rotated projected token is picked up (§3.1).
+            # Its hook runs before every request, so a rotated projected token is picked up
+            # (docs/kfp-backend-notes.md, 'Credentials and TLS').
             credentials = ServiceAccountTokenVolumeCredentials(path=connection.token_file)
         with _isolated_client_construction(kfp.Client):
             self._client = kfp.Client(
@@ -220,8 +227,9 @@ class KfpApi:
         )
 
     def task_log(self, run_id: str, node_id: str) -> str:
-        """A task's log as text (``GET /apis/v1alpha1/runs/{run}/nodes/{node}/log``, §1.6): the
-        ``main`` container of the pod named ``node_id`` (backend ``ResourceManager.ReadLog``)."""
+        """A task's log as text (``GET /apis/v1alpha1/runs/{run}/nodes/{node}/log``: kubeflow/pipelines
+        backend/src/apiserver/server/run_log_server.go (2.17.0), ``ReadRunLogV1``): the ``main`` container
+        of the pod named ``node_id`` (backend ``ResourceManager.ReadLog``)."""
         api_client = self._runs.api_client
         path = f"/apis/v1alpha1/runs/{run_id}/nodes/{node_id}/log"
         what = f"read the log of {node_id}"
@@ -264,7 +272,8 @@ class KfpApi:
 
         try:
             # Only the generated low-level API is used: it prints nothing (the high-level Client
-            # methods print "Run details: <url>" to stdout, §1.4).
+            # methods print "Run details: <url>" to stdout: sdk/python/kfp/client/client.py (2.17.0),
+            # Client.run_pipeline).
             yield
         except kfp_server_api.ApiException as exc:
             raise _api_error(exc, what, self.connection, write=write) from None
@@ -285,7 +294,7 @@ def _isolated_client_construction(client_class: Any) -> Iterator[None]:
 
 
 def _name_filter(name: str) -> str:
-    # The client's own form (§1.2): operation 1 = EQUALS.
+    # The client's own form (sdk/python/kfp/client/client.py (2.17.0), Client.get_experiment): operation 1 = EQUALS.
     return json.dumps({"predicates": [{"operation": 1, "key": "display_name", "stringValue": name}]})
 
 

@@ -3,15 +3,18 @@
 Runs the same YAML package kfp-launch would submit (``load_component_from_text``), with
 ``SubprocessRunner(use_venv=False)``: tasks run as subprocesses of the current interpreter.
 
-Facts used (reference kfp-api.md §5, read in kfp 2.17.3 ``kfp/local``):
-- during a run kfp.local replaces the root logger's handlers and prints every task's streamed
-  output to ``sys.stdout``; it logs ``Executing task 'x'`` and ``Task 'x' finished with status
-  SUCCESS|FAILURE`` per task (``task_dispatcher.py``), with ANSI colour codes;
+Facts used (read in kfp 2.17.3 ``kfp/local``, i.e. kubeflow/pipelines sdk/python/kfp/local/ at 2.17.0;
+details in docs/kfp-backend-notes.md, 'kfp.local'):
+- during a run kfp.local replaces the root logger's handlers (``logging_utils.local_logger_context``)
+  and prints every task's streamed output to ``sys.stdout`` (``subprocess_task_handler.py``); it logs
+  ``Executing task 'x'`` and ``Task 'x' finished with status SUCCESS|FAILURE`` per task
+  (``task_dispatcher.py``), with ANSI colour codes;
 - a failing run raises ``RuntimeError("Pipeline 'p' finished with status FAILURE. Inner task failed:
-  'boom' inside 'exit-handler-1'.")`` (colour codes included);
-- artifacts land in ``<pipeline_root>/<pipeline>-<timestamp>/<task>/``; ``Metrics`` values live
-  only in ``executor_output.json`` metadata;
-- ``local.init`` sets a process-global config: one local run at a time per process.
+  'boom' inside 'exit-handler-1'.")`` (colour codes included; ``pipeline_orchestrator.py``);
+- artifacts land in ``<pipeline_root>/<pipeline>-<timestamp>/<task>/`` (``executor_input_utils.py``);
+  ``Metrics`` values live only in ``executor_output.json`` metadata;
+- ``local.init`` sets a process-global config (``config.LocalExecutionConfig``): one local run at a time
+  per process.
 
 The run happens in a worker process (``python -m kfp_launch.local_runner REQUEST``) in its own
 session; kfp.local's own output goes to a log file (and to stderr with ``echo``), and the worker

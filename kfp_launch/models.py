@@ -16,7 +16,8 @@ class ParameterType(StrEnum):
 
     Source: ``PipelineSpec.root.input_definitions.parameters[*].parameter_type``
     (``kfp.pipeline_spec.pipeline_spec_pb2.ParameterType``), which is also what the KFP API
-    server validates run parameters against (reference kfp-api.md §6).
+    server validates run parameters against (kubeflow/pipelines backend/src/apiserver/template/v2_template.go
+    (2.17.0), ``V2Spec.validatePipelineJobInputs``).
     """
 
     INTEGER = "NUMBER_INTEGER"
@@ -295,7 +296,9 @@ class RunStatus:
         state: the run state (``PENDING``, ``RUNNING``, ``SUCCEEDED``, ...; ``RUNTIME_STATE_UNSPECIFIED``
             when the server omits it).
         created_at, finished_at: aware datetimes (``finished_at`` None until the run finishes).
-        error: the run's top-level error message (usually empty even for FAILED runs, §1.3).
+        error: the run's top-level error message (usually empty even for FAILED runs: kubeflow/pipelines
+            backend/src/apiserver/server/api_converter.go (2.17.0), ``toApiRun``; docs/kfp-backend-notes.md,
+            'Where a failed run says why').
         state_history: ``(state, error message)`` pairs, oldest first.
         tasks: the run's tasks (``run_details.task_details``).
         parameters: the runtime parameters.

@@ -1,12 +1,14 @@
 """Experiment and run display names that Kubeflow stores and finds reliably, whatever the branch holds.
 
-Why each rule (reference/kfp-api.md §1.5 unless noted):
+Why each rule (docs/kfp-backend-notes.md, 'Experiment names', unless noted):
 
-- Name lookups go through a ``filter`` query that the server URL-decodes twice: ``+`` reads as a space
+- Name lookups go through a ``filter`` query that the server URL-decodes twice (kubeflow/pipelines
+  backend/src/apiserver/server/list_request_util.go (2.17.0), ``parseAPIFilter``): ``+`` reads as a space
   and a ``%`` not followed by two hex digits gives HTTP 400. So neither character is kept.
-- ``display_name`` is ``varchar(128)``: MySQL counts characters, not bytes, so the limit is 128
-  characters. Every kept character is in the Basic Multilingual Plane (at most 3 UTF-8 bytes), so a
-  name also fits the older 3-byte MySQL ``utf8`` columns, where 4-byte characters (emoji) fail with 500.
+- ``display_name`` is ``varchar(128)`` (backend/src/apiserver/model/experiment.go): MySQL counts
+  characters, not bytes, so the limit is 128 characters. Every kept character is in the Basic
+  Multilingual Plane (at most 3 UTF-8 bytes), so a name also fits the older 3-byte MySQL ``utf8``
+  columns, where 4-byte characters (emoji) fail with 500.
 - Control, format (invisible, bidi-overriding), private-use, surrogate and line/paragraph-separator
   characters, non-space whitespace and non-characters are replaced: they are unreadable in the UI.
 - The unique index on experiment names is case-insensitive (kubeflow/pipelines#5172, KFP 1.0.4: with
@@ -25,7 +27,8 @@ The rules, in order (:func:`sanitize_display_name`):
    at both ends, and ``-`` plus the first 8 hex digits of the SHA-256 of the original (UTF-8) is appended
    (only the digits when nothing is left), so different originals stay different.
 
-GitLab's ``CI_COMMIT_REF_SLUG`` is not used: it is lossy without a hash (gitlab-ci.md §1.1).
+GitLab's ``CI_COMMIT_REF_SLUG`` is not used: it is lossy without a hash (docs/gitlab-notes.md,
+'CI_COMMIT_REF_SLUG is lossy').
 """
 
 from __future__ import annotations
@@ -47,7 +50,8 @@ EXPERIMENT_TEMPLATE_FIELDS = ("branch", "ticket", "project", "ref")
 """The fields an ``experiment_template`` may use."""
 
 MAX_DISPLAY_NAME_CHARS = 128
-"""``display_name`` is ``varchar(128)`` in KFP's MySQL schema (kfp-api.md §1.5)."""
+"""``display_name`` is ``varchar(128)`` in KFP's MySQL schema (kubeflow/pipelines
+backend/src/apiserver/model/experiment.go (2.17.0), ``Experiment.Name``)."""
 
 TAG_PREFIX = "tag-"
 """``{branch}`` in a tag pipeline renders as ``tag-<tag>`` (the product's choice: a tag is not a

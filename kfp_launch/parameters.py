@@ -5,8 +5,10 @@ Values come in layers, lowest precedence first: pipeline defaults < profile < pa
 file, a profile) are checked. Every problem is collected and reported in one :class:`ParameterError`
 so the user fixes them all at once, before anything runs.
 
-Coercion rules follow what the KFP API server validates at CreateRun (reference kfp-api.md §1.4 and
-§6): NUMBER_INTEGER needs a whole JSON number, NUMBER_DOUBLE a number, BOOLEAN a bool, STRING a
+Coercion rules follow what the KFP API server validates at CreateRun (kubeflow/pipelines
+backend/src/apiserver/template/v2_template.go (2.17.0), ``V2Spec.validatePipelineJobInputs``; see
+docs/kfp-backend-notes.md, 'Parameter validation at CreateRun'): NUMBER_INTEGER needs a whole JSON
+number (the server accepts any number; we are stricter), NUMBER_DOUBLE a number, BOOLEAN a bool, STRING a
 string (kept verbatim: ``007`` stays ``"007"``), LIST a JSON array, STRUCT a JSON object.
 """
 

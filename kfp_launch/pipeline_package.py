@@ -3,7 +3,8 @@
 The only module besides ``local_runner.py`` and ``kfp_api.py`` that imports ``kfp``; it is imported
 lazily by the CLI commands that need it, so ``kfp-launch --help`` never pays for ``import kfp``.
 
-Facts used (reference kfp-api.md §6): ``@dsl.pipeline`` yields a ``GraphComponent`` whose
+Facts used (kubeflow/pipelines sdk/python/kfp/dsl/graph_component.py (2.17.0); docs/kfp-backend-notes.md,
+'Compiled pipelines and parameter types'): ``@dsl.pipeline`` yields a ``GraphComponent`` whose
 ``pipeline_func.__module__`` names the defining module; most user errors surface when the module is
 imported (decoration time), not when it is compiled; the IR input definitions carry the parameter
 types the API server validates against.
@@ -283,7 +284,8 @@ def read_parameters(pipeline: Any) -> tuple[PipelineParameter, ...]:
 
     The IR (``pipeline_spec.root.input_definitions``) gives the type and optionality the server
     checks; ``component_spec.inputs`` gives the signature order and the defaults as the user wrote
-    them (the IR stores integers as doubles, reference kfp-api.md §5 "Gotchas").
+    them (the IR stores integers as doubles: docs/kfp-backend-notes.md, 'Compiled pipelines and parameter
+    types').
     """
     from kfp.pipeline_spec import pipeline_spec_pb2
 

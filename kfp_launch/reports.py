@@ -1,4 +1,7 @@
-"""The report files every run writes, for GitLab's ``artifacts:reports`` (reference gitlab-ci.md §1.5).
+"""The report files every run writes, for GitLab's ``artifacts:reports``.
+
+Reference: https://docs.gitlab.com/ci/yaml/artifacts_reports/ and docs/gitlab-notes.md ('dotenv reports',
+'JUnit reports').
 
 * a **dotenv** report (``KFP_RUN_ID=...`` lines) that later jobs receive as variables;
 * a **JUnit XML** report: one test case per pipeline task, shown in the merge request's test summary and the
@@ -23,10 +26,12 @@ from kfp_launch.models import MetricValue, RunOutcome, TaskResult
 from kfp_launch.states import OutcomeState, RunState
 
 DOTENV_MAX_BYTES = 5 * 1024
-"""GitLab's default dotenv size limit, in bytes (``ParseDotenvArtifactService``: ``5.kilobytes``; §1.5)."""
+"""GitLab's default dotenv size limit, in bytes (plan limit ``dotenv_size``, 5120 by default:
+https://docs.gitlab.com/administration/instance_limits/#limit-dotenv-file-size)."""
 
 DOTENV_MAX_VARIABLES = 20
-"""GitLab self-managed's default ``dotenv_variables`` limit (GitLab.com allows 50-150; §1.5)."""
+"""GitLab self-managed's default ``dotenv_variables`` limit (GitLab.com allows 50-150:
+https://docs.gitlab.com/administration/instance_limits/#limit-dotenv-variables, gitlab-org/gitlab#411139)."""
 
 _JUNIT_MESSAGE_CHARS = 1_000
 _JUNIT_TEXT_CHARS = 16_000
@@ -112,7 +117,8 @@ def dotenv_variables(outcome: RunOutcome) -> dict[str, str]:
     """The variables of the dotenv report, in priority order, before encoding and limits.
 
     ``KFP_RUN_ID`` comes first: it is the contract for later jobs, because gitlab-ci-local cuts the
-    ``KFP_RUN_URL`` value at its ``#`` (KFP UI links are ``.../#/runs/details/<id>``; §1.5, §2.5).
+    ``KFP_RUN_URL`` value at its ``#`` (KFP UI links are ``.../#/runs/details/<id>``; docs/gitlab-notes.md,
+    'dotenv reports').
     Empty values are left out rather than written as ``KEY=``: a local run has no run id, run URL or
     experiment id, and an absent variable is what ``[ -n "$KFP_RUN_ID" ]`` and ``${KFP_RUN_ID:?}``
     in a later job test for.
@@ -132,9 +138,11 @@ def dotenv_variables(outcome: RunOutcome) -> dict[str, str]:
 def render_dotenv(outcome: RunOutcome) -> str:
     """The dotenv report: ``KEY=value`` lines that GitLab's parser and limits accept.
 
-    Rules (GitLab docs and parser, §1.5): keys ``[A-Za-z0-9_]``; one ``KEY=value`` per line, no blank or
-    comment lines; no quotes (GitLab keeps them literally); no spaces or newlines in values; UTF-8; at most
-    :data:`DOTENV_MAX_BYTES` bytes and :data:`DOTENV_MAX_VARIABLES` variables.
+    Rules (https://docs.gitlab.com/ci/yaml/artifacts_reports/#artifactsreportsdotenv and GitLab's parser,
+    ``Ci::ParseDotenvArtifactService``; docs/gitlab-notes.md, 'dotenv reports'): keys ``[A-Za-z0-9_]``;
+    one ``KEY=value`` per line, no blank or comment lines; no quotes (GitLab keeps them literally); no
+    spaces or newlines in values; UTF-8; at most :data:`DOTENV_MAX_BYTES` bytes and
+    :data:`DOTENV_MAX_VARIABLES` variables.
 
     Encoding of values (so every value is representable and the rule is reversible with ``urllib``'s
     ``unquote``): whitespace, control characters, ``%``, quotes, backslash and ``#`` are percent-encoded as
@@ -178,14 +186,15 @@ def render_junit(outcome: RunOutcome) -> str:
 
     One ``<testcase>`` per task (``name`` = task, ``classname`` = job, ``time`` = seconds when known):
     ``FAILED`` gets ``<failure message="<error>">`` with the error, the log tail and the run URL as text
-    (GitLab shows that text in the test report; §1.5); ``SKIPPED``, ``CANCELED`` and tasks that never
-    finished get ``<skipped>``. A test case named ``run`` stands for the run itself when the job fails
-    (``exit_code != 0``: failed, canceled, timed out, interrupted, unreachable) but no task is marked
-    failed, so the merge request's test summary always says why; it is also added when there are no tasks
-    at all (GitLab ignores a suite without test cases), passing, failing or skipped (``DETACHED``: not
-    waited for). The run URL is in its ``<system-out>``. Control characters and ANSI colour codes are
-    removed from texts (XML 1.0 cannot hold them); a long ``message`` keeps its start (1,000 characters),
-    a long failure text its end (16,000 characters: the log's last lines and the run URL).
+    (GitLab shows that text in the test report: https://docs.gitlab.com/ci/testing/unit_test_reports/);
+    ``SKIPPED``, ``CANCELED`` and tasks that never finished get ``<skipped>``. A test case named ``run``
+    stands for the run itself when the job fails (``exit_code != 0``: failed, canceled, timed out,
+    interrupted, unreachable) but no task is marked failed, so the merge request's test summary always
+    says why; it is also added when there are no tasks at all (GitLab ignores a suite without test
+    cases), passing, failing or skipped (``DETACHED``: not waited for). The run URL is in its
+    ``<system-out>``. Control characters and ANSI colour codes are removed from texts (XML 1.0 cannot
+    hold them); a long ``message`` keeps its start (1,000 characters), a long failure text its end
+    (16,000 characters: the log's last lines and the run URL).
     """
     return _junit_document([outcome])
 

@@ -119,7 +119,9 @@ def ensure_experiment(
     """Find the experiment by name or create it; unarchive it if archived.
 
     Two jobs racing to create it end in the same one: a 409 on create means the other won, so we
-    look it up again (reference kfp-api.md §1.4).
+    look it up again (the (name, namespace) unique index: kubeflow/pipelines
+    backend/src/apiserver/model/experiment.go (2.17.0); docs/kfp-backend-notes.md, 'Creating an
+    experiment twice').
 
     Raises:
         KfpApiError: the name is still unknown after a 409 and ``lookups`` look-ups.
@@ -204,7 +206,8 @@ def create_run_once(
 
 def environ_experiment_overrides(environ: Mapping[str, str]) -> list[str]:
     """The SDK's experiment-name variables that are set (we resolve the experiment ourselves and
-    pass its id, so they are ignored: reference kfp-api.md §1.4)."""
+    pass its id, so they are ignored: kubeflow/pipelines sdk/python/kfp/client/client.py (2.17.0),
+    ``Client.create_run_from_pipeline_package``)."""
     names = ("KF_PIPELINES_DEFAULT_EXPERIMENT_NAME", "KF_PIPELINES_OVERRIDE_EXPERIMENT_NAME")
     return [n for n in names if environ.get(n, "").strip()]
 

@@ -17,12 +17,12 @@ Modeled:
   (``rel="next"`` etc.), which python-gitlab follows;
 * authentication like GitLab: ``PRIVATE-TOKEN: <t>`` or ``Authorization: Bearer <t>`` for the tokens in
   ``access_tokens``; anything else (a missing or unknown token) is ``401 {"message":"401 Unauthorized"}``.
-  ``JOB-TOKEN: <t>`` for the tokens in ``job_tokens`` is accepted only where GitLab's job-token table allows
-  it (reference gitlab-ci.md §1.2): ``GET .../merge_requests``, ``GET .../merge_requests/:iid`` and
-  ``GET .../notes[/:note_id]``; everything else (``POST``/``PUT`` notes, ``GET /user``, ``GET /projects/:id``)
-  answers ``job_token_denied_status`` (403 ``{"message":"403 Forbidden"}`` by default). Real GitLab seems to
-  ignore a job token on routes that do not allow one and answer 401 instead (reports in
-  Nikita-Filonov/ai-review#12 and #51); set ``job_token_denied_status=401`` to model that;
+  ``JOB-TOKEN: <t>`` for the tokens in ``job_tokens`` is accepted only where GitLab's job-token table
+  (https://docs.gitlab.com/ci/jobs/ci_job_token/#job-token-access) allows it: ``GET .../merge_requests``,
+  ``GET .../merge_requests/:iid`` and ``GET .../notes[/:note_id]``; everything else (``POST``/``PUT`` notes,
+  ``GET /user``, ``GET /projects/:id``) answers ``job_token_denied_status`` (403 ``{"message":"403 Forbidden"}``
+  by default). Real GitLab seems to ignore a job token on routes that do not allow one and answer 401 instead
+  (reports in Nikita-Filonov/ai-review#12 and #51); set ``job_token_denied_status=401`` to model that;
 * fault injection: ``fail`` (answer an HTTP status) and ``drop`` (close the connection without an answer)
   on the next N requests that match a method and a path regex.
 

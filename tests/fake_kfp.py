@@ -37,8 +37,9 @@ terminate (tasks keep their last scripted details), and whether an empty ``run_d
 ``runtime_config`` is sent as ``{}`` (omitted here, so clients must cope with None). Error ``message``
 texts follow the backend's wrapping chain in form; only the key phrases are exact.
 
-Sources: ``/work/shared/reference/kfp-api.md`` (cited as "ref §n") and the kubeflow/pipelines backend
-(``backend/src/apiserver``; messages are approximations of its wording, codes and structure follow it).
+Sources: the kubeflow/pipelines backend at tag 2.17.0 (``backend/src/apiserver``; file names below are
+relative to it; messages are approximations of its wording, codes and structure follow it), the kfp 2.17.3
+SDK, and ``docs/kfp-backend-notes.md`` in this repository (cited with the heading of the note).
 
 Example::
 
@@ -95,15 +96,17 @@ PATH_RUN = r"/apis/v2beta1/runs/[^/:]+"
 PATH_RUN_TERMINATE = r"/apis/v2beta1/runs/[^/:]+:terminate"
 PATH_TASK_LOG = r"/apis/v1alpha1/runs/[^/]+/nodes/[^/]+/log"
 
-EPOCH = "1970-01-01T00:00:00Z"  # a zero google.protobuf.Timestamp as protojson prints it (ref §1.3)
+# A zero google.protobuf.Timestamp as protojson prints it (docs/kfp-backend-notes.md, 'Response JSON').
+EPOCH = "1970-01-01T00:00:00Z"
 RUN_STATES = frozenset(
     {"RUNTIME_STATE_UNSPECIFIED", "PENDING", "RUNNING", "SUCCEEDED", "SKIPPED", "FAILED", "CANCELING",
      "CANCELED", "PAUSED"}
-)  # V2beta1RuntimeState (ref §2)
+)  # V2beta1RuntimeState: backend/api/v2beta1/run.proto, enum RuntimeState
 FINISHED_STATES = frozenset({"SUCCEEDED", "FAILED", "SKIPPED", "CANCELED"})  # these set finished_at
 TERMINABLE_STATES = frozenset({"PENDING", "RUNNING", "PAUSED", "RUNTIME_STATE_UNSPECIFIED"})  # run_store.go
 
-# gRPC code -> HTTP status, grpc-gateway's HTTPStatusFromCode (ref §1.5).
+# gRPC code -> HTTP status, grpc-gateway's HTTPStatusFromCode (grpc-ecosystem/grpc-gateway v2.28.0,
+# runtime/errors.go; the version in kubeflow/pipelines' go.mod at 2.17.0).
 GRPC_TO_HTTP = {
     0: 200, 1: 499, 2: 500, 3: 400, 4: 504, 5: 404, 6: 409, 7: 403, 8: 429, 9: 400, 10: 409, 11: 400,
     12: 501, 13: 500, 14: 503, 15: 500, 16: 401,
@@ -202,7 +205,8 @@ class RunStep:
             ``task_id``, ``display_name``, ``state``, ``error``, ``pod_name``, ``child_tasks``,
             ``state_history``, ``create_time``/``start_time``/``end_time``); None keeps the current tasks.
         error: a google.rpc.Status dict (``{"code": 2, "message": "..."}``) stored with the
-            ``state_history`` entry of this state, where the real server keeps failure detail (ref §1.3).
+            ``state_history`` entry of this state, where the real server keeps failure detail
+            (server/api_converter.go, toApiRun; docs/kfp-backend-notes.md, 'Where a failed run says why').
     """
 
     state: str
@@ -308,7 +312,9 @@ class Fault:
 
 
 class _ApiError(Exception):
-    """A gRPC status the fake answers with; HTTP status from ``GRPC_TO_HTTP`` (ref §1.5).
+    """A gRPC status the fake answers with; HTTP status from ``GRPC_TO_HTTP``.
+
+    See docs/kfp-backend-notes.md, 'Errors and status codes'.
 
     The real server's ``message`` is its internal error chain ("wrapper: wrapper: Kind: detail") and the
     detail status carries the external message alone (backend common/util/error.go, ToGRPCError).
@@ -449,8 +455,10 @@ def _parse_filter(encoded: str, filter_keys: Mapping[str, str]) -> tuple[str, tu
     """Decode a ``filter`` query value the way the server does and parse it.
 
     The gateway already decoded the query once; ``parseAPIFilter`` (list_request_util.go) runs
-    ``url.QueryUnescape`` again, so ``+`` in a name becomes a space and a stray ``%`` is an error (ref §1.5).
-    Accepts ``operation`` as an integer or an enum name, and camelCase or snake_case value keys (ref §1.2).
+    ``url.QueryUnescape`` again, so ``+`` in a name becomes a space and a stray ``%`` is an error
+    (docs/kfp-backend-notes.md, 'Experiment names'). Accepts ``operation`` as an integer or an enum name,
+    and camelCase or snake_case value keys, as the server's ``protojson.Unmarshal`` does
+    (docs/kfp-backend-notes.md, 'Name lookups').
     """
     if encoded == "":
         return "", ()
@@ -634,7 +642,8 @@ _KIND_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
 
 
 def _validate_parameters(spec: Mapping[str, Any], parameters: Mapping[str, Any]) -> None:
-    """400 unless PARAMETERS fit ``root.inputDefinitions.parameters`` of SPEC (ref §1.4).
+    """400 unless PARAMETERS fit ``root.inputDefinitions.parameters`` of SPEC (template/v2_template.go,
+    ``V2Spec.validatePipelineJobInputs``).
 
     Checks, in the spec's parameter order (the server iterates a Go map, so its order is random): a
     missing parameter must be optional or have a default; a given one must have the right JSON kind;
@@ -721,7 +730,8 @@ class FakeKfpServer(LoopbackServer):
             need a namespace, runs need an experiment id; healthz says ``multi_user: true``. When False,
             namespaces are replaced by "" (single-user ``ReplaceNamespace``) and a run without experiment
             goes to the experiment "Default".
-        terminated_state: the state a terminated run ends in; real KFP 2.17 ends as ``FAILED`` (ref §1.5),
+        terminated_state: the state a terminated run ends in; real KFP 2.17 ends as ``FAILED``
+            (docs/kfp-backend-notes.md, 'Terminating a run'),
             set ``"CANCELED"`` to model a backend that reports cancellation.
         canceling_polls: how many GETs of a terminated run still show ``CANCELING`` before the terminal state.
         service_account: ``service_account`` set on runs that do not ask for one (KFP's default runner).
@@ -908,7 +918,8 @@ class FakeKfpServer(LoopbackServer):
         """Close the connection of matching requests without answering.
 
         urllib3 retries a dropped GET up to 3 times silently (so ``times=1`` on a GET is invisible to the
-        client except in ``requests``) and raises ``ProtocolError`` at once for a POST (ref §1.5).
+        client except in ``requests``) and raises ``ProtocolError`` at once for a POST
+        (docs/kfp-backend-notes.md, 'Errors and status codes').
         """
         return self.add_fault(Fault("drop", method, path, skip, times, after_handling=after_handling,
                                     token=token))
@@ -928,7 +939,8 @@ class FakeKfpServer(LoopbackServer):
 
     def html_login(self, *, method: str | None = None, path: str = ".*", times: int | None = 1,
                    skip: int = 0, token: str | None = None) -> Fault:
-        """Answer matching requests with 200 ``text/html`` login page, like an auth proxy (ref §1.3)."""
+        """Answer matching requests with 200 ``text/html`` login page, like an auth proxy
+        (docs/kfp-backend-notes.md, 'Login pages with status 200')."""
         return self.add_fault(Fault("html", method, path, skip, times, token=token))
 
     def unauthorized_after(self, n_ok: int, *, method: str | None = None, path: str = ".*",
