@@ -157,11 +157,16 @@ class App:
             max_outage_s=self.settings.max_outage.total_seconds(),
         )
 
-    def retry(self) -> Retry:
-        """The retry rule for one safe API call; each transient failure is a ``warning:`` line."""
+    def retry(self, *, max_outage_s: float | None = None) -> Retry:
+        """The retry rule for one safe API call, for up to ``--max-outage`` (or ``max_outage_s`` seconds if
+        shorter); each transient failure is a ``warning:`` line that names the limit."""
+        from dataclasses import replace
+
         from kfp_launch.polling import Retry
 
         policy = self.poll_policy
+        if max_outage_s is not None:
+            policy = replace(policy, max_outage_s=min(policy.max_outage_s, max_outage_s))
 
         def warn(exc: Exception, outage_s: float) -> None:
             message = getattr(exc, "message", str(exc))

@@ -85,11 +85,12 @@ def _run_guarded(command: str, flags: dict[str, object], use_case: Callable[[App
         return ExitCode.INTERNAL
 
 
-def _setting_option(spec: SettingSpec) -> inspect.Parameter:
+def _setting_option(spec: SettingSpec, command: str) -> inspect.Parameter:
     """The typer option of a setting, all from its declaration: ``--name`` (or its declared spellings),
-    metavar, help ending in where else it can be set."""
+    metavar, help (with the command's own default) ending in where else it can be set."""
     declared = spec.flags if spec.flags and "/" in spec.flags[0] else (spec.flag, *spec.flags)
-    option = typer.Option(*declared, help=f"{spec.help} {help_suffix(spec.name)}", metavar=spec.metavar)
+    text = spec.help.replace("{default}", str(spec.default_for(command)))
+    option = typer.Option(*declared, help=f"{text} {help_suffix(spec.name)}", metavar=spec.metavar)
     return inspect.Parameter(
         spec.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[spec.option_type, option]
     )
@@ -108,7 +109,7 @@ def _command(name: str) -> Callable[[UseCase], UseCase]:
             code = _run_guarded(name, flags, lambda wired: function(wired, **values))
             raise typer.Exit(int(code))
 
-        command.__signature__ = inspect.Signature([*own, *map(_setting_option, specs)])  # type: ignore[attr-defined]
+        command.__signature__ = inspect.Signature([*own, *(_setting_option(spec, name) for spec in specs)])  # type: ignore[attr-defined]
         command.__doc__ = function.__doc__
         app.command(name)(command)
         return function

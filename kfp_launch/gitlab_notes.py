@@ -125,12 +125,12 @@ class MergeRequestNotes:
         config: URL, project and token (see :class:`GitLabReportConfig`).
         ci: the CI context: merge request, branch, job, pipeline, commit and ticket.
         console: where warnings and the note's link go.
-        job: the job whose note this is, when one CI job runs several jobs (``run JOB JOB``, ``--all``):
-            each gets its own note. None when the CI job runs one job (its note is the CI job's).
+        several: the CI job runs several jobs (``run JOB JOB``, ``--all``): each job gets its own note (its
+            marker names the job); one client, one merge request look-up and one failure state serve all.
     """
 
-    def __init__(self, config: GitLabReportConfig, ci: CiContext, console: Console, *, job: str | None = None) -> None:
-        self._job = job
+    def __init__(self, config: GitLabReportConfig, ci: CiContext, console: Console, *, several: bool = False) -> None:
+        self._several = several
         self._config = config
         self._ci = ci
         self._console = console
@@ -138,7 +138,7 @@ class MergeRequestNotes:
         self._project: Project | None = None
         self._merge_request: tuple[int, str | None] | None = None  # (iid, web URL)
         self._looked_up_merge_request = False
-        self._note_id: int | None = None
+        self._note_ids: dict[str, int | None] = {}  # by job key
 
     def run_started(self, run: StartedRun) -> None:
         """Create (or update) the note saying the run is running, with its link and parameters."""
@@ -187,22 +187,25 @@ class MergeRequestNotes:
             return
         iid, mr_url = found
         merge_request = project.mergerequests.get(iid, lazy=True)
-        marker = note_marker(self._marker_project(), self._job_key(run), iid)
+        key = self._job_key(run)
+        marker = note_marker(self._marker_project(), key, iid)
         body = f"{marker}\n{render_note(run, self._ci, outcome=outcome, jira_url=self._config.jira_url)}"
-        is_first_write = self._note_id is None
-        if self._note_id is None:
-            self._note_id = self._call(
+        is_first_write = key not in self._note_ids
+        if is_first_write:
+            self._note_ids[key] = self._call(
                 f"read the notes of merge request !{iid}",
                 lambda: _find_note(merge_request, marker, self._retrying()),
             )
-        if self._note_id is None or not self._update(merge_request, iid, self._note_id, body):
+        note_id = self._note_ids[key]
+        if note_id is None or not self._update(merge_request, iid, note_id, body):
             note = self._call(
                 f"create a note on merge request !{iid}",
                 lambda: merge_request.notes.create({"body": body}, **self._once()),
             )
-            self._note_id = int(note.id)
+            self._note_ids[key] = note_id = int(note.id)
         if is_first_write and mr_url:
-            self._console.url("merge request note", f"{mr_url}#note_{self._note_id}")
+            label = f"merge request note of {run.job}" if self._several else "merge request note"
+            self._console.url(label, f"{mr_url}#note_{note_id}")
 
     def _update(self, merge_request: ProjectMergeRequest, iid: int, note_id: int, body: str) -> bool:
         """PUT the note; False if it is gone (404) or not ours to edit (403), so a new one is created."""
@@ -271,7 +274,7 @@ class MergeRequestNotes:
         """The CI job's full name (each parallel/matrix instance has its own note), and the job when the CI
         job runs several; on a laptop the job."""
         key = self._ci.job_name or f"{run.job} (local)"
-        return f"{key} / {self._job}" if self._job and self._ci.job_name else key
+        return f"{key} / {run.job}" if self._several and self._ci.job_name else key
 
     # ---- python-gitlab plumbing ----------------------------------------------------------------------------
 

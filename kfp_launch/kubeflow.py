@@ -17,6 +17,7 @@ from kfp_launch.kfp_api import KfpApi
 from kfp_launch.models import Experiment, RunOutcome
 from kfp_launch.naming import experiment_for
 from kfp_launch.plan import plan_jobs, print_plan
+from kfp_launch.polling import PREFLIGHT_OUTAGE_S
 from kfp_launch.reporting import Reporting
 from kfp_launch.states import OutcomeState, exit_code_for
 from kfp_launch.submission import (
@@ -30,10 +31,6 @@ from kfp_launch.submission import (
 )
 from kfp_launch.termination import terminate_runs
 from kfp_launch.waiting import Tracked, check_time_to_wait, wait_and_report
-
-PREFLIGHT_OUTAGE_S = 30.0
-"""Before anything is submitted, give up on an unreachable Kubeflow after this long (a wrong KFP_HOST
-should not take --max-outage to report; the CI template retries exit 5 anyway)."""
 
 
 def run_on_kubeflow(app: App, jobs: list[str], all_jobs: bool) -> ExitCode:
@@ -66,7 +63,7 @@ def run_on_kubeflow(app: App, jobs: list[str], all_jobs: bool) -> ExitCode:
     what = planned[0].plan.compiled.pipeline_name if len(planned) == 1 else f"{len(planned)} runs"
     console.section_start("kfp_launch_submit", f"Submitting {what} to {connection.host}")
     description = experiment_description(ci, jira_url=app.jira_url)
-    experiment = app.retry().within(PREFLIGHT_OUTAGE_S)(
+    experiment = app.retry(max_outage_s=PREFLIGHT_OUTAGE_S)(
         lambda: ensure_experiment(api, experiment_name, description, say=console.line)
     )
     submitted = submit_recorded(app, api, experiment, planned)
@@ -126,7 +123,7 @@ def clear_previous_run_files(app: App) -> None:
 
 def _dry_run(app: App, api: KfpApi, experiment_name: str, planned: list[PlannedRun]) -> ExitCode:
     console = app.console
-    experiment = app.retry().within(PREFLIGHT_OUTAGE_S)(lambda: api.find_experiment(experiment_name))
+    experiment = app.retry(max_outage_s=PREFLIGHT_OUTAGE_S)(lambda: api.find_experiment(experiment_name))
     if experiment is None:
         state = "does not exist yet: would be created"
     else:

@@ -29,11 +29,22 @@ def run_local_jobs(app: App, jobs: list[str], all_jobs: bool) -> ExitCode:
         KfpLaunchError: compile or parameter errors (nothing runs); the worker died (exit 6).
     """
     plans = plan_jobs(app, jobs, all_jobs)
-    return worst_exit_code([run_locally(app, plan) for plan in plans])
+    outcomes: list[RunOutcome] = []
+    try:
+        for plan in plans:
+            outcomes.append(run_locally(app, plan))
+    finally:
+        if outcomes:  # one set of report files for every run that ended, as on Kubeflow
+            Reporting(app).finished(outcomes)
+    return worst_exit_code([o.exit_code for o in outcomes])
 
 
-def run_locally(app: App, plan: JobPlan) -> ExitCode:
-    """Run one compiled job with kfp.local; print and report how it went."""
+def run_locally(app: App, plan: JobPlan) -> RunOutcome:
+    """Run one compiled job with kfp.local; print how it went.
+
+    Raises:
+        PipelineError: kfp.local cannot run it (exit 3). LocalRunError: the worker died (exit 6).
+    """
     from kfp_launch.local_runner import LocalWorkerDiedError, UnsupportedLocallyError, local_pipeline_root, run_local
 
     console, compiled = app.console, plan.compiled
@@ -65,25 +76,20 @@ def run_locally(app: App, plan: JobPlan) -> ExitCode:
         console.section_end("kfp_launch_run")
     _print_outcome(outcome, console)
     state = OutcomeState.SUCCEEDED if outcome.succeeded else OutcomeState.FAILED
-    Reporting(app).finished(
-        [
-            RunOutcome(
-                job=compiled.job,
-                pipeline_name=compiled.pipeline_name,
-                state=state,
-                exit_code=exit_code_for(state),
-                experiment=experiment or "",
-                tasks=outcome.tasks,
-                metrics=outcome.metrics,
-                metrics_available=True,
-                parameters=plan.params.as_dict(),
-                duration_s=outcome.duration_s,
-                message=outcome.error,
-                local=True,
-            )
-        ]
+    return RunOutcome(
+        job=compiled.job,
+        pipeline_name=compiled.pipeline_name,
+        state=state,
+        exit_code=exit_code_for(state),
+        experiment=experiment or "",
+        tasks=outcome.tasks,
+        metrics=outcome.metrics,
+        metrics_available=True,
+        parameters=plan.params.as_dict(),
+        duration_s=outcome.duration_s,
+        message=outcome.error,
+        local=True,
     )
-    return exit_code_for(state)
 
 
 def _print_task(task: TaskResult, console: Console) -> None:

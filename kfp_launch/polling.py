@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 from kfp_launch.errors import KfpApiError, KfpAuthError, KfpUnavailableError, TransientKfpError
@@ -33,6 +33,10 @@ T = TypeVar("T")
 IDS_PER_REQUEST = 50
 """Run ids per list request: 50 UUIDs keep the filtered URL under ~3 KB (ingress header buffers are
 often 8 KB), so up to 50 runs cost one request per poll tick, 200 runs four."""
+
+PREFLIGHT_OUTAGE_S = 30.0
+"""Before anything is submitted, and in ``cancel`` (the after_script has 5 minutes for everything), give up
+on an unreachable Kubeflow after this long: a wrong KFP_HOST should not take --max-outage to report."""
 
 DELETED = "the run was deleted"
 """The error of a run that vanished while we waited (its ``GET`` answers 404)."""
@@ -97,9 +101,12 @@ def call_with_retry(
     sleep: Callable[[float], None] = time.sleep,
     stop_at: float | None = None,
     age_at_start_s: float = 0.0,
+    polls_before: int = 0,
 ) -> T:
     """Run one API call, retrying transient failures with the poll backoff for up to ``max_outage_s``
     (or until ``stop_at`` on ``clock``), and a 401/403 once, at once (credentials are re-read per request).
+    ``polls_before`` continues a poll loop's backoff: an outage of an old run's wait does not start again
+    at the first interval.
 
     Use it only for calls that are safe to repeat (reads, terminate, create-experiment whose 409 the
     caller handles); a create-run must first check whether the failed attempt created the run
@@ -121,8 +128,8 @@ def call_with_retry(
         def __call__(self, retry_state: RetryCallState) -> bool:
             nonlocal refusals
             failure = retry_state.outcome.exception() if retry_state.outcome else None
-            refusals = refusals + 1 if isinstance(failure, KfpAuthError) else 0
-            if refusals:
+            if isinstance(failure, KfpAuthError):
+                refusals += 1  # counted until a success ends the call, whatever fails in between
                 return refusals >= 2
             if isinstance(failure, KfpUnavailableError):
                 on_transient(failure, clock() - started)
@@ -135,7 +142,7 @@ def call_with_retry(
         failure = retry_state.outcome.exception() if retry_state.outcome else None
         if isinstance(failure, KfpAuthError):
             return 0.0
-        pause = policy.interval(retry_state.attempt_number - 1, age_at_start_s + clock() - started)
+        pause = policy.interval(polls_before + retry_state.attempt_number - 1, age_at_start_s + clock() - started)
         return min(pause, max(0.0, give_up_at - clock()))
 
     retrying = Retrying(
@@ -164,10 +171,6 @@ class Retry:
         return call_with_retry(
             call, policy=self.policy, on_transient=self.on_transient, clock=self.clock, sleep=self.sleep
         )
-
-    def within(self, max_outage_s: float) -> Retry:
-        """The same rule with an outage of at most ``max_outage_s`` seconds."""
-        return replace(self, policy=replace(self.policy, max_outage_s=min(self.policy.max_outage_s, max_outage_s)))
 
 
 def wait_for_runs(
@@ -212,6 +215,7 @@ def wait_for_runs(
                     sleep=sleep,
                     stop_at=deadline,
                     age_at_start_s=age_at_start_s + tick - started,
+                    polls_before=polls,
                 )
             )
         except TransientKfpError as exc:

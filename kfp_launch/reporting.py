@@ -36,21 +36,18 @@ class Reporting:
             metrics=project_dir / settings.metrics_report,
         )
         self._console = app.console
-        self._notes: dict[str, MergeRequestNotes] = {}
+        self._note_jobs = frozenset(note_jobs)
+        self._notes: MergeRequestNotes | None = None
         if note_jobs and (app.ci.in_ci or app.gitlab.token):
             from kfp_launch.gitlab_notes import MergeRequestNotes
 
-            config = app.gitlab
-            several = len(note_jobs) > 1
-            self._notes = {
-                job: MergeRequestNotes(config, app.ci, app.console, job=job if several else None) for job in note_jobs
-            }
+            self._notes = MergeRequestNotes(app.gitlab, app.ci, app.console, several=len(self._note_jobs) > 1)
 
     def started(self, outcomes: Sequence[RunOutcome]) -> None:
         """The runs exist: create each job's merge request note."""
         for outcome in outcomes:
-            if outcome.job in self._notes:
-                self._notes[outcome.job].run_started(self._masked(outcome))
+            if self._notes is not None and outcome.job in self._note_jobs:
+                self._notes.run_started(self._masked(outcome))
 
     def finished(self, outcomes: Sequence[RunOutcome]) -> None:
         """The runs ended (or the wait stopped): one set of report files for all, each job's note updated."""
@@ -63,8 +60,8 @@ class Reporting:
         except OSError as exc:
             self._console.warn(f"could not write the reports: {exc}; the exit code is not affected")
         for outcome in masked:
-            if outcome.job in self._notes:
-                self._notes[outcome.job].run_finished(outcome)
+            if self._notes is not None and outcome.job in self._note_jobs:
+                self._notes.run_finished(outcome)
 
     def _masked(self, outcome: RunOutcome) -> RunOutcome:
         # Server messages and task logs can echo a token: reports and notes get the console's masking.

@@ -42,6 +42,23 @@ def parse_list(value: object, where: str) -> tuple[str, ...]:
     raise ConfigError(f"{where} must be a list of strings.", hint='e.g. param = ["steps=10"].')
 
 
+def parse_assignments(value: object, where: str) -> tuple[str, ...]:
+    """A list (as :func:`parse_list`) of ``KEY=VALUE`` words (the value may contain ``=``).
+
+    Raises:
+        ConfigError: a word has no ``=`` or an empty key (given as a flag, the caller makes it exit 2).
+    """
+    words = parse_list(value, where)
+    for word in words:
+        key, sep, _ = word.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(
+                f'{where} "{word}" is not KEY=VALUE.',
+                hint='write it as --param steps=100 (quote values with spaces: --param "name=a b").',
+            )
+    return words
+
+
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|h|m|s)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 

@@ -21,6 +21,7 @@ from typing import Any
 from kfp_launch.errors import ConfigError, UsageError
 from kfp_launch.setting_values import (
     choice,
+    parse_assignments,
     parse_bool,
     parse_count,
     parse_duration_value,
@@ -73,6 +74,7 @@ class SettingSpec:
         metavar: the placeholder in ``--help`` (``URL``, ``DURATION``…), or None for typer's own.
         commands: the commands that take it as a flag (empty: environment and pyproject only).
         env: the environment variables that set it, first wins (``KFP_LAUNCH_FOO_BAR`` unless declared).
+        fallback_env: variables read after pyproject (``KF_PIPELINES_ENDPOINT``, the SDK's own, for ``host``).
         reads_env: False when another module reads ``env`` itself (``JIRA_TICKET`` is one of the CI
             context's ticket sources, ``ci_context.py``); the help still names it.
         pyproject: whether ``[tool.kfp-launch]`` may set it.
@@ -89,6 +91,7 @@ class SettingSpec:
     commands: frozenset[str] = frozenset()
     env: tuple[str, ...] = ()
     reads_env: bool = True
+    fallback_env: tuple[str, ...] = ()
     pyproject: bool = True
     flags: tuple[str, ...] = ()
     kubeflow_only: bool = False
@@ -122,6 +125,7 @@ class SettingSpec:
 _OPTION_TYPES: dict[Callable[[object, str], object], type] = {
     parse_bool: bool,
     parse_list: list[str],
+    parse_assignments: list[str],
     parse_count: int,
 }
 
@@ -152,7 +156,7 @@ class Settings:
     param: tuple[str, ...] = setting(
         (),
         "Set a pipeline parameter, KEY=VALUE (repeatable)",
-        parse=parse_list,
+        parse=parse_assignments,
         commands={RUN},
         flags=("-p",),
         metavar="KEY=VALUE",
@@ -196,7 +200,8 @@ class Settings:
         "KFP API URL, e.g. https://kubeflow.example.com/pipeline",
         metavar="URL",
         commands=_CONNECT,
-        env=("KFP_HOST", "KF_PIPELINES_ENDPOINT"),
+        env=("KFP_HOST",),
+        fallback_env=("KF_PIPELINES_ENDPOINT",),
         kubeflow_only=True,
     )
     namespace: str | None = setting(
@@ -273,7 +278,7 @@ class Settings:
     )
     on_timeout: str = setting(
         "terminate",
-        "terminate|detach the run at the deadline [default: terminate; watch: detach]",
+        "terminate|detach the run at the deadline [default: {default}]",
         parse=choice("terminate", "detach"),
         metavar="terminate|detach",
         commands=_WAIT,
@@ -282,7 +287,7 @@ class Settings:
     )
     on_cancel: str = setting(
         "terminate",
-        "terminate|detach the run on SIGTERM/SIGINT/SIGHUP [default: terminate; watch: detach]",
+        "terminate|detach the run on SIGTERM/SIGINT/SIGHUP [default: {default}]",
         parse=choice("terminate", "detach"),
         metavar="terminate|detach",
         commands=_WAIT,
@@ -337,7 +342,7 @@ def specs_for(command: str) -> list[SettingSpec]:
 def help_suffix(name: str) -> str:
     """The ``[env: …; pyproject: …]`` text appended to an option's help."""
     spec = SPECS[name]
-    where = "env: " + " or ".join(spec.env_vars)
+    where = "env: " + " or ".join(spec.env_vars + spec.fallback_env)
     if spec.pyproject:
         where += f"; pyproject: {spec.name}"
     return f"[{where}]"
@@ -399,13 +404,16 @@ def _param_layers(
     spec = SPECS["param"]
     layers: list[tuple[str, tuple[str, ...]]] = []
     if "param" in table:
-        layers.append(("pyproject.toml", parse_list(table["param"], "param in [tool.kfp-launch] of pyproject.toml")))
+        where = "param in [tool.kfp-launch] of pyproject.toml"
+        layers.append(("pyproject.toml", parse_assignments(table["param"], where)))
     if environ.get(spec.env_var, "") != "":
-        layers.append(
-            (f"env {spec.env_var}", parse_list(environ[spec.env_var], f"environment variable {spec.env_var}"))
-        )
+        where = f"environment variable {spec.env_var}"
+        layers.append((f"env {spec.env_var}", parse_assignments(environ[spec.env_var], where)))
     if flags.get("param"):
-        layers.append((spec.flag, parse_list(flags["param"], spec.flag)))
+        try:
+            layers.append((spec.flag, parse_assignments(flags["param"], spec.flag)))
+        except ConfigError as exc:  # a flag's value is rejected like the argument parser rejects: exit 2
+            raise UsageError(exc.message, hint=exc.hint) from None
     return tuple(layers)
 
 
@@ -424,4 +432,8 @@ def _resolve_one(
     if spec.pyproject and spec.name in table:
         where = f"{spec.name} in [tool.kfp-launch] of pyproject.toml"
         return spec.parse(table[spec.name], where), "pyproject.toml"
+    for variable in spec.fallback_env:
+        env_value = environ.get(variable, "").strip()
+        if env_value:
+            return spec.parse(env_value, f"environment variable {variable}"), f"env {variable}"
     return spec.default_for(command), "default"

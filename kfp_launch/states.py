@@ -54,12 +54,6 @@ class RunState(StrEnum):
         on its way out (e.g. terminated by the previous attempt's after_script) is replaced, not waited for."""
         return self in _ATTACHABLE
 
-    @property
-    def is_terminable(self) -> bool:
-        """True when KFP accepts ``:terminate`` (PENDING, RUNNING, PAUSED, UNSPECIFIED; else HTTP 400
-        "Row not found": ``run_store.go`` ``TerminateRun``)."""
-        return self in _ATTACHABLE
-
 
 _TERMINAL = frozenset({RunState.SUCCEEDED, RunState.FAILED, RunState.SKIPPED, RunState.CANCELED})
 _ATTACHABLE = frozenset({RunState.UNSPECIFIED, RunState.PENDING, RunState.RUNNING, RunState.PAUSED})

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from typing import Protocol
 
 from kfp_launch.console import Console
-from kfp_launch.errors import ExitCode, KfpApiError, KfpLaunchError
+from kfp_launch.errors import KfpApiError, KfpLaunchError
 from kfp_launch.polling import Retry
 
 TERMINATE_TIMEOUT_S = 5.0
@@ -33,47 +33,52 @@ def terminate_runs(
     *,
     why: str,
     policy: str = "terminate",
+    policy_flag: str = "--on-cancel",
     retry: Retry | None = None,
-) -> dict[str, ExitCode]:
+) -> dict[str, KfpLaunchError]:
     """Ask Kubeflow to terminate each run, each on its own: one failure does not spare the others.
 
     Args:
         api: the KFP adapter.
         run_ids: the runs (an empty id is skipped).
-        console: where each result is said (``warning:`` lines unless ``retry`` is given).
-        why: the reason, leading each line (``"interrupted"``, ``"the wait deadline passed"``).
-        policy: ``"detach"`` (``--on-cancel``/``--on-timeout detach``) leaves the runs running and says so.
-        retry: retry transient failures (``cancel``); without it one attempt of at most
-            :data:`TERMINATE_TIMEOUT_S` seconds each (a signal leaves little time).
+        console: where each result is said.
+        why: the reason, leading each line (``"interrupted"``, ``"the wait deadline passed"``, ``"cancel"``).
+        policy: ``"detach"`` leaves the runs running and says so, naming ``policy_flag``.
+        policy_flag: the option that set ``policy`` (``--on-cancel`` or ``--on-timeout``).
+        retry: ``cancel``'s retry of transient failures; the caller reports what still failed (with its
+            hint). Without it: one attempt of at most :data:`TERMINATE_TIMEOUT_S` seconds each (a signal
+            leaves little time), and a failure is a warning pointing at the after_script.
 
     Returns:
-        The runs that could not be terminated (Kubeflow unreachable or refusing), with the exit code
-        of why not.
+        The runs that could not be terminated (Kubeflow unreachable or refusing the credentials), with why.
+        A run KFP refuses to terminate (HTTP 4xx: no longer active, or gone) had already finished.
     """
     say = console.line if retry is not None else console.warn
     ids = [run_id for run_id in run_ids if run_id]
     if policy == "detach":
-        say(f"{why}: {', '.join(ids) or 'no run'} keeps running (detach)")
+        if ids:
+            say(f"{why}: {_runs(ids)} {'keeps' if len(ids) == 1 else 'keep'} running ({policy_flag} detach)")
         return {}
-    failed: dict[str, ExitCode] = {}
+    failed: dict[str, KfpLaunchError] = {}
     for run_id in ids:
         try:
             if retry is None:
                 api.terminate_run(run_id, timeout_s=TERMINATE_TIMEOUT_S)
             else:
                 retry(lambda run_id=run_id: api.terminate_run(run_id))  # type: ignore[misc]  # bound per run
-        except KfpApiError as exc:
-            if exc.status not in (400, 404):
-                failed[run_id] = exc.exit_code
-                console.warn(f"{why}: could not terminate run {run_id}: {exc.message}")
-                continue
+        except KfpApiError:
             say(f"{why}: run {run_id} had already finished")
         except KfpLaunchError as exc:
-            failed[run_id] = exc.exit_code
-            console.warn(
-                f"{why}: could not terminate run {run_id}: {exc.message}; "
-                "the CI template's after_script retries with kfp-launch cancel --state-file"
-            )
+            failed[run_id] = exc
+            if retry is None:
+                console.warn(
+                    f"{why}: could not terminate run {run_id}: {exc.message}; "
+                    "the CI template's after_script retries with kfp-launch cancel --state-file"
+                )
         else:
             say(f"{why}: asked Kubeflow to terminate run {run_id}")
     return failed
+
+
+def _runs(ids: list[str]) -> str:
+    return f"run {ids[0]}" if len(ids) == 1 else "runs " + ", ".join(ids)

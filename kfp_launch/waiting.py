@@ -97,13 +97,49 @@ def wait_and_report(
         Interrupted / KeyboardInterrupt: after terminating the active runs (per ``--on-cancel``) and reporting.
         KfpLaunchError: credentials refused twice (4), TLS (3), a refusal (3); after reporting.
     """
-    console, clock, settings = app.console, app.runtime.clock, app.settings
+    clock, settings = app.runtime.clock, app.settings
     deadline, deadline_source = wait_deadline(app)
-    ids = [t.base.run_id for t in tracked]
     seen: dict[str, RunStatus] = {t.base.run_id: t.status for t in tracked}
+    started = clock()
+    try:
+        result = _poll(app, api, tracked, seen, deadline)
+    except (Interrupted, KeyboardInterrupt) as exc:
+        with interrupts.deferred():
+            active = [run_id for run_id, status in seen.items() if not status.is_terminal]
+            terminate_runs(api, active, app.console, why="interrupted", policy=settings.on_cancel)
+            code = ExitCode(128 + getattr(exc, "signum", 2))
+            message = f"the CI job was interrupted; --on-cancel {settings.on_cancel}"
+            _report(reporting, _stopped(tracked, seen, OutcomeState.INTERRUPTED, code, message, clock() - started))
+        raise
+    except KfpLaunchError as exc:
+        _report(reporting, _stopped(tracked, seen, OutcomeState.ERROR, exc.exit_code, exc.message, clock() - started))
+        raise
+    outcomes = [_outcome(t, result, waited_s=clock() - started) for t in tracked]
+    try:
+        if result.reason == "deadline":
+            outcomes = _at_deadline(app, api, outcomes, deadline_source)
+        if state_path is not None:
+            mark_detached(state_path, [o.run_id for o in outcomes if _left_running(o, settings.on_timeout)])
+        for outcome in outcomes:
+            if outcome.state == OutcomeState.FAILED:
+                explain_failure(app, api, seen[outcome.run_id], outcome.job if len(outcomes) > 1 else "")
+        print_outcomes(outcomes, app.console)
+    except (Interrupted, KeyboardInterrupt):
+        with interrupts.deferred():
+            _report(reporting, outcomes)  # the runs ended: report how, even if the explanation was cut short
+        raise
+    _report(reporting, outcomes)
+    return outcomes
+
+
+def _poll(
+    app: App, api: KfpApi, tracked: Sequence[Tracked], seen: dict[str, RunStatus], deadline: float | None
+) -> WaitResult:
+    """The poll loop of a wait, in its own log section, with the progress display; ``seen`` is kept up to
+    date with every run's last status."""
+    console, ids = app.console, [t.base.run_id for t in tracked]
     now = app.runtime.wall_clock()
     age = max(((now - t.status.created_at).total_seconds() for t in tracked if t.status.created_at), default=0.0)
-    started = clock()
     label = f"run {ids[0]}" if len(ids) == 1 else f"{len(ids)} runs"
     console.section_start("kfp_launch_wait", f"Waiting for {label}")
     try:
@@ -115,40 +151,17 @@ def wait_and_report(
                 progress.update(statuses)
                 return statuses
 
-            result = wait_for_runs(
+            return wait_for_runs(
                 fetch,
                 policy=app.poll_policy,
                 on_transient=lambda exc, outage: progress.note(f"{exc.message}; retrying (outage {outage:.0f}s)"),
                 deadline=deadline,
                 age_at_start_s=max(age, 0.0),
-                clock=clock,
+                clock=app.runtime.clock,
                 sleep=app.runtime.sleep,
             )
-    except (Interrupted, KeyboardInterrupt) as exc:
-        with interrupts.deferred():
-            active = [run_id for run_id in ids if not seen[run_id].is_terminal]
-            terminate_runs(api, active, console, why="interrupted", policy=settings.on_cancel)
-            code = ExitCode(128 + getattr(exc, "signum", 2))
-            message = f"the CI job was interrupted; --on-cancel {settings.on_cancel}"
-            _report_all(reporting, tracked, OutcomeState.INTERRUPTED, code, message, clock() - started)
-        raise
-    except KfpLaunchError as exc:
-        _report_all(reporting, tracked, OutcomeState.ERROR, exc.exit_code, exc.message, clock() - started)
-        raise
     finally:
         console.section_end("kfp_launch_wait")
-    outcomes = [_outcome(t, result, waited_s=clock() - started) for t in tracked]
-    if result.reason == "deadline":
-        outcomes = _at_deadline(app, api, outcomes, deadline_source)
-    if state_path is not None:
-        mark_detached(state_path, [o.run_id for o in outcomes if _left_running(o, settings.on_timeout)])
-    for outcome in outcomes:
-        if outcome.state == OutcomeState.FAILED:
-            explain_failure(app, api, seen[outcome.run_id], outcome.job if len(outcomes) > 1 else "")
-    print_outcomes(outcomes, console)
-    if reporting is not None:
-        reporting.finished(outcomes)
-    return outcomes
 
 
 def _left_running(outcome: RunOutcome, on_timeout: str) -> bool:
@@ -158,42 +171,53 @@ def _left_running(outcome: RunOutcome, on_timeout: str) -> bool:
     )
 
 
-def _report_all(
-    reporting: Reporting | None,
+def _report(reporting: Reporting | None, outcomes: list[RunOutcome]) -> None:
+    if reporting is not None:
+        reporting.finished(outcomes)
+
+
+def _stopped(
     tracked: Sequence[Tracked],
+    seen: dict[str, RunStatus],
     state: OutcomeState,
-    code: ExitCode,
+    cause: ExitCode,
     message: str,
     waited_s: float,
-) -> None:
-    if reporting is not None:
-        reporting.finished(
-            [
-                replace(
-                    t.base,
-                    state=state,
-                    exit_code=exit_code_for(state, cause=code),
-                    duration_s=waited_s,
-                    message=message,
-                )
-                for t in tracked
-            ]
-        )
+) -> list[RunOutcome]:
+    """The outcomes when the wait stopped early (a signal, an error): a run already ended keeps its own
+    outcome, the others get ``state`` with the exit code of its ``cause``."""
+    outcomes = []
+    for t in tracked:
+        status = seen[t.base.run_id]
+        if status.is_terminal:
+            outcomes.append(_ended(t.base, status, waited_s))
+        else:
+            code = exit_code_for(state, cause=cause)
+            outcomes.append(replace(t.base, state=state, exit_code=code, duration_s=waited_s, message=message))
+    return outcomes
 
 
 def _outcome(t: Tracked, result: WaitResult, *, waited_s: float) -> RunOutcome:
     status = result.statuses.get(t.base.run_id, t.status)
     if status.is_terminal:
-        state, message = _final_state(status)
-    elif result.reason == "outage":
+        return _ended(t.base, status, waited_s)
+    if result.reason == "outage":
         state = OutcomeState.UNREACHABLE
         message = f"Kubeflow failed for {result.outage_s:.0f}s (more than --max-outage): {result.last_error}"
     else:
         state, message = OutcomeState.TIMED_OUT, ""
-    known = status.finished_at and status.created_at
+    return replace(
+        t.base, state=state, exit_code=exit_code_for(state), tasks=status.tasks, duration_s=waited_s, message=message
+    )
+
+
+def _ended(base: RunOutcome, status: RunStatus, waited_s: float) -> RunOutcome:
+    """The outcome of a run that reached a terminal state; its duration from KFP's times when known."""
+    state, message = _final_state(status)
+    known = status.finished_at is not None and status.created_at is not None
     duration = (status.finished_at - status.created_at).total_seconds() if known else waited_s  # type: ignore[operator]
     return replace(
-        t.base, state=state, exit_code=exit_code_for(state), tasks=status.tasks, duration_s=duration, message=message
+        base, state=state, exit_code=exit_code_for(state), tasks=status.tasks, duration_s=duration, message=message
     )
 
 
@@ -214,7 +238,7 @@ def _final_state(status: RunStatus) -> tuple[OutcomeState, str]:
 def _at_deadline(app: App, api: KfpApi, outcomes: list[RunOutcome], source: str) -> list[RunOutcome]:
     late = [o.run_id for o in outcomes if o.state == OutcomeState.TIMED_OUT]
     policy = app.settings.on_timeout
-    terminate_runs(api, late, app.console, why="the wait deadline passed", policy=policy)
+    terminate_runs(api, late, app.console, why="the wait deadline passed", policy=policy, policy_flag="--on-timeout")
     left = "terminated the run" if policy == "terminate" else "the run keeps running (--on-timeout detach)"
     message = f"the wait deadline ({source}) passed: {left}"
     return [replace(o, message=message) if o.run_id in late else o for o in outcomes]
@@ -258,12 +282,12 @@ def print_outcomes(outcomes: Sequence[RunOutcome], console: Console) -> None:
         _print_one(outcomes[0], console)
         return
     console.table(
-        ["job", "state", "duration", "run", "why"],
-        [
-            [o.job, o.state, f"{o.duration_s:.0f}s" if o.duration_s is not None else "", o.run_url, o.message]
-            for o in outcomes
-        ],
+        ["job", "state", "duration", "run"],
+        [[o.job, o.state, f"{o.duration_s:.0f}s" if o.duration_s is not None else "", o.run_url] for o in outcomes],
     )
+    for o in outcomes:
+        if o.message:
+            console.line(f"{o.job}: {o.state}: {o.message}")
     code = worst_exit_code([o.exit_code for o in outcomes])
     if code != ExitCode.SUCCESS:
         failed = sum(1 for o in outcomes if o.exit_code != ExitCode.SUCCESS)

@@ -12,15 +12,12 @@ from dataclasses import replace
 from kfp_launch.app import App
 from kfp_launch.errors import ExitCode, KfpLaunchError, UsageError
 from kfp_launch.models import RunOutcome
+from kfp_launch.polling import PREFLIGHT_OUTAGE_S
 from kfp_launch.state_file import StateEntry, read_state
 from kfp_launch.states import OutcomeState, RunState
 from kfp_launch.submission import find_by_key
 from kfp_launch.termination import terminate_runs
 from kfp_launch.waiting import Tracked, wait_and_report
-
-CANCEL_OUTAGE_S = 30.0
-"""``cancel`` gives up on each run after Kubeflow fails this long (GitLab gives the after_script 5 minutes
-for everything, not ``--max-outage`` per run)."""
 
 
 def watch_run(app: App, run_id: str) -> ExitCode:
@@ -106,7 +103,7 @@ def _cancel_one(app: App, entry: StateEntry) -> ExitCode:
         replace(settings, host=entry.host or settings.host, namespace=entry.namespace or settings.namespace)
     )
     api = app.kfp(connection)
-    retry = app.retry().within(CANCEL_OUTAGE_S)
+    retry = app.retry(max_outage_s=PREFLIGHT_OUTAGE_S)
     if not entry.run_id:  # recorded before its create call returned: find it by its key, if it exists
         found = retry(lambda: find_by_key(api, entry.experiment_id, entry.run_name, entry.run_key))
         if found is None:
@@ -120,6 +117,8 @@ def _cancel_one(app: App, entry: StateEntry) -> ExitCode:
     if run.state == RunState.CANCELING:
         console.line(f"run {entry.run_id} is already being terminated (CANCELING)")
         return ExitCode.SUCCESS
-    failed = terminate_runs(api, [entry.run_id], console, why=f"cancel ({run.state})", retry=retry)
+    failed = terminate_runs(api, [entry.run_id], console, why=f"cancel ({run.state} -> CANCELING)", retry=retry)
+    if entry.run_id in failed:
+        raise failed[entry.run_id]  # reported by cancel_runs with its hint
     console.url("run", entry.url or connection.run_url(entry.run_id))
-    return failed.get(entry.run_id, ExitCode.SUCCESS)
+    return ExitCode.SUCCESS

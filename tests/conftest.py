@@ -1,10 +1,11 @@
-"""Shared fixtures: fixture projects copied to a temp dir, and an in-process CLI runner."""
+"""Shared fixtures: fixture projects copied to a temp dir, a fake KFP server, and an in-process CLI runner.
+
+Helpers the tests share (clean_env, CI, env_for, launch, ...) live in tests/helpers.py."""
 
 from __future__ import annotations
 
-import os
 import shutil
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -12,19 +13,7 @@ from typer.testing import CliRunner, Result
 
 from kfp_launch.cli import app
 from tests.fake_kfp import FakeKfpServer
-
-FIXTURES = Path(__file__).parent / "fixtures"
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
-# Variables from the machine running the tests (GitLab CI itself!) must not leak into the CLI under test.
-_AMBIENT_PREFIXES = ("CI", "GITLAB_", "KFP_", "KF_PIPELINES_", "JIRA_")
-
-
-def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str | None]:
-    """A CliRunner env that unsets every ambient CI/KFP/JIRA variable, then sets ``extra``."""
-    env: dict[str, str | None] = {k: None for k in os.environ if k.startswith(_AMBIENT_PREFIXES)}
-    env.update(extra or {})
-    return env
+from tests.helpers import FIXTURES, RunCli, clean_env
 
 
 @pytest.fixture
@@ -40,9 +29,6 @@ def kfp() -> Iterator[FakeKfpServer]:
     """A fake KFP API server on 127.0.0.1 (see tests/fake_kfp.py), stopped after the test."""
     with FakeKfpServer() as server:
         yield server
-
-
-RunCli = Callable[..., Result]
 
 
 @pytest.fixture

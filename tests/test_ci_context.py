@@ -1,4 +1,6 @@
-"""CiContext from GitLab variables per pipeline type (reference/gitlab-ci.md §1.1) and from git on laptops."""
+"""CiContext from GitLab variables per pipeline type and from git on laptops. Which variables exist in which
+pipeline: https://docs.gitlab.com/ci/variables/predefined_variables/ and https://docs.gitlab.com/ci/jobs/job_rules/
+(docs/gitlab-notes.md, 'Predefined variables')."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from kfp_launch.errors import ExitCode
-from tests.conftest import RunCli
+from tests.helpers import RunCli
 
 BRANCH_PIPELINE = {
     "CI": "true",

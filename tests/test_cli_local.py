@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from kfp_launch.errors import ExitCode
-from tests.conftest import REPO_ROOT, RunCli, clean_env
+from tests.helpers import REPO_ROOT, RunCli, clean_env
 
 ANSI = "\x1b["
 
@@ -101,6 +101,13 @@ def test_compile_errors_exit_3_without_traceback(run_cli: RunCli, project: Path,
     assert not (project / f"{job}.yaml").exists()
 
 
+def test_a_module_calling_sys_exit_at_import_is_reported(run_cli: RunCli, project: Path) -> None:
+    (project / "pipelines" / "quits.py").write_text("import sys\nsys.exit(0)\n")
+    result = run_cli(["run", "quits", "--local"], cwd=project)
+    assert result.exit_code == ExitCode.INVALID_INPUT
+    assert "SystemExit" in result.stderr
+
+
 def test_local_run_succeeds_prints_outputs_metrics_and_tasks(run_cli: RunCli, project: Path) -> None:
     result = run_cli(["run", "good", "--local", "--param", "a=5", "-p", "label=007"], cwd=project)
     assert result.exit_code == 0, result.output
@@ -144,7 +151,13 @@ def test_param_without_equals_is_usage_error_exit_2(run_cli: RunCli, project: Pa
 def test_param_from_environment_without_equals_is_config_error_exit_3(run_cli: RunCli, project: Path) -> None:
     result = run_cli(["run", "good", "--local"], cwd=project, env={"KFP_LAUNCH_PARAM": "a"})
     assert result.exit_code == ExitCode.INVALID_INPUT
-    assert "env KFP_LAUNCH_PARAM" in result.stderr
+    assert 'environment variable KFP_LAUNCH_PARAM "a" is not KEY=VALUE' in result.stderr
+
+
+def test_non_utf8_params_file_is_an_input_error(run_cli: RunCli, project: Path) -> None:
+    (project / "p.yaml").write_bytes(b"label: \xff\xfe\n")
+    result = run_cli(["run", "good", "--local", "--params-file", "p.yaml"], cwd=project)
+    assert result.exit_code == ExitCode.INVALID_INPUT and "not UTF-8" in result.stderr
 
 
 def test_settings_from_pyproject_and_env_reach_the_run(run_cli: RunCli, project: Path) -> None:
@@ -153,6 +166,18 @@ def test_settings_from_pyproject_and_env_reach_the_run(run_cli: RunCli, project:
     assert result.exit_code == 0, result.output
     assert "Output = 11.5" in result.stdout  # env (20 + 3) / 2 beats pyproject
     assert (project / "runs").is_dir()
+
+
+def test_param_sources_add_up_in_precedence_order(run_cli: RunCli, project: Path) -> None:
+    (project / "pyproject.toml").write_text('[tool.kfp-launch]\nparam = ["a=10", "b=10", "label=toml"]\n')
+    (project / "p.yaml").write_text("b: 20\n")
+    result = run_cli(["run", "good", "--local", "--profile", "toy", "--params-file", "p.yaml", "-p", "label=flag"],
+                     cwd=project)
+    assert result.exit_code == 0, result.output
+    rows = {line.split("│")[0].strip(): line for line in result.stdout.splitlines() if "│" in line}
+    assert "profile toy" in rows["a"]  # the profile (a=1) beats pyproject's project default
+    assert "params file p.yaml" in rows["b"] and "20" in rows["b"]
+    assert "--param" in rows["label"] and "flag" in rows["label"]
 
 
 def test_container_components_cannot_run_locally_exit_3(run_cli: RunCli, project: Path) -> None:
@@ -204,3 +229,31 @@ def test_signal_during_a_local_run_exits_128_plus_signal(project: Path, signum: 
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == code
     assert f"interrupted by {signal.Signals(signum).name}" in err
+
+
+def test_a_killed_local_worker_is_a_failed_run_not_an_input_error(project: Path) -> None:
+    (project / "pipelines" / "slow.py").write_text(
+        "from kfp import dsl\n\n\n@dsl.component(install_kfp_package=False)\n"
+        "def nap(seconds: int):\n    import time\n    print('napping', flush=True)\n    time.sleep(seconds)\n\n\n"
+        "@dsl.pipeline\ndef pipeline(seconds: int = 60):\n    nap(seconds=seconds)\n"
+    )
+    env = {k: v for k, v in {**os.environ, **clean_env()}.items() if v is not None}
+    proc = subprocess.Popen([sys.executable, "-m", "kfp_launch", "run", "slow", "--local", "--verbose"], cwd=project,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if "napping" in line:
+                break
+        # Only this run's worker: a child of the kfp-launch process started above.
+        worker = subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "kfp_launch.local_runner"],
+                                capture_output=True, text=True).stdout.split()
+        assert worker, "the local worker was not found"
+        for pid in worker:
+            os.kill(int(pid), signal.SIGKILL)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == ExitCode.RUN_FAILED, err
+    assert "did not finish" in err and "signal 9" in err

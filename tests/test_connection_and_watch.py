@@ -1,5 +1,5 @@
-"""Connection settings, durations, the poll policy and the progress display (no server needed),
-plus the client's construction making no surprising calls (fake server)."""
+"""Connection settings, durations, the poll policy and the progress display (no server needed), the
+client's construction making no surprising calls (fake server), and a response cut mid-read being transient."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from kfp_launch.connection import connection_from
+from kfp_launch.connection import Connection, connection_from
 from kfp_launch.console import Console
 from kfp_launch.errors import ConfigError, KfpAuthError, TransientKfpError
 from kfp_launch.kfp_api import KfpApi
@@ -21,6 +21,7 @@ from kfp_launch.progress import RunProgress
 from kfp_launch.setting_values import parse_duration
 from kfp_launch.settings import load_settings
 from tests.fake_kfp import PATH_HEALTHZ, FakeKfpServer
+from tests.helpers import FakeClock
 
 
 @pytest.mark.parametrize(
@@ -113,6 +114,23 @@ def test_client_construction_makes_no_request(tmp_path: Path, namespace: str) ->
         assert not server.requests_to("GET", PATH_HEALTHZ)
 
 
+def test_a_body_cut_mid_read_is_a_transient_failure_not_a_crash() -> None:
+    import urllib3
+
+    class CutBody:
+        status = 200
+        headers = {"content-type": "application/json"}
+
+        @property
+        def data(self) -> bytes:
+            raise urllib3.exceptions.ProtocolError("Connection broken: IncompleteRead(10 bytes read, 90 more expected)")
+
+    api = KfpApi(Connection(host="http://127.0.0.1:9", namespace="team-a"))
+    with pytest.raises(TransientKfpError) as info:
+        api._call(lambda **_kwargs: CutBody(), "read run r1", write=True)
+    assert info.value.maybe_applied  # a write whose answer was lost may have happened
+
+
 def wait_for_run(get: Callable[[], RunStatus], **options: Any) -> WaitResult:
     """The poll loop over one run read by ``get``."""
     def fetch() -> dict[str, RunStatus]:
@@ -122,17 +140,6 @@ def wait_for_run(get: Callable[[], RunStatus], **options: Any) -> WaitResult:
     return wait_for_runs(fetch, **options)
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
-
-
 def test_poll_policy_backs_off_to_age_dependent_caps() -> None:
     policy = PollPolicy(first_interval_s=2, backoff=1.5, young_cap_s=10, young_age_s=300, cap_s=30)
     assert [round(policy.interval(n, 0), 2) for n in range(6)] == [2, 3, 4.5, 6.75, 10, 10]
@@ -140,7 +147,7 @@ def test_poll_policy_backs_off_to_age_dependent_caps() -> None:
 
 
 def test_wait_retries_transient_errors_and_auth_once() -> None:
-    clock = Clock()
+    clock = FakeClock()
     replies: list[object] = [TransientKfpError("503"), KfpAuthError("401"), RunStatus(run_id="r", state="RUNNING"),
                              RunStatus(run_id="r", state="SUCCEEDED")]
 
@@ -158,13 +165,13 @@ def test_wait_raises_on_a_second_auth_refusal() -> None:
     def get() -> RunStatus:
         raise KfpAuthError("401")
 
-    clock = Clock()
+    clock = FakeClock()
     with pytest.raises(KfpAuthError):
         wait_for_run(get, policy=PollPolicy(), clock=clock, sleep=clock.sleep)
 
 
 def test_call_with_retry_gives_up_after_the_outage() -> None:
-    clock = Clock()
+    clock = FakeClock()
     calls = 0
 
     def failing() -> None:
@@ -196,3 +203,56 @@ def test_progress_on_a_terminal_draws_a_table() -> None:
         progress.update({"r": RunStatus(run_id="r", state="RUNNING", tasks=(TaskResult(name="train", state="RUNNING"),))})
     text = out.getvalue()
     assert "run RUNNING" in text and "train" in text and "state" in text
+
+
+def test_a_refusal_after_a_transient_failure_still_counts_as_the_second_refusal() -> None:
+    clock = FakeClock()
+    replies: list[Exception] = [KfpAuthError("401"), TransientKfpError("503")] * 10
+
+    def alternating() -> None:
+        raise replies.pop(0)
+
+    with pytest.raises(KfpAuthError):
+        call_with_retry(alternating, policy=PollPolicy(), clock=clock, sleep=clock.sleep)
+    assert len(replies) == 17  # 401, 503, 401: refused twice before any success ends the call
+
+
+def test_an_outage_during_a_long_wait_keeps_the_grown_interval() -> None:
+    clock = FakeClock()
+    sleeps: list[float] = []
+    replies: list[object] = [RunStatus(run_id="r", state="RUNNING")] * 20 + [TransientKfpError("503")] * 3
+    replies.append(RunStatus(run_id="r", state="SUCCEEDED"))
+
+    def fetch() -> dict[str, RunStatus]:
+        reply = replies.pop(0)
+        if isinstance(reply, Exception):
+            raise reply
+        assert isinstance(reply, RunStatus)
+        return {"r": reply}
+
+    def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        clock.sleep(seconds)
+
+    result = wait_for_runs(fetch, policy=PollPolicy(), clock=clock, sleep=sleep, age_at_start_s=3600)
+    assert result.reason == "terminal"
+    assert sleeps[-4:] == [30.0, 30.0, 30.0, 30.0]  # the outage's retries did not start again at 2 s
+
+
+def test_a_shorter_retry_window_is_the_limit_its_warnings_name(tmp_path: Path) -> None:
+    from kfp_launch.app import App
+
+    out = io.StringIO()
+    clock = FakeClock()
+    from kfp_launch.app import Runtime
+
+    wired = App(settings=load_settings({}, {}, tmp_path, command="run"), environ={}, project_dir=tmp_path,
+                console=Console(out=out, err=out, color=False), runtime=Runtime(clock=clock, sleep=clock.sleep))
+
+    def failing() -> None:
+        raise TransientKfpError("HTTP 503")
+
+    with pytest.raises(TransientKfpError):
+        wired.retry(max_outage_s=30)(failing)
+    assert 30 <= clock.now <= 31
+    assert "of at most 30s" in out.getvalue() and "of at most 600s" not in out.getvalue()

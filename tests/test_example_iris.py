@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO_ROOT, clean_env
+from tests.helpers import REPO_ROOT, clean_env
 
 EXAMPLE = REPO_ROOT / "examples" / "iris"
 KFP_LAUNCH = Path(sys.executable).parent / "kfp-launch"

@@ -1,7 +1,8 @@
 """The fake KFP server (tests/fake_kfp.py) driven by the real ``kfp.Client``: shapes, validation, faults.
 
-These tests pin the fake to the wire contract in /work/shared/reference/kfp-api.md, so the product's
-Kubeflow tests can trust it. No ``from __future__ import annotations`` here: kfp reads the component's
+These tests pin the fake to the wire contract of kubeflow/pipelines 2.17 (what the SDK's
+``sdk/python/kfp/client/client.py`` sends and the API server in ``backend/src/apiserver`` answers; see
+docs/kfp-backend-notes.md), so the product's Kubeflow tests can trust it. No ``from __future__ import annotations`` here: kfp reads the component's
 annotations at decoration time.
 """
 
@@ -86,7 +87,8 @@ def client(connect: Connect) -> kfp.Client:
 
 
 def name_filter(name: str) -> str:
-    """The filter kfp.Client sends to look an experiment up by name (ref §1.2)."""
+    """The filter kfp.Client sends to look an experiment up by name (``Client.get_experiment`` in
+    sdk/python/kfp/client/client.py; docs/kfp-backend-notes.md, 'Name lookups')."""
     return json.dumps({"predicates": [{"operation": 1, "key": "display_name", "stringValue": name}]})
 
 

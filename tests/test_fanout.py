@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -13,34 +12,8 @@ from pathlib import Path
 import pytest
 
 from kfp_launch.errors import ExitCode, worst_exit_code
-from tests.conftest import FIXTURES, RunCli, clean_env
 from tests.fake_kfp import PATH_RUN, PATH_RUN_TERMINATE, PATH_RUNS, FakeKfpServer
-from tests.test_kubeflow_run import env_for
-
-JOB = '''from kfp import dsl
-
-from ._steps import add
-
-PROFILES = {"toy": {"a": 1}}
-
-
-@dsl.pipeline(name="job-%(n)s")
-def pipeline(a: int = %(n)s) -> int:
-    return add(a=a, b=1).output
-'''
-
-
-def make_project(tmp_path: Path, jobs: int, *, without_toy: tuple[int, ...] = ()) -> Path:
-    project = tmp_path / "many"
-    (project / "pipelines").mkdir(parents=True)
-    (project / "pipelines" / "__init__.py").write_text("")
-    shutil.copy(FIXTURES / "project" / "pipelines" / "_steps.py", project / "pipelines" / "_steps.py")
-    for n in range(jobs):
-        source = JOB % {"n": n}
-        if n in without_toy:
-            source = source.replace('PROFILES = {"toy": {"a": 1}}', 'PROFILES = {"big": {"a": 100}}')
-        (project / "pipelines" / f"job{n:02d}.py").write_text(source)
-    return project
+from tests.helpers import RunCli, clean_env, env_for, launch, make_project, runs
 
 
 def poll_requests(server: FakeKfpServer) -> list[object]:
@@ -106,6 +79,23 @@ def test_explicit_jobs_and_all_cannot_be_combined(run_cli: RunCli, tmp_path: Pat
     assert result.exit_code == ExitCode.USAGE
 
 
+def test_two_pipelines_of_one_module_get_two_runs_and_a_repeated_job_runs_once(
+    run_cli: RunCli, project: Path, kfp: FakeKfpServer
+) -> None:
+    kfp.script_run(["SUCCEEDED"], advance_on_list=True)
+    kfp.script_run(["SUCCEEDED"], advance_on_list=True)
+    result = launch(run_cli, project, kfp, "two:first", "two:second", "two:first", job_override=True)
+    assert result.exit_code == 0, result.output
+    assert sorted(r["display_name"].split()[0] for r in runs(kfp)) == ["two:first", "two:second"]
+
+
+def test_more_than_200_runs_is_an_input_error(run_cli: RunCli, tmp_path: Path, kfp: FakeKfpServer) -> None:
+    project = make_project(tmp_path, 201)
+    result = run_cli(["run", "--all"], cwd=project, env=env_for(kfp))
+    assert result.exit_code == ExitCode.INVALID_INPUT and "more than 200" in result.stderr
+    assert not kfp.requests_to("POST", PATH_RUNS)
+
+
 def test_sigterm_terminates_every_active_run(tmp_path: Path, kfp: FakeKfpServer) -> None:
     project = make_project(tmp_path, 3)
     kfp.script_run(["SUCCEEDED"], advance_on_list=True)
@@ -144,3 +134,5 @@ def test_local_runs_of_several_jobs(run_cli: RunCli, tmp_path: Path) -> None:
     result = run_cli(["run", "--all", "--local", "--profile", "toy"], cwd=project)
     assert result.exit_code == 0, result.output
     assert result.stdout.count("run SUCCEEDED") == 2
+    junit = (project / ".kfp-launch" / "junit.xml").read_text()
+    assert junit.count("<testsuite ") == 2  # one set of reports for both runs, as on Kubeflow

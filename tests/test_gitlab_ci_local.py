@@ -18,8 +18,8 @@ from xml.etree import ElementTree
 import pytest
 import yaml
 
-from tests.conftest import REPO_ROOT
 from tests.fake_kfp import FakeKfpServer, RunStep
+from tests.helpers import REPO_ROOT
 
 NODE_DIR = REPO_ROOT / ".ci" / "node" / "node_modules"
 GCL = NODE_DIR / ".bin" / "gitlab-ci-local"

@@ -91,7 +91,8 @@ def server() -> Iterator[FakeGitLab]:
 
 
 def mr_pipeline_env(server: FakeGitLab, **overrides: str | None) -> dict[str, str]:
-    """The variables of a merge-request pipeline job (reference gitlab-ci.md §1.1), plus tokens."""
+    """The variables of a merge-request pipeline job (https://docs.gitlab.com/ci/variables/predefined_variables/;
+    docs/gitlab-notes.md, 'Predefined variables'), plus tokens."""
     env = {
         "CI": "true",
         "GITLAB_CI": "true",

@@ -6,9 +6,8 @@ import json
 from pathlib import Path
 
 from kfp_launch.errors import ExitCode
-from tests.conftest import RunCli
 from tests.fake_kfp import FakeKfpServer
-from tests.test_kubeflow_run import env_for
+from tests.helpers import RunCli, env_for
 
 
 def launch_two(run_cli: RunCli, project: Path, kfp: FakeKfpServer) -> list[str]:

@@ -3,7 +3,9 @@ or the use case with an injected clock."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,58 +14,11 @@ import time
 from pathlib import Path
 
 import pytest
-from typer.testing import Result
 
-from kfp_launch.app import App, Runtime
-from kfp_launch.console import Console
-from kfp_launch.errors import ExitCode, KfpAuthError, KfpUnavailableError
+from kfp_launch.errors import ExitCode
 from kfp_launch.kfp_api import KfpApi
-from kfp_launch.kubeflow import run_on_kubeflow
-from kfp_launch.settings import load_settings
-from tests.conftest import RunCli, clean_env
 from tests.fake_kfp import PATH_EXPERIMENTS, PATH_RUN, PATH_RUN_TERMINATE, PATH_RUNS, FakeKfpServer, RunStep
-
-TOKEN = "s3cr3t-token-value"
-COOKIE_VALUE = "authservice_session=c00kie-s3cr3t"
-SECRETS = (TOKEN, "c00kie-s3cr3t")
-
-CI = {
-    "CI": "true",
-    "GITLAB_CI": "true",
-    "CI_COMMIT_SHA": "0123456789abcdef0123456789abcdef01234567",
-    "CI_COMMIT_BRANCH": "feature/ML-42-faster",
-    "CI_COMMIT_REF_NAME": "feature/ML-42-faster",
-    "CI_COMMIT_TITLE": "Make it faster",
-    "CI_PIPELINE_SOURCE": "push",
-    "CI_PIPELINE_ID": "1001",
-    "CI_PIPELINE_URL": "https://gitlab.example.com/mlops/demo/-/pipelines/1001",
-    "CI_JOB_ID": "77",
-    "CI_JOB_NAME": "good",
-    "CI_JOB_URL": "https://gitlab.example.com/mlops/demo/-/jobs/77",
-    "CI_PROJECT_PATH": "mlops/demo",
-    "CI_PROJECT_URL": "https://gitlab.example.com/mlops/demo",
-    "GITLAB_USER_LOGIN": "alice",
-}
-
-
-def env_for(server: FakeKfpServer, **extra: str) -> dict[str, str]:
-    return {**CI, "KFP_HOST": server.url, "KFP_NAMESPACE": "team-a", "KFP_TOKEN": TOKEN,
-            "KFP_LAUNCH_POLL_INTERVAL": "0.01", **extra}
-
-
-def launch(run_cli: RunCli, project: Path, server: FakeKfpServer, *args: str, job_override: bool = False,
-           **env: str) -> Result:
-    """`kfp-launch run good ARGS` (or `run ARGS` with job_override) in CI against SERVER; no secret in the output."""
-    result = run_cli(["run", *([] if job_override else ["good"]), *args], cwd=project, env=env_for(server, **env))
-    for secret in SECRETS:
-        assert secret not in result.output, "a secret reached the output"
-    return result
-
-
-def runs(server: FakeKfpServer) -> list[dict]:
-    with server.lock:
-        return list(server.runs.values())
-
+from tests.helpers import CI, COOKIE_VALUE, TOKEN, FakeClock, RunCli, clean_env, env_for, launch, run_use_case, runs
 
 FAILED_TASKS = [
     {"task_id": "t1", "display_name": "add", "state": "SUCCEEDED"},
@@ -304,6 +259,26 @@ def test_a_new_ci_pipeline_does_not_attach(run_cli: RunCli, project: Path, kfp: 
     assert len(runs(kfp)) == 2
 
 
+def test_the_retry_after_an_outage_reports_the_run_that_succeeded_meanwhile(
+    run_cli: RunCli, project: Path, kfp: FakeKfpServer
+) -> None:
+    kfp.script_run(["SUCCEEDED"])
+    assert launch(run_cli, project, kfp, "--no-wait").exit_code == 0
+    with kfp.lock:
+        next(iter(kfp.runs.values()))["state"] = "SUCCEEDED"
+    retried = launch(run_cli, project, kfp, CI_JOB_ID="78")
+    assert retried.exit_code == 0, retried.output
+    assert len(runs(kfp)) == 1 and "attached" in retried.output
+
+
+def test_a_failed_run_is_run_again_by_a_retried_job(run_cli: RunCli, project: Path, kfp: FakeKfpServer) -> None:
+    kfp.script_run(["FAILED"])
+    assert launch(run_cli, project, kfp).exit_code == ExitCode.RUN_FAILED
+    kfp.script_run(["SUCCEEDED"])
+    assert launch(run_cli, project, kfp, CI_JOB_ID="78").exit_code == 0
+    assert len(runs(kfp)) == 2
+
+
 def test_failing_run_names_the_task_and_prints_its_log_tail(run_cli: RunCli, project: Path, kfp: FakeKfpServer) -> None:
     kfp.script_run([RunStep("RUNNING"), RunStep("FAILED")], task_details=FAILED_TASKS)
     log = "\n".join(f"line {i}" for i in range(100)) + "\nValueError: bad input\n"
@@ -353,12 +328,44 @@ def test_missing_host_is_a_config_error_naming_the_variables(run_cli: RunCli, pr
     assert TOKEN not in result.output
 
 
+@pytest.mark.parametrize(
+    ("host", "fragment"),
+    [
+        ("http://", "no valid host name"),
+        ("http://kube flow", "no valid host name"),
+        ("http://[::1", "not a valid URL"),
+        ("http://admin:hunter2@kubeflow.example.com", "credentials"),
+        ("https://kubeflow.example.com/pipeline?token=abc123", "credentials"),
+    ],
+)
+def test_bad_hosts_are_config_errors_not_outages(run_cli: RunCli, project: Path, host: str, fragment: str) -> None:
+    result = run_cli(["run", "good"], cwd=project, env={**CI, "KFP_HOST": host})
+    assert result.exit_code == ExitCode.INVALID_INPUT, result.output
+    assert fragment in result.stderr
+    assert "hunter2" not in result.output and "abc123" not in result.output
+
+
 def test_unreachable_host_exits_5_after_max_outage(run_cli: RunCli, project: Path) -> None:
     env = {**CI, "KFP_HOST": "http://127.0.0.1:9", "KFP_NAMESPACE": "team-a", "KFP_TOKEN": TOKEN,
            "KFP_LAUNCH_MAX_OUTAGE": "0.2", "KFP_LAUNCH_POLL_INTERVAL": "0.01"}
     result = run_cli(["run", "good"], cwd=project, env=env)
     assert result.exit_code == ExitCode.UNREACHABLE, result.output
     assert "Could not reach Kubeflow" in result.stderr
+
+
+def test_an_api_failing_from_the_start_gives_up_after_the_preflight_window_not_max_outage(
+    project: Path, kfp: FakeKfpServer
+) -> None:
+    kfp.fail(503, times=None)
+    clock = FakeClock()
+    code, out = run_use_case(project, kfp, clock=clock)  # --max-outage is its default, 10 minutes
+    assert code == ExitCode.UNREACHABLE
+    assert 30 <= clock.now <= 31  # the 30 s preflight window: nothing was submitted yet
+    assert not kfp.requests_to("POST", PATH_RUNS)
+    # The server answered (HTTP 503): the error names that answer, not a connection failure.
+    last = out.splitlines()[-1]
+    assert re.fullmatch(r'error: Kubeflow failed to look up experiment "feature/ML-42-faster-[0-9a-f]{8}": HTTP 503 .+',
+                        last), last
 
 
 def test_watch_attaches_and_cancel_terminates_via_state_file(run_cli: RunCli, project: Path, kfp: FakeKfpServer) -> None:
@@ -379,55 +386,6 @@ def test_watch_attaches_and_cancel_terminates_via_state_file(run_cli: RunCli, pr
     assert again.exit_code == 0, again.output
     assert "already being terminated (CANCELING)" in again.stdout
     assert len(kfp.requests_to("POST", PATH_RUN_TERMINATE)) == 1
-
-
-# -- use case with an injected clock -----------------------------------------------------------------
-
-
-class FakeClock:
-    """A monotonic clock that only moves when something sleeps on it."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        assert seconds >= 0
-        self.now += seconds
-
-
-def run_use_case(
-    project: Path, server: FakeKfpServer, *, clock: FakeClock | None = None, env: dict[str, str] | None = None,
-    sleep: object = None, read_timeout_s: float = 5.0,
-) -> tuple[int, str]:
-    import io
-
-    clock = clock or FakeClock()
-    environ = {**env_for(server), **(env or {})}
-    environ = {k: v for k, v in environ.items() if v != ""}
-    settings = load_settings({}, environ, project, command="run")
-    out = io.StringIO()
-    console = Console(out=out, err=out)
-
-    def do_sleep(seconds: float) -> None:
-        if callable(sleep):
-            sleep(seconds)
-        clock.sleep(seconds)
-
-    runtime = Runtime(clock=clock, sleep=do_sleep,
-                      api_factory=lambda c: KfpApi(c, connect_timeout_s=1.0, read_timeout_s=read_timeout_s))
-    try:
-        wired = App(settings=settings, environ=environ, project_dir=project, console=console, runtime=runtime)
-        code = run_on_kubeflow(wired, ["good"], False)
-    except (KfpAuthError, KfpUnavailableError) as exc:
-        out.write(f"error: {exc.message}\n")
-        code = exc.exit_code
-    text = out.getvalue()
-    for secret in SECRETS:
-        assert secret not in text
-    return int(code), text
 
 
 def test_sdk_experiment_name_variables_are_ignored_with_a_warning(run_cli: RunCli, project: Path, kfp: FakeKfpServer) -> None:
@@ -495,6 +453,16 @@ def test_exit_5_leaves_the_run_for_the_retry_and_the_retry_attaches(run_cli: Run
     retried = launch(run_cli, project, kfp)
     assert retried.exit_code == 0, retried.output
     assert "attached to the active run" in retried.output and len(runs(kfp)) == 1
+
+
+def test_exit_5_during_submission_leaves_the_run_for_the_retry(run_cli: RunCli, project: Path, kfp: FakeKfpServer) -> None:
+    kfp.script_run(["RUNNING"])
+    kfp.fail(503, method="POST", path=PATH_RUNS, times=1, after_handling=True)  # stored, answer lost
+    kfp.fail(503, method="GET", path=PATH_RUNS, times=None)  # and the look-up by key keeps failing
+    result = launch(run_cli, project, kfp, KFP_LAUNCH_MAX_OUTAGE="0.5")
+    assert result.exit_code == ExitCode.UNREACHABLE, result.output
+    state = json.loads((project / ".kfp-launch" / "state.json").read_text())
+    assert [e["cancel_policy"] for e in state["runs"]] == ["detach"]
 
 
 def test_a_canceling_run_is_not_attached_to(run_cli: RunCli, project: Path, kfp: FakeKfpServer) -> None:

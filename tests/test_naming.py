@@ -1,4 +1,6 @@
-"""Experiment names KFP stores and finds reliably (reference/kfp-api.md §1.5), whatever the branch holds."""
+"""Experiment names KFP stores and finds reliably, whatever the branch holds (docs/kfp-backend-notes.md,
+'Experiment names': kubeflow/pipelines backend/src/apiserver/model/experiment.go and
+backend/src/apiserver/server/list_request_util.go at tag 2.17.0)."""
 
 from __future__ import annotations
 

@@ -14,11 +14,9 @@ from pathlib import Path
 import pytest
 
 from kfp_launch.errors import ExitCode
-from tests.conftest import RunCli, clean_env
 from tests.fake_gitlab import FakeGitLab
 from tests.fake_kfp import PATH_RUN, PATH_RUN_TERMINATE, PATH_RUNS, FakeKfpServer
-from tests.test_fanout import make_project
-from tests.test_kubeflow_run import env_for
+from tests.helpers import RunCli, clean_env, env_for, make_project
 
 ONE, TWO = ["job00"], ["job00", "job01"]
 WAYS = pytest.mark.parametrize("jobs", [ONE, TWO], ids=["run JOB", "run JOB1 JOB2"])
@@ -35,15 +33,15 @@ def states(project: Path, jobs: list[str]) -> list[str]:
     return [env["KFP_RUN_STATE"]] if len(jobs) == 1 else env["KFP_RUN_STATES"].split(",")
 
 
-def wait_for_first_poll(kfp: FakeKfpServer, jobs: list[str]) -> None:
-    """Block until the wait has read the runs once (one GET of the run, or one list filtered by run id)."""
-    def polled() -> bool:
+def wait_for_polls(kfp: FakeKfpServer, jobs: list[str], polls: int = 1) -> None:
+    """Block until the wait has read the runs POLLS times (each a GET of the run, or a list filtered by run id)."""
+    def seen() -> int:
         if len(jobs) == 1:
-            return bool(kfp.requests_to("GET", PATH_RUN))
-        return any('"run_id"' in (r.param("filter") or "") for r in kfp.requests_to("GET", PATH_RUNS))
+            return len(kfp.requests_to("GET", PATH_RUN))
+        return sum('"run_id"' in (r.param("filter") or "") for r in kfp.requests_to("GET", PATH_RUNS))
 
     for count in range(1, 500):
-        if polled():
+        if seen() >= polls:
             return
         kfp.wait_for_request("GET", POLL, count=count, timeout_s=30)
     raise AssertionError("the wait never polled")
@@ -83,7 +81,7 @@ def test_sigterm_mid_wait_terminates_the_runs_and_writes_the_reports(
     proc = subprocess.Popen([sys.executable, "-m", "kfp_launch", "run", *jobs], cwd=project, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for_first_poll(kfp, jobs)
+        wait_for_polls(kfp, jobs)
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=30)
     finally:
@@ -120,7 +118,7 @@ def test_a_run_deleted_mid_wait_ends_canceled_with_exit_7(
         kfp.script_run(["RUNNING", "RUNNING", "SUCCEEDED"], advance_on_list=True)
 
     def delete_job00() -> None:
-        wait_for_first_poll(kfp, jobs)
+        wait_for_polls(kfp, jobs)
         with kfp.lock:
             doomed = next(rid for rid, r in kfp.runs.items() if r["display_name"].startswith("job00"))
             del kfp.runs[doomed]  # deleted in the UI: gone from the API
@@ -133,3 +131,39 @@ def test_a_run_deleted_mid_wait_ends_canceled_with_exit_7(
     assert result.exit_code == ExitCode.RUN_CANCELED, result.output
     assert "the run was deleted" in result.output
     assert states(project, jobs) == ["CANCELED", "SUCCEEDED"][: len(jobs)]
+
+
+def test_a_run_that_ended_before_the_signal_is_reported_as_it_ended(tmp_path: Path, kfp: FakeKfpServer) -> None:
+    project = make_project(tmp_path, 2)
+    kfp.script_run(["SUCCEEDED"], advance_on_list=True)
+    kfp.script_run(["RUNNING"], advance_on_list=True)
+    env = {k: v for k, v in {**os.environ, **clean_env(env_for(kfp, KFP_LAUNCH_POLL_INTERVAL="0.2"))}.items() if v is not None}
+    proc = subprocess.Popen([sys.executable, "-m", "kfp_launch", "run", *TWO], cwd=project, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_polls(kfp, TWO, 2)  # the second poll was sent: the first answer has been read
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == ExitCode.SIGTERM, out + err
+    assert states(project, TWO) == ["SUCCEEDED", "INTERRUPTED"]
+    assert len(kfp.requests_to("POST", PATH_RUN_TERMINATE)) == 1  # only the active run
+
+
+def test_several_jobs_share_one_gitlab_client_so_a_refused_token_warns_once(
+    run_cli: RunCli, tmp_path: Path, kfp: FakeKfpServer
+) -> None:
+    project = make_project(tmp_path, 2)
+    with FakeGitLab(access_tokens={"glpat-g00d": "kfp-bot"}) as gitlab:
+        gl_project = gitlab.add_project("mlops/demo")
+        gitlab.add_merge_request(gl_project["id"], iid=7, source_branch="feature/ML-42-faster")
+        env = {"CI_MERGE_REQUEST_IID": "7", "CI_SERVER_URL": gitlab.url, "CI_PROJECT_ID": str(gl_project["id"]),
+               "GITLAB_TOKEN": "glpat-wr0ng"}
+        for _ in TWO:
+            kfp.script_run(["RUNNING", "SUCCEEDED"], advance_on_list=True)
+        result = run_cli(["run", *TWO], cwd=project, env=env_for(kfp, **env))
+        assert result.exit_code == 0, result.output
+        assert result.stderr.count("merge request note not written") == 1
+        assert len(gitlab.requests) == 1  # refused once; the other job's note is not tried

@@ -1,11 +1,12 @@
-"""`kfp-launch params`: the parameter table with profiles, and the generated typed dataclass."""
+"""`kfp-launch params`: the parameter table with profiles, the generated typed dataclass, invalid profiles."""
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
 
-from tests.conftest import RunCli
+from kfp_launch.errors import ExitCode
+from tests.helpers import RunCli
 
 
 def test_params_table_shows_types_defaults_and_profile_values(run_cli: RunCli, project: Path) -> None:
@@ -50,3 +51,15 @@ def test_dataclass_of_a_pipeline_with_required_parameters(run_cli: RunCli, proje
     exec(compile(result.stdout, "generated.py", "exec"), namespace)
     cls = namespace["RequiredParams"]
     assert cls(a=1, b=2).arguments() == {"a": 1, "b": 2, "note": "x"}  # type: ignore[operator]
+
+
+def test_invalid_profiles_are_reported_by_params(run_cli: RunCli, project: Path) -> None:
+    (project / "pipelines" / "badprof.py").write_text(
+        "from kfp import dsl\nfrom ._steps import add\nPROFILES = {'toy': {'nope': 1, 'a': 'x'}}\n\n"
+        "@dsl.pipeline\ndef pipeline(a: int = 1):\n    add(a=a, b=1)\n"
+    )
+    for args in (["params", "badprof"], ["params", "badprof", "--dataclass"]):
+        result = run_cli(args, cwd=project)
+        assert result.exit_code == ExitCode.INVALID_INPUT
+        assert 'profile toy: unknown parameter "nope"' in result.stderr
+        assert 'profile toy: a: "x" is not an integer' in result.stderr

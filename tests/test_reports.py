@@ -73,11 +73,13 @@ LOCAL_SUCCEEDED = RunOutcome(
 
 
 def parse_gitlab_dotenv(text: str) -> dict[str, str]:
-    """GitLab's parser (Gitlab::Ci::Parsers::DotenvVariable): every line ``^(.*?)=(.*)$``, stripped, plus the
-    documented rules it enforces elsewhere (reference gitlab-ci.md §1.5); fails the test on any violation."""
+    """GitLab's parser (``Ci::ParseDotenvArtifactService``, app/services/ci/parse_dotenv_artifact_service.rb in
+    gitlab-org/gitlab): every line ``^(.*?)=(.*)$``, stripped, plus the documented rules
+    (https://docs.gitlab.com/ci/yaml/artifacts_reports/#artifactsreportsdotenv; docs/gitlab-notes.md,
+    'dotenv reports'); fails the test on any violation."""
     data = text.encode("utf-8")
     assert len(data) <= DOTENV_MAX_BYTES
-    assert text.endswith("\n") or text == ""
+    assert text.endswith("\n"), "kfp-launch writes whole lines, and at least KFP_RUN_STATE"
     variables: dict[str, str] = {}
     for line in text.splitlines():
         match = re.search(r"^(.*?)=(.*)$", line)

@@ -91,3 +91,14 @@ def test_every_setting_names_its_variable_in_help() -> None:
         assert spec.env_var in help_suffix(name)
     assert SPECS["pipelines_package"].env_var == "KFP_LAUNCH_PIPELINES_PACKAGE"
     assert SPECS["pipelines_package"].flag == "--pipelines-package"
+
+
+def test_the_sdk_host_variable_comes_after_pyproject(tmp_path: Path) -> None:
+    sdk = {"KF_PIPELINES_ENDPOINT": "http://ml-pipeline.kubeflow:8888"}
+    assert (load_settings({}, sdk, tmp_path).host, load_settings({}, sdk, tmp_path).sources["host"]) == (
+        "http://ml-pipeline.kubeflow:8888", "env KF_PIPELINES_ENDPOINT")
+    write_pyproject(tmp_path, 'host = "https://kubeflow.example.com/pipeline"\n')
+    settings = load_settings({}, sdk, tmp_path)
+    assert (settings.host, settings.sources["host"]) == ("https://kubeflow.example.com/pipeline", "pyproject.toml")
+    ours = load_settings({}, {**sdk, "KFP_HOST": "https://other.example.com"}, tmp_path)
+    assert ours.host == "https://other.example.com"

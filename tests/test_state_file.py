@@ -1,0 +1,44 @@
+"""The state file (.kfp-launch/state.json) that `cancel` and a retried job read: what it records, and that a
+run never reads an earlier job's state file or reports."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from kfp_launch.errors import ExitCode
+from tests.fake_kfp import FakeKfpServer
+from tests.helpers import RunCli, env_for, launch
+
+
+def test_state_file_records_what_cancel_and_a_retry_need(run_cli: RunCli, project: Path, kfp: FakeKfpServer) -> None:
+    kfp.script_run(["RUNNING"])
+    assert run_cli(["run", "good", "--no-wait"], cwd=project, env=env_for(kfp)).exit_code == 0
+    state = json.loads((project / ".kfp-launch" / "state.json").read_text())
+    entry = state["runs"][0]
+    assert set(entry) >= {"run_id", "experiment_id", "host", "namespace", "url", "cancel_policy", "run_key", "run_name"}
+    assert entry["run_id"] and entry["run_key"].startswith("mlops/demo/1001/good/good/")
+
+
+def test_run_removes_an_earlier_jobs_state_file_and_reports_first(run_cli: RunCli, project: Path, kfp: FakeKfpServer) -> None:
+    (project / ".kfp-launch").mkdir()
+    (project / ".kfp-launch" / "state.json").write_text('{"runs": [{"run_id": "upstream"}]}')
+    (project / ".kfp-launch" / "run.env").write_text("KFP_RUN_ID=upstream\n")
+    result = launch(run_cli, project, kfp, "-p", "nope=1")  # fails before submitting
+    assert result.exit_code == ExitCode.INVALID_INPUT
+    assert not (project / ".kfp-launch" / "state.json").exists()
+    assert not (project / ".kfp-launch" / "run.env").exists()
+
+
+def test_a_malformed_param_flag_is_refused_before_an_earlier_jobs_files_are_touched(
+    run_cli: RunCli, project: Path, kfp: FakeKfpServer
+) -> None:
+    (project / ".kfp-launch").mkdir()
+    earlier = {name: f"from the earlier job: {name}" for name in ("state.json", "junit.xml", "run.env")}
+    for name, text in earlier.items():
+        (project / ".kfp-launch" / name).write_text(text)
+    result = run_cli(["run", "good", "-p", "novalue"], cwd=project, env=env_for(kfp))
+    assert result.exit_code == ExitCode.USAGE
+    assert '--param "novalue" is not KEY=VALUE' in result.stderr
+    assert {name: (project / ".kfp-launch" / name).read_text() for name in earlier} == earlier
+    assert not kfp.requests

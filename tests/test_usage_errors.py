@@ -1,0 +1,34 @@
+"""Usage errors (exit 2): Kubeflow-only options with --local, and flag values out of range or malformed;
+rejected before anything runs, without a traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kfp_launch.errors import ExitCode
+from tests.helpers import CI, RunCli
+
+
+@pytest.mark.parametrize("args", [["--dry-run"], ["--no-wait"], ["--host", "http://x"], ["--timeout", "1h"]])
+def test_kubeflow_options_with_local_are_usage_errors(run_cli: RunCli, project: Path, args: list[str]) -> None:
+    result = run_cli(["run", "good", "--local", *args], cwd=project)
+    assert result.exit_code == ExitCode.USAGE
+    assert "only apply to runs on Kubeflow" in result.stderr
+    assert not (project / ".kfp-launch").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [(["--poll-interval", "0"], 2), (["--log-lines", "-5"], 2), (["--timeout", "5x"], 2), (["--timeout", "inf"], 2)],
+)
+def test_bad_flag_values_are_usage_errors(run_cli: RunCli, project: Path, args: list[str], code: int) -> None:
+    result = run_cli(["run", "good", *args], cwd=project, env={**CI, "KFP_HOST": "http://127.0.0.1:9"})
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_poll_interval_over_an_hour_is_rejected(run_cli: RunCli, project: Path) -> None:
+    result = run_cli(["run", "good", "--poll-interval", "1e10"], cwd=project, env={**CI, "KFP_HOST": "http://127.0.0.1:9"})
+    assert result.exit_code == ExitCode.USAGE and "at most 1h" in result.stderr
