@@ -20,7 +20,12 @@ MISSING = "(unset)"
 
 
 def run_job(run: RunStatus) -> str:
-    """The job a run belongs to: from its kfp-launch key (``project/pipeline/job/nonce``), else its name."""
+    """The job a run belongs to: from its description (``Launched by kfp-launch: job X`` or ``job X``), from
+    a kfp-launch 0.1 key (``project/pipeline/CI job/job/nonce``), else the first word of its name."""
+    for line in run.description.splitlines():
+        for prefix in ("Launched by kfp-launch: job ", "job "):
+            if line.startswith(prefix):
+                return line[len(prefix) :].split(" ", 1)[0]
     key = run_key(run.description)
     if key and key.count("/") >= 3:
         return key.rsplit("/", 2)[-2]

@@ -18,6 +18,7 @@ and login pages -> :class:`KfpAuthError`; 408/429/5xx, refused/reset/dropped con
 from __future__ import annotations
 
 import json
+import urllib.parse
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -26,10 +27,10 @@ from typing import Any
 
 from kfp_launch.connection import Connection
 from kfp_launch.errors import KfpApiError, KfpAuthError, KfpConflictError, KfpTlsError, TransientKfpError
+from kfp_launch.failures import Failure, classify
 from kfp_launch.models import Experiment, RunStatus, TaskResult
 from kfp_launch.states import RunState
 
-_TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 _EPOCH_PREFIX = "1970-01-01T00:00:00"
 # kfp.Client reads ~/.config/kfp/context.json (namespace, auth headers) in its constructor (kubeflow/pipelines
 # sdk/python/kfp/client/client.py (2.17.0), Client._LOCAL_KFP_CONTEXT; docs/kfp-backend-notes.md, 'Client
@@ -76,6 +77,7 @@ class KfpApi:
             )
         self._experiments = self._client._experiment_api
         self._runs = self._client._run_api
+        _no_hidden_retries(self._runs.api_client)
         self.requests_made = 0
 
     # -- experiments ---------------------------------------------------------------------------
@@ -168,9 +170,12 @@ class KfpApi:
         data = self._call(self._runs.run_service_create_run, f'create run "{display_name}"', run=body, write=True)
         return _run(data)
 
-    def get_run(self, run_id: str) -> RunStatus:
-        """Read a run with its task details (``GET /runs/{id}``)."""
-        return _run(self._call(self._runs.run_service_get_run, f"read run {run_id}", run_id=run_id))
+    def get_run(self, run_id: str, *, timeout_s: float | None = None) -> RunStatus:
+        """Read a run with its task details (``GET /runs/{id}``), within ``timeout_s`` seconds if given."""
+        data = self._call(
+            self._runs.run_service_get_run, f"read run {run_id}", run_id=run_id, timeout=self._bounded(timeout_s)
+        )
+        return _run(data)
 
     def list_runs(
         self, experiment_id: str, *, display_name: str | None = None, page_size: int = 100
@@ -188,7 +193,9 @@ class KfpApi:
         data = self._call(self._runs.run_service_list_runs, f"list runs of experiment {experiment_id}", **kwargs)
         return [_run(r) for r in data.get("runs") or []]
 
-    def list_runs_by_id(self, experiment_id: str, run_ids: list[str]) -> list[RunStatus]:
+    def list_runs_by_id(
+        self, experiment_id: str, run_ids: list[str], *, timeout_s: float | None = None
+    ) -> list[RunStatus]:
         """Read many runs with one request (``GET /runs?experiment_id=&filter=`` with ``run_id IN [...]``),
         so polling N runs costs one request per tick, not N. At most 200 ids (the server's page cap).
         """
@@ -203,6 +210,7 @@ class KfpApi:
             experiment_id=experiment_id,
             page_size=len(run_ids),
             filter=json.dumps({"predicates": [predicate]}),
+            timeout=self._bounded(timeout_s),
         )
         return [_run(r) for r in data.get("runs") or []]
 
@@ -216,14 +224,13 @@ class KfpApi:
         Raises:
             KfpApiError: HTTP 400 when the run is no longer active (KFP answers "Row not found").
         """
-        timeout = (min(self._timeout[0], timeout_s), timeout_s) if timeout_s else None
         self._call(
             self._runs.run_service_terminate_run,
             f"terminate run {run_id}",
             run_id=run_id,
             write=True,
             expect_json=False,
-            timeout=timeout,
+            timeout=self._bounded(timeout_s),
         )
 
     def task_log(self, run_id: str, node_id: str) -> str:
@@ -248,6 +255,13 @@ class KfpApi:
         return body.decode("utf-8", errors="replace")
 
     # -- plumbing ------------------------------------------------------------------------------
+
+    def _bounded(self, timeout_s: float | None) -> tuple[float, float] | None:
+        """The (connect, read) timeout of a request that must end within ``timeout_s`` seconds."""
+        if timeout_s is None:
+            return None
+        limit = max(timeout_s, 0.05)
+        return (min(self._timeout[0], limit), min(self._timeout[1], limit))
 
     def _call(
         self,
@@ -279,6 +293,19 @@ class KfpApi:
             raise _api_error(exc, what, self.connection, write=write) from None
         except urllib3.exceptions.HTTPError as exc:
             raise _transport_error(exc, what, self.connection, write=write) from None
+
+
+def _no_hidden_retries(api_client: Any) -> None:
+    """Make each request one attempt: urllib3 retries a failed connection or read 3 times by itself
+    (``urllib3.util.Retry`` default; ``kfp_server_api/rest.py`` passes no ``retries`` unless configured), which
+    multiplies every timeout by 4 and hides the time a request takes from the deadline. Our own retry rule
+    (``polling.call_with_retry``) decides instead. Redirects are still followed (an auth proxy's login page)."""
+    import urllib3
+
+    pool_manager = api_client.rest_client.pool_manager
+    pool_manager.connection_pool_kw["retries"] = urllib3.util.Retry(
+        total=None, connect=0, read=0, status=0, other=0, redirect=5, raise_on_redirect=False
+    )
 
 
 @contextmanager
@@ -341,14 +368,16 @@ def _api_error(exc: Any, what: str, connection: Connection, *, write: bool) -> E
             hint=f"check the token/cookie (auth: {connection.auth_kind}) and that it may use namespace "
             f"{connection.namespace or '(single-user)'}.",
         )
-    if status in _TRANSIENT_STATUSES:
+    kind = classify(status, message)
+    if kind == Failure.TRANSIENT:
         return TransientKfpError(f"Kubeflow failed to {what}: HTTP {status} {message}".rstrip(), maybe_applied=write)
-    error_class = KfpConflictError if status == 409 else KfpApiError
-    return error_class(
-        f"Kubeflow refused to {what}: HTTP {status} {message}".rstrip(),
-        hint="nothing was changed by this request.",
-        status=status,
-    )
+    error_class = KfpConflictError if kind == Failure.CONFLICT else KfpApiError
+    hint = "nothing was changed by this request."
+    if status >= 500:
+        hint = (
+            "the server cannot store or run this as sent, so it was not retried; see README, 'Transient or permanent'."
+        )
+    return error_class(f"Kubeflow refused to {what}: HTTP {status} {message}".rstrip(), hint=hint, status=status)
 
 
 def _transport_error(exc: Exception, what: str, connection: Connection, *, write: bool) -> Exception:
@@ -363,7 +392,14 @@ def _transport_error(exc: Exception, what: str, connection: Connection, *, write
     name = type(reason or exc).__name__
     hint = "check KFP_HOST and that Kubeflow's API server is up and reachable from here (proxy: HTTPS_PROXY/NO_PROXY)."
     if "NameResolution" in name:
-        hint = f"the host name of {connection.host} does not resolve: check KFP_HOST for a typo."
+        host = urllib.parse.urlsplit(connection.host).hostname
+        return TransientKfpError(
+            f"Could not reach Kubeflow to {what}: the host name {host} does not resolve (DNS lookup failed)",
+            hint=f"check KFP_HOST ({connection.host}) for a typo, and that this runner can resolve it.",
+            maybe_applied=write,
+        )
+    if "Timeout" in name:
+        name = f"no answer in time ({name})"
     return TransientKfpError(
         f"Could not reach Kubeflow at {connection.host} to {what}: {name}", hint=hint, maybe_applied=write
     )

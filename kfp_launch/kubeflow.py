@@ -12,6 +12,7 @@ from dataclasses import replace
 
 from kfp_launch import interrupts
 from kfp_launch.app import App
+from kfp_launch.descriptions import experiment_description
 from kfp_launch.errors import ExitCode, Interrupted, worst_exit_code
 from kfp_launch.kfp_api import KfpApi
 from kfp_launch.models import Experiment, RunOutcome
@@ -25,7 +26,6 @@ from kfp_launch.submission import (
     SubmittedRun,
     ensure_experiment,
     environ_experiment_overrides,
-    experiment_description,
     plan_runs,
     submit_recorded,
 )

@@ -196,31 +196,50 @@ def experiment_for(ci: CiContext, settings: Settings) -> str | None:
 
 
 KEY_PREFIX = "kfp-launch-key: "
-"""Starts the last line of a kfp-launch run's description: the run's key (see ``submission.py``)."""
+"""Starts the first line of a kfp-launch run's description: the run's key (see ``submission.py``). Runs of
+kfp-launch 0.1 carry it on the last line, in the longer form ``<project>/<CI pipeline>/<CI job>/<job>/<nonce>``."""
+
+KEY_CHARS = 29
+"""A key is ``<16 hex digits of the attempt>.<12 hex digits of nonce>``: fixed-length whatever the project
+path and job names, so the key line always fits the 255-character description column of backends up to 2.14
+(docs/kfp-backend-notes.md, 'Text columns')."""
 
 
-def _key_base(ci: CiContext, job: str) -> str:
-    # The CI job's full name (url-quoted: it may hold "/" as in "train 1/3") keeps parallel and matrix
-    # jobs of one pipeline job apart; the pipeline job keeps the runs of one `run --all` apart.
+def _legacy_key_base(ci: CiContext, job: str) -> str:
+    # kfp-launch 0.1: the CI job's full name (url-quoted: it may hold "/" as in "train 1/3") keeps parallel
+    # and matrix jobs of one pipeline job apart; the pipeline job keeps the runs of one `run --all` apart.
     ci_job = quote(ci.job_name, safe="") if ci.job_name else "-"
     return f"{ci.project_path or 'local'}/{ci.pipeline_id or 'local'}/{ci_job}/{job}/"
 
 
+def _attempt(ci: CiContext, job: str) -> str:
+    """16 hex digits naming every attempt of this job in this CI job of this CI pipeline."""
+    return hashlib.sha256(_legacy_key_base(ci, job).encode("utf-8")).hexdigest()[:16]
+
+
 def new_run_key(ci: CiContext, job: str) -> str:
-    """A fresh key ``<project>/<CI pipeline id>/<CI job name>/<job>/<nonce>`` (``local``/``-`` outside CI)."""
-    return _key_base(ci, job) + secrets.token_hex(6)
+    """A fresh key: ``<attempt>.<nonce>`` (see :data:`KEY_CHARS`)."""
+    return f"{_attempt(ci, job)}.{secrets.token_hex(6)}"
 
 
-def attach_prefix(ci: CiContext, job: str) -> str | None:
-    """The key prefix shared by every attempt of this CI job in this CI pipeline (None outside CI)."""
+def attach_prefixes(ci: CiContext, job: str) -> tuple[str, ...]:
+    """The key prefixes shared by every attempt of this CI job in this CI pipeline (none outside CI): this
+    version's, and kfp-launch 0.1's, so a job retried across the upgrade still finds its run."""
     if not (ci.in_ci and ci.pipeline_id):
-        return None
-    return _key_base(ci, job)
+        return ()
+    return (_attempt(ci, job) + ".", _legacy_key_base(ci, job))
 
 
 def run_key(description: str) -> str | None:
-    """The key in a run description, or None."""
-    for line in reversed(description.splitlines()):
+    """The key in a run description (first line; last line for runs of kfp-launch 0.1), or None."""
+    lines = description.splitlines()
+    for line in lines[:1] + lines[-1:]:
         if line.startswith(KEY_PREFIX):
             return line[len(KEY_PREFIX) :].strip()
     return None
+
+
+def bmp_only(text: str) -> str:
+    """``text`` with every character outside the Basic Multilingual Plane (4 bytes in UTF-8: emoji) replaced
+    by U+FFFD: MySQL ``utf8`` (3-byte) columns of older deployments refuse them ("Incorrect string value")."""
+    return "".join(char if ord(char) <= 0xFFFF else "\ufffd" for char in text)

@@ -236,16 +236,21 @@ def wait_for_runs(
 class RunReader(Protocol):
     """What :func:`read_runs` needs from the KFP adapter (``kfp_api.KfpApi``)."""
 
-    def get_run(self, run_id: str) -> RunStatus: ...
-    def list_runs_by_id(self, experiment_id: str, run_ids: list[str]) -> list[RunStatus]: ...
+    def get_run(self, run_id: str, *, timeout_s: float | None = None) -> RunStatus: ...
+    def list_runs_by_id(
+        self, experiment_id: str, run_ids: list[str], *, timeout_s: float | None = None
+    ) -> list[RunStatus]: ...
 
 
-def read_runs(api: RunReader, experiment_id: str, run_ids: Sequence[str]) -> dict[str, RunStatus]:
+def read_runs(
+    api: RunReader, experiment_id: str, run_ids: Sequence[str], *, timeout_s: float | None = None
+) -> dict[str, RunStatus]:
     """One poll tick: every run's status, by run id, in as few requests as the API allows.
 
     One run is one ``GET /runs/{id}``; several are one filtered ``GET /runs`` per :data:`IDS_PER_REQUEST`
-    ids. A run the list no longer has is read by id; a run whose read answers 404 was deleted and is
-    reported CANCELED with the error :data:`DELETED` (exit 7), in both cases.
+    ids. A run the list no longer has (or every run, when the list itself answers 404: the experiment is
+    gone) is read by id; a run whose read answers 404 was deleted and is reported CANCELED with the error
+    :data:`DELETED` (exit 7), in both cases. Each request ends within ``timeout_s`` seconds if given.
 
     Raises:
         TransientKfpError, KfpAuthError: as the requests raise them (the caller retries).
@@ -255,17 +260,22 @@ def read_runs(api: RunReader, experiment_id: str, run_ids: Sequence[str]) -> dic
     statuses: dict[str, RunStatus] = {}
     if len(ids) > 1:
         for start in range(0, len(ids), IDS_PER_REQUEST):
-            listed = api.list_runs_by_id(experiment_id, ids[start : start + IDS_PER_REQUEST])
+            try:
+                listed = api.list_runs_by_id(experiment_id, ids[start : start + IDS_PER_REQUEST], timeout_s=timeout_s)
+            except KfpApiError as exc:
+                if exc.status != 404:
+                    raise
+                break
             statuses.update((s.run_id, s) for s in listed if s.run_id in ids)
     for run_id in ids:
         if run_id not in statuses:
-            statuses[run_id] = _read_one(api, run_id)
+            statuses[run_id] = _read_one(api, run_id, timeout_s)
     return statuses
 
 
-def _read_one(api: RunReader, run_id: str) -> RunStatus:
+def _read_one(api: RunReader, run_id: str, timeout_s: float | None) -> RunStatus:
     try:
-        return api.get_run(run_id)
+        return api.get_run(run_id, timeout_s=timeout_s)
     except KfpApiError as exc:
         if exc.status != 404:
             raise

@@ -19,6 +19,7 @@ from typing import Protocol
 from kfp_launch import interrupts
 from kfp_launch.app import App
 from kfp_launch.ci_context import CiContext
+from kfp_launch.descriptions import run_description
 from kfp_launch.errors import (
     ConfigError,
     Interrupted,
@@ -28,8 +29,8 @@ from kfp_launch.errors import (
     TransientKfpError,
 )
 from kfp_launch.kfp_api import KfpApi
-from kfp_launch.models import CompiledPipeline, Experiment, RunStatus
-from kfp_launch.naming import KEY_PREFIX, attach_prefix, new_run_key, run_key
+from kfp_launch.models import Experiment, RunStatus
+from kfp_launch.naming import attach_prefixes, new_run_key, run_key
 from kfp_launch.plan import JobPlan
 from kfp_launch.state_file import StateEntry, write_state
 from kfp_launch.states import RunState
@@ -47,17 +48,6 @@ class RunApi(Protocol):
     def list_runs(
         self, experiment_id: str, *, display_name: str | None = None, page_size: int = 100
     ) -> list[RunStatus]: ...
-
-
-def experiment_description(ci: CiContext, *, jira_url: str | None) -> str:
-    """The experiment's description: JIRA ticket (a link with ``JIRA_URL``), branch, project."""
-    parts = []
-    if ci.ticket:
-        parts.append(f"JIRA {ci.ticket}" + (f" {jira_url.rstrip('/')}/browse/{ci.ticket}" if jira_url else ""))
-    parts.append(f"{'tag' if ci.ref_kind == 'tag' else 'branch'} {ci.ref}")
-    if ci.project_path:
-        parts.append(f"project {ci.project_path}" + (f" {ci.project_url}" if ci.project_url else ""))
-    return " · ".join(parts) + " · runs launched by kfp-launch"
 
 
 def run_name(template: str, *, job: str, ci: CiContext) -> str:
@@ -87,30 +77,6 @@ def run_name(template: str, *, job: str, ci: CiContext) -> str:
         ) from None
     name = " ".join(rendered.split()) or job
     return sanitize_display_name(name)
-
-
-def run_description(compiled: CompiledPipeline, ci: CiContext, key: str, *, jira_url: str | None) -> str:
-    """The run's description: links back to commit, branch, MR, CI pipeline and job, the ticket and
-    the triggering user, ending with the key line."""
-    lines = [f"Launched by kfp-launch: job {compiled.job} ({compiled.module}:{compiled.function})"]
-    ref_kind = "Tag" if ci.ref_kind == "tag" else "Branch"
-    lines.append(f"{ref_kind}: {ci.ref}" + (f" {ci.project_url}/-/tree/{ci.ref}" if ci.project_url and ci.ref else ""))
-    if ci.commit_sha:
-        title = f' "{ci.commit_title}"' if ci.commit_title else ""
-        link = f" {ci.project_url}/-/commit/{ci.commit_sha}" if ci.project_url else ""
-        lines.append(f"Commit: {ci.commit_sha}{title}{link}")
-    if ci.merge_request_iid:
-        lines.append(f"Merge request: !{ci.merge_request_iid} {ci.merge_request_url or ''}".rstrip())
-    if ci.pipeline_url:
-        lines.append(f"GitLab pipeline: {ci.pipeline_url}")
-    if ci.job_url:
-        lines.append(f"GitLab job: {ci.job_url}")
-    if ci.ticket:
-        lines.append(f"Ticket: {ci.ticket}" + (f" {jira_url.rstrip('/')}/browse/{ci.ticket}" if jira_url else ""))
-    if ci.user_login or ci.user_name:
-        lines.append(f"Triggered by: {ci.user_login or ci.user_name}")
-    lines.append(KEY_PREFIX + key)
-    return "\n".join(lines)
 
 
 def ensure_experiment(
@@ -147,13 +113,13 @@ def ensure_experiment(
     return experiment
 
 
-def find_active_attempt(api: RunApi, experiment_id: str, name: str, prefix: str) -> RunStatus | None:
-    """The run a retried CI job takes over: the newest run named ``name`` whose key starts with
-    ``prefix``, if it is still active or it SUCCEEDED (the retry after an outage, exit 5, during which it
+def find_active_attempt(api: RunApi, experiment_id: str, name: str, prefixes: tuple[str, ...]) -> RunStatus | None:
+    """The run a retried CI job takes over: the newest run named ``name`` whose key starts with one of
+    ``prefixes``, if it is still active or it SUCCEEDED (the retry after an outage, exit 5, during which it
     finished: its result is reported, not run again). FAILED, SKIPPED and canceled runs are run again."""
     for run in api.list_runs(experiment_id, display_name=name):
         key = run_key(run.description)
-        if key and key.startswith(prefix):
+        if key and key.startswith(prefixes):
             return run if run.state.is_attachable or run.state == RunState.SUCCEEDED else None
     return None
 
@@ -333,9 +299,9 @@ def submit_or_attach(app: App, api: KfpApi, experiment: Experiment, planned: Pla
     """
     ci, settings, retry = app.ci, app.settings, app.retry()
     compiled, params = planned.plan.compiled, planned.plan.params
-    prefix = attach_prefix(ci, compiled.job)
-    if prefix is not None:
-        active = retry(lambda: find_active_attempt(api, experiment.experiment_id, planned.name, prefix))
+    prefixes = attach_prefixes(ci, compiled.job)
+    if prefixes:
+        active = retry(lambda: find_active_attempt(api, experiment.experiment_id, planned.name, prefixes))
         if active is not None:
             return active, True
     description = run_description(compiled, ci, planned.key, jira_url=app.jira_url)

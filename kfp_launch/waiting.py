@@ -16,6 +16,7 @@ from kfp_launch import interrupts
 from kfp_launch.app import App
 from kfp_launch.console import Console
 from kfp_launch.errors import ExitCode, InputError, Interrupted, KfpLaunchError, worst_exit_code
+from kfp_launch.failures import while_waiting
 from kfp_launch.kfp_api import KfpApi
 from kfp_launch.models import RunOutcome, RunStatus
 from kfp_launch.polling import WaitResult, read_runs, wait_for_runs
@@ -146,7 +147,11 @@ def _poll(
         with progress_for(console, {t.base.run_id: t.base.job for t in tracked}) as progress:
 
             def fetch() -> dict[str, RunStatus]:
-                statuses = read_runs(api, tracked[0].base.experiment_id, ids)
+                left = None if deadline is None else deadline - app.runtime.clock()
+                try:  # every request ends by the deadline; the run exists: see failures.while_waiting
+                    statuses = read_runs(api, tracked[0].base.experiment_id, ids, timeout_s=left)
+                except KfpLaunchError as exc:
+                    raise while_waiting(exc) from exc
                 seen.update(statuses)
                 progress.update(statuses)
                 return statuses

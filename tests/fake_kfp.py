@@ -88,6 +88,9 @@ __all__ = [
 ]
 
 # Path regexes (matched with re.fullmatch against the request path, query excluded), handy for faults.
+TEXT_COLUMN_CHARS = 255
+"""Characters of a ``varchar(255)`` text column of backends up to 2.14 (see ``FakeKfpServer(text_columns=)``)."""
+
 PATH_HEALTHZ = r"/apis/v2beta1/healthz"
 PATH_EXPERIMENTS = r"/apis/v2beta1/experiments"
 PATH_EXPERIMENT = r"/apis/v2beta1/experiments/[^/:]+"
@@ -738,6 +741,20 @@ class FakeKfpServer(LoopbackServer):
         accepted_tokens: if not None, only requests with ``authorization: Bearer <t>`` for t in this set are
             served; others get 401 (Unauthenticated). Reassign ``server.accepted_tokens`` to rotate.
         clock: returns the current time (timezone-aware); timestamps are cut to whole seconds.
+        text_columns: how the database stores run ``display_name``/``description`` and experiment
+            ``description``, which backends up to 2.14 created as ``varchar(255)`` (GORM v1's default for a
+            string without a size: kubeflow/pipelines ``backend/src/apiserver/model/run.go`` and
+            ``model/experiment.go`` at 2.14.0): ``"strict"`` (MySQL's default ``STRICT_TRANS_TABLES``:
+            longer text is refused, 500 "Error 1406 (22001): Data too long"), ``"truncate"`` (non-strict
+            MySQL: cut to 255 characters without a word), or ``"wide"`` (2.15+ with GORM v2: ``longtext``).
+        utf8mb3: the database uses MySQL's 3-byte ``utf8`` charset, as older deployments do: a character
+            outside the Basic Multilingual Plane in those columns is refused in strict mode (500 "Error 1366
+            (HY000): Incorrect string value") and stored as ``?`` otherwise.
+        annotation_limit_bytes: model a backend before kubeflow/pipelines#10979 (KFP 2.0-2.2), which put
+            component specs in the Argo Workflow's annotations: Kubernetes refuses annotations of more than
+            262,144 bytes in all (k8s.io/apimachinery ``pkg/api/validation/objectmeta.go``,
+            ``TotalAnnotationSizeLimitB``), so a run whose pipeline spec is larger gets 500 "Too long: must
+            have at most 262144 bytes" on every try. None (default): no such limit.
 
     Attributes:
         experiments: experiment_id -> V2beta1Experiment wire dict.
@@ -762,7 +779,15 @@ class FakeKfpServer(LoopbackServer):
         service_account: str = "pipeline-runner",
         accepted_tokens: Iterable[str] | None = None,
         clock: Callable[[], datetime] | None = None,
+        text_columns: str = "strict",
+        utf8mb3: bool = True,
+        annotation_limit_bytes: int | None = None,
     ) -> None:
+        if text_columns not in ("strict", "truncate", "wide"):
+            raise ValueError("text_columns must be strict, truncate or wide")
+        self.text_columns = text_columns
+        self.utf8mb3 = utf8mb3
+        self.annotation_limit_bytes = annotation_limit_bytes
         if terminated_state not in FINISHED_STATES:
             raise ValueError(f"terminated_state must be one of {sorted(FINISHED_STATES)}")
         self.multi_user = multi_user
@@ -1109,7 +1134,8 @@ class FakeKfpServer(LoopbackServer):
             column = "Name" if len(name) > 128 else "Namespace"
             raise _internal(f"Failed to add experiment to experiment table: Error 1406: Data too long for "
                             f"column '{column}' at row 1", *wraps)
-        experiment = self._new_experiment(name, namespace, body.get("description", ""), None)
+        description = self._stored_text("experiment", "Description", body.get("description", ""), *wraps)
+        experiment = self._new_experiment(name, namespace, description, None)
         self.experiments[experiment["experiment_id"]] = experiment
         return copy.deepcopy(experiment)
 
@@ -1158,7 +1184,10 @@ class FakeKfpServer(LoopbackServer):
         spec = self._run_pipeline_spec(body)
         parameters = (body.get("runtime_config") or {}).get("parameters") or {}
         _validate_parameters(spec, parameters)
-        run = self._new_run({**body, "experiment_id": experiment_id}, None)
+        self._check_annotation_size(spec, *wraps)
+        stored = {column: self._stored_text("run", column.capitalize(), body.get(column, ""), *wraps)
+                  for column in ("display_name", "description")}
+        run = self._new_run({**body, **stored, "experiment_id": experiment_id}, None)
         self.runs[run["run_id"]] = run
         self.experiments[experiment_id]["last_run_created_at"] = run["created_at"]
         if self.pending_scripts:
@@ -1221,6 +1250,33 @@ class FakeKfpServer(LoopbackServer):
     def _namespace(self, namespace: str) -> str:
         """The namespace the server uses: as given in multi-user mode, "" otherwise (ReplaceNamespace)."""
         return namespace if self.multi_user else ""
+
+    def _stored_text(self, table: str, column: str, text: str, *wraps: str) -> str:
+        """TEXT as the database stores it in a ``varchar(255)`` column (see ``text_columns``, ``utf8mb3``)."""
+        if self.text_columns == "wide" and not self.utf8mb3:
+            return text
+        column = "DisplayName" if column == "Display_name" else column
+        store = f"Failed to store {table} to table"
+        if self.utf8mb3 and any(ord(char) > 0xFFFF for char in text):
+            if self.text_columns == "strict":
+                raise _internal(f"{store}: Error 1366 (HY000): Incorrect string value: "
+                                f"'{text.encode()[:12]!r}...' for column '{column}' at row 1", *wraps)
+            text = "".join("?" if ord(char) > 0xFFFF else char for char in text)
+        if self.text_columns != "wide" and len(text) > TEXT_COLUMN_CHARS:
+            if self.text_columns == "strict":
+                raise _internal(f"{store}: Error 1406 (22001): Data too long for column '{column}' at row 1", *wraps)
+            text = text[:TEXT_COLUMN_CHARS]
+        return text
+
+    def _check_annotation_size(self, spec: Mapping[str, Any], *wraps: str) -> None:
+        """Refuse a spec too large for the Workflow's annotations, as Kubernetes does (``annotation_limit_bytes``)."""
+        if self.annotation_limit_bytes is None:
+            return
+        size = len(json.dumps(spec, separators=(",", ":")).encode("utf-8"))
+        if size > self.annotation_limit_bytes:
+            raise _internal(
+                "Failed to create a workflow: Workflow.argoproj.io \"run-x\" is invalid: metadata.annotations: "
+                f"Too long: must have at most {self.annotation_limit_bytes} bytes", *wraps)
 
     def _new_experiment(self, name: str, namespace: str, description: str,
                         created_at: datetime | None) -> dict[str, Any]:
