@@ -22,61 +22,83 @@ TEXT_COLUMN_CHARS = 255
 """The longest description kfp-launch writes, in characters (MySQL ``varchar(255)`` counts characters)."""
 
 
-def fit_lines(choices: Sequence[Sequence[str]], *, limit: int = TEXT_COLUMN_CHARS, separator: str = "\n") -> str:
-    """Join one variant of each item, in order, within ``limit`` characters: each item's first variant that
-    still fits (longest first, e.g. with its link, then without), or nothing when none fits.
+def fit_lines(
+    choices: Sequence[Sequence[str]],
+    *,
+    limit: int = TEXT_COLUMN_CHARS,
+    separator: str = "\n",
+    upgrade_order: Sequence[int] | None = None,
+) -> str:
+    """Join one variant of each item, in order, within ``limit`` characters.
+
+    Each item lists its variants from the fullest to the shortest (``""`` last: the item may be left out).
+    First every item gets its shortest variant that fits, in order, so compact facts come before links;
+    then each item, in ``upgrade_order`` (default: in order), gets its fullest variant that still fits (its
+    link, a title). The items keep their order in the result.
 
     Args:
-        choices: per item, its variants from the fullest to the shortest; the first item must fit.
+        choices: per item, its variants; the first item's shortest variant must fit.
         limit: the most characters of the result.
         separator: between items.
+        upgrade_order: item indexes, most wanted first, for the second pass.
 
     Raises:
         ValueError: the first item fits in none of its variants.
     """
-    kept: list[str] = []
-    used = -len(separator)
-    for variants in choices:
-        for variant in (bmp_only(v) for v in variants):
-            if used + len(separator) + len(variant) <= limit:
-                kept.append(variant)
-                used += len(separator) + len(variant)
+    variants = [[bmp_only(v) for v in item] for item in choices]
+    chosen: list[str] = [""] * len(variants)
+
+    def length(texts: list[str]) -> int:
+        kept = [t for t in texts if t]
+        return sum(map(len, kept)) + len(separator) * max(len(kept) - 1, 0)
+
+    for index, item in enumerate(variants):
+        shortest = item[-1]  # "" for an item that may be left out: it waits for the second pass
+        if shortest and length([*chosen[:index], shortest, *chosen[index + 1 :]]) <= limit:
+            chosen[index] = shortest
+        elif index == 0:
+            raise ValueError(f"{item[0]!r} does not fit in {limit} characters")
+    for index in upgrade_order if upgrade_order is not None else range(len(variants)):
+        for variant in variants[index]:
+            if variant and length([*chosen[:index], variant, *chosen[index + 1 :]]) <= limit:
+                chosen[index] = variant
                 break
-        else:
-            if not kept:
-                raise ValueError(f"{variants[0]!r} does not fit in {limit} characters")
-    return separator.join(kept)
+    return separator.join(text for text in chosen if text)
 
 
 def run_description(compiled: CompiledPipeline, ci: CiContext, key: str, *, jira_url: str | None) -> str:
-    """The run's description: its key first, then (as room allows, links dropped before lines) the job,
-    commit, merge request, CI job and pipeline, ticket, branch and who triggered it; at most 255 characters.
-    """
+    """The run's description: its key first, then the job, commit, merge request, CI job, ticket, branch, CI
+    pipeline and who triggered it; at most 255 characters. Facts come first; then, as room allows, the
+    links back to the merge request and the CI job, the ticket's link, the commit title, the module, the
+    branch link and the CI pipeline link."""
     url = ci.project_url
     ref_kind = "Tag" if ci.ref_kind == "tag" else "Branch"
     ticket_link = f" {jira_url.rstrip('/')}/browse/{ci.ticket}" if jira_url and ci.ticket else ""
-    choices: list[list[str]] = [
-        [KEY_PREFIX + key],
-        [f"Launched by kfp-launch: job {compiled.job} ({compiled.module}:{compiled.function})", f"job {compiled.job}"],
+    title = f' "{ci.commit_title}"' if ci.commit_title else ""
+    mr = f"Merge request: !{ci.merge_request_iid}"
+    job = f"job {compiled.job}"
+    # (variants, how wanted its fullest form is: lower first); the order here is the order of the lines.
+    items: list[tuple[list[str], int]] = [
+        ([KEY_PREFIX + key], 0),
+        ([f"Launched by kfp-launch: {job} ({compiled.module}:{compiled.function})", job], 5),
     ]
     if ci.commit_sha:
-        title = f' "{ci.commit_title}"' if ci.commit_title else ""
-        choices.append([f"Commit: {ci.commit_sha}{title}", f"Commit: {ci.commit_sha}"])
+        items.append(([f"Commit: {ci.commit_sha}{title}", f"Commit: {ci.commit_sha}"], 4))
     if ci.merge_request_iid:
-        mr = f"Merge request: !{ci.merge_request_iid}"
-        choices.append([f"{mr} {ci.merge_request_url}" if ci.merge_request_url else mr, mr])
+        items.append(([f"{mr} {ci.merge_request_url}" if ci.merge_request_url else mr, mr], 1))
     if ci.job_url:
-        choices.append([f"GitLab job: {ci.job_url}"])
+        items.append(([f"GitLab job: {ci.job_url}", ""], 2))
     if ci.ticket:
-        choices.append([f"Ticket: {ci.ticket}{ticket_link}", f"Ticket: {ci.ticket}"])
+        items.append(([f"Ticket: {ci.ticket}{ticket_link}", f"Ticket: {ci.ticket}"], 3))
     if ci.ref:
         link = f" {url}/-/tree/{ci.ref}" if url else ""
-        choices.append([f"{ref_kind}: {ci.ref}{link}", f"{ref_kind}: {ci.ref}"])
+        items.append(([f"{ref_kind}: {ci.ref}{link}", f"{ref_kind}: {ci.ref}"], 6))
     if ci.pipeline_url:
-        choices.append([f"GitLab pipeline: {ci.pipeline_url}"])
+        items.append(([f"GitLab pipeline: {ci.pipeline_url}", ""], 7))
     if ci.user_login or ci.user_name:
-        choices.append([f"Triggered by: {ci.user_login or ci.user_name}"])
-    return fit_lines(choices)
+        items.append(([f"Triggered by: {ci.user_login or ci.user_name}"], 8))
+    order = sorted(range(len(items)), key=lambda index: items[index][1])
+    return fit_lines([variants for variants, _ in items], upgrade_order=order)
 
 
 def experiment_description(ci: CiContext, *, jira_url: str | None) -> str:
@@ -87,7 +109,7 @@ def experiment_description(ci: CiContext, *, jira_url: str | None) -> str:
         link = f" {jira_url.rstrip('/')}/browse/{ci.ticket}" if jira_url else ""
         choices.append([f"JIRA {ci.ticket}{link}", f"JIRA {ci.ticket}"])
     ref = f"{'tag' if ci.ref_kind == 'tag' else 'branch'} {ci.ref}"
-    choices.append([ref, ref[: TEXT_COLUMN_CHARS - 40] + "…"])
+    choices.append([ref, ref[:120] + "…"])
     if ci.project_path:
         project = f"project {ci.project_path}"
         choices.append([f"{project} {ci.project_url}" if ci.project_url else project, project])

@@ -131,9 +131,10 @@ def compile_jobs(app: App, jobs: list[str], *, skip_non_jobs: bool = False) -> l
                 )
             else:
                 variants = [compile_pipeline(job, app.settings, app.project_dir)]
-            ready += [
-                JobPlan(compiled=c, params=resolve_run_parameters(c, app.settings, app.project_dir)) for c in variants
-            ]
+            for compiled in variants:
+                warn_if_large(compiled, app.console)
+                params = resolve_run_parameters(compiled, app.settings, app.project_dir)
+                ready.append(JobPlan(compiled=compiled, params=params))
         except InputError as exc:
             problems.append((job, exc))
     if len(jobs) == 1 and problems:
@@ -148,6 +149,25 @@ def compile_jobs(app: App, jobs: list[str], *, skip_non_jobs: bool = False) -> l
     if not ready:
         raise InputError("None of the modules defines a @dsl.pipeline.", hint="kfp-launch jobs lists the jobs.")
     return ready
+
+
+LARGE_SPEC_BYTES = 200_000
+"""Warn above this compiled size: backends before kubeflow/pipelines#10979 (KFP 2.0-2.2) keep component
+specs in the Argo Workflow's annotations, which Kubernetes limits to 262,144 bytes in all
+(k8s.io/apimachinery ``pkg/api/validation/objectmeta.go``, ``TotalAnnotationSizeLimitB``); later ones are
+bounded by etcd's ~1.5 MiB per object, about 3x the spec (kubeflow/pipelines#13738). Not enforced here: the
+server's answer is (a refusal is permanent, exit 3)."""
+
+
+def warn_if_large(compiled: CompiledPipeline, console: Console) -> None:
+    """Say when a compiled pipeline is large enough for older backends to refuse it."""
+    size = len(compiled.package_yaml.encode("utf-8"))
+    if size > LARGE_SPEC_BYTES:
+        console.warn(
+            f"job {compiled.job} compiles to {size / 1000:.0f} KB: KFP 2.0-2.2 refuse pipelines over about "
+            "260 KB (Workflow annotations), later backends about 3x more; large inline code or data in "
+            "components is the usual cause"
+        )
 
 
 def compile_pipeline(job: str, settings: Settings, project_dir: Path) -> CompiledPipeline:

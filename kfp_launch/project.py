@@ -9,7 +9,7 @@ from kfp_launch.app import App
 from kfp_launch.errors import ExitCode, InputError, ParameterError
 from kfp_launch.models import CompiledPipeline
 from kfp_launch.naming import experiment_for
-from kfp_launch.plan import compile_pipeline
+from kfp_launch.plan import compile_pipeline, warn_if_large
 
 
 def show_context(app: App, *, as_json: bool) -> None:
@@ -112,6 +112,7 @@ def compile_to_file(app: App, job: str, output: str | None) -> None:
     """
     console, project_dir = app.console, app.project_dir
     compiled = compile_pipeline(job, app.settings, project_dir)
+    warn_if_large(compiled, console)
     if output == "-":
         console.data(compiled.package_yaml)
         return
