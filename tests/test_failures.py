@@ -234,3 +234,9 @@ def test_experiment_create_refused_as_too_long_is_not_retried(run_cli: RunCli, p
     result = launch(run_cli, project, kfp)
     assert result.exit_code == ExitCode.INVALID_INPUT, result.output
     assert len(kfp.requests_to("POST", PATH_EXPERIMENTS)) == 1
+
+
+def test_the_readme_shows_the_table_in_code() -> None:
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    for what, _submitting, _waiting in TABLE:
+        assert f"| {what} |" in readme
