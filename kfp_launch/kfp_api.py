@@ -22,16 +22,14 @@ import urllib.parse
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from datetime import datetime
 from typing import Any
 
 from kfp_launch.connection import Connection
 from kfp_launch.errors import KfpApiError, KfpAuthError, KfpConflictError, KfpTlsError, TransientKfpError
 from kfp_launch.failures import Failure, classify
-from kfp_launch.models import Experiment, RunStatus, TaskResult
-from kfp_launch.states import RunState
+from kfp_launch.kfp_responses import json_body, parse_experiment, parse_run, server_message
+from kfp_launch.models import Experiment, RunStatus
 
-_EPOCH_PREFIX = "1970-01-01T00:00:00"
 # kfp.Client reads ~/.config/kfp/context.json (namespace, auth headers) in its constructor (kubeflow/pipelines
 # sdk/python/kfp/client/client.py (2.17.0), Client._LOCAL_KFP_CONTEXT; docs/kfp-backend-notes.md, 'Client
 # construction'): we point it at a path that does not exist (nothing creates it) so only our explicit
@@ -95,7 +93,7 @@ class KfpApi:
             namespace=self.namespace,
             page_size=2,
         )
-        found = [_experiment(e) for e in data.get("experiments") or []]
+        found = [parse_experiment(e) for e in data.get("experiments") or []]
         exact = [e for e in found if e.name == name]
         return exact[0] if exact else None
 
@@ -114,7 +112,7 @@ class KfpApi:
             experiment=body,
             write=True,
         )
-        return _experiment(data)
+        return parse_experiment(data)
 
     def unarchive_experiment(self, experiment_id: str) -> None:
         """Unarchive an experiment (``POST /experiments/{id}:unarchive``)."""
@@ -168,14 +166,14 @@ class KfpApi:
             service_account=service_account,
         )
         data = self._call(self._runs.run_service_create_run, f'create run "{display_name}"', run=body, write=True)
-        return _run(data)
+        return parse_run(data)
 
     def get_run(self, run_id: str, *, timeout_s: float | None = None) -> RunStatus:
         """Read a run with its task details (``GET /runs/{id}``), within ``timeout_s`` seconds if given."""
         data = self._call(
             self._runs.run_service_get_run, f"read run {run_id}", run_id=run_id, timeout=self._bounded(timeout_s)
         )
-        return _run(data)
+        return parse_run(data)
 
     def list_runs(
         self, experiment_id: str, *, display_name: str | None = None, page_size: int = 100
@@ -191,7 +189,7 @@ class KfpApi:
         if display_name is not None:
             kwargs["filter"] = _name_filter(display_name)
         data = self._call(self._runs.run_service_list_runs, f"list runs of experiment {experiment_id}", **kwargs)
-        return [_run(r) for r in data.get("runs") or []]
+        return [parse_run(r) for r in data.get("runs") or []]
 
     def list_runs_by_id(
         self, experiment_id: str, run_ids: list[str], *, timeout_s: float | None = None
@@ -212,7 +210,7 @@ class KfpApi:
             filter=json.dumps({"predicates": [predicate]}),
             timeout=self._bounded(timeout_s),
         )
-        return [_run(r) for r in data.get("runs") or []]
+        return [parse_run(r) for r in data.get("runs") or []]
 
     def terminate_run(self, run_id: str, *, timeout_s: float | None = None) -> None:
         """Ask KFP to terminate a run (``POST /runs/{id}:terminate``; the run goes CANCELING).
@@ -277,7 +275,7 @@ class KfpApi:
             raw = method(_preload_content=False, _request_timeout=timeout or self._timeout, **kwargs)
             body = bytes(raw.data or b"")  # read inside: a connection cut mid-body is a transport error too
         self.requests_made += 1
-        return _json_body(raw, body, what, expect_json=expect_json)
+        return json_body(raw, body, what, expect_json=expect_json)
 
     @contextmanager
     def _translated(self, what: str, *, write: bool) -> Iterator[None]:
@@ -325,42 +323,9 @@ def _name_filter(name: str) -> str:
     return json.dumps({"predicates": [{"operation": 1, "key": "display_name", "stringValue": name}]})
 
 
-def _json_body(raw: Any, data: bytes, what: str, *, expect_json: bool) -> dict[str, Any]:
-    content_type = (raw.headers.get("content-type") or "").lower()
-    text = data.lstrip()[:1]
-    if "html" in content_type or text == b"<":
-        raise KfpAuthError(
-            f"Kubeflow answered {what} with an HTML page (HTTP {raw.status}) instead of JSON: "
-            "a login page of the authentication proxy in front of Kubeflow.",
-            hint="the credentials are missing or expired: set KFP_TOKEN, KF_PIPELINES_SA_TOKEN_PATH or "
-            "KFP_COOKIE (see README, Connecting to Kubeflow).",
-        )
-    if not data.strip():
-        if expect_json:
-            raise KfpApiError(f"Kubeflow answered {what} with an empty body (HTTP {raw.status}).")
-        return {}
-    try:
-        parsed = json.loads(data)
-    except ValueError:
-        raise KfpApiError(f"Kubeflow answered {what} with a body that is not JSON (HTTP {raw.status}).") from None
-    return parsed if isinstance(parsed, dict) else {}
-
-
-def _server_message(body: object) -> str:
-    try:
-        data = json.loads(body) if isinstance(body, (str, bytes)) else None
-    except ValueError:
-        data = None
-    message = data.get("message") if isinstance(data, dict) else None
-    if isinstance(message, str):
-        return message
-    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else str(body or "")
-    return " ".join(text.split())[:300]
-
-
 def _api_error(exc: Any, what: str, connection: Connection, *, write: bool) -> Exception:
     status = int(exc.status or 0)
-    message = _server_message(exc.body)
+    message = server_message(exc.body)
     if status in (401, 403):
         verb = "refused the credentials" if status == 401 else "denied permission"
         return KfpAuthError(
@@ -402,69 +367,4 @@ def _transport_error(exc: Exception, what: str, connection: Connection, *, write
         name = f"no answer in time ({name})"
     return TransientKfpError(
         f"Could not reach Kubeflow at {connection.host} to {what}: {name}", hint=hint, maybe_applied=write
-    )
-
-
-def _time(value: object) -> datetime | None:
-    if not isinstance(value, str) or not value or value.startswith(_EPOCH_PREFIX):
-        return None
-    try:
-        return datetime.fromisoformat(value)  # Python 3.11 parses the "Z" suffix
-    except ValueError:
-        return None
-
-
-def _experiment(data: Mapping[str, Any]) -> Experiment:
-    if not data.get("experiment_id"):
-        raise KfpApiError("Kubeflow returned an experiment without an id.")
-    return Experiment(
-        experiment_id=data["experiment_id"],
-        name=data.get("display_name", ""),
-        description=data.get("description", ""),
-        namespace=data.get("namespace", ""),
-        archived=data.get("storage_state") == "ARCHIVED",
-    )
-
-
-def _error_message(error: object) -> str:
-    return str(error.get("message", "")) if isinstance(error, Mapping) else ""
-
-
-def _run(data: Mapping[str, Any]) -> RunStatus:
-    if not data.get("run_id"):
-        raise KfpApiError("Kubeflow returned a run without an id.")
-    details = data.get("run_details") or {}
-    history = tuple(
-        (RunState.parse(h.get("state")), _error_message(h.get("error"))) for h in data.get("state_history") or []
-    )
-    return RunStatus(
-        run_id=data["run_id"],
-        experiment_id=data.get("experiment_id", ""),
-        name=data.get("display_name", ""),
-        description=data.get("description", ""),
-        state=RunState.parse(data.get("state")),
-        created_at=_time(data.get("created_at")),
-        finished_at=_time(data.get("finished_at")),
-        error=_error_message(data.get("error")),
-        state_history=history,
-        tasks=tuple(_task(t) for t in details.get("task_details") or []),
-        parameters=dict((data.get("runtime_config") or {}).get("parameters") or {}),
-    )
-
-
-def _task(data: Mapping[str, Any]) -> TaskResult:
-    start, end = _time(data.get("start_time")), _time(data.get("end_time"))
-    errors = [_error_message(data.get("error"))] + [
-        _error_message(h.get("error")) for h in data.get("state_history") or []
-    ]
-    pods = [c.get("pod_name") for c in data.get("child_tasks") or [] if c.get("pod_name")]
-    if data.get("pod_name"):
-        pods.append(data["pod_name"])
-    return TaskResult(
-        name=data.get("display_name") or data.get("task_id", "?"),
-        state=RunState.parse(data.get("state")),
-        duration_s=(end - start).total_seconds() if start and end else None,
-        error=next((e for e in errors if e), ""),
-        node_ids=tuple(dict.fromkeys(pods)),
-        task_id=str(data.get("task_id", "")),
     )
