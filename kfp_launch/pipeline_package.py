@@ -323,3 +323,23 @@ def _read_profiles(module: ModuleType) -> dict[str, dict[str, object]]:
             hint='e.g. PROFILES = {"toy": {"steps": 20}}',
         )
     return {name: dict(values) for name, values in profiles.items()}
+
+
+def without_caching(package_yaml: str) -> str:
+    """The pipeline package with execution caching off for every task: in the root DAG and in every
+    component's DAG (conditions, loops, exit handlers, nested pipelines).
+
+    The SDK's own override (``Client._create_job_config(enable_caching=False)``, ``kfp/client/client.py``)
+    rewrites ``root.dag.tasks`` only, so tasks in sub-DAGs kept caching (kubeflow/pipelines#10287). A package
+    of several YAML documents (a platform spec after the pipeline spec) keeps its other documents as they are.
+    """
+    import yaml
+
+    documents = list(yaml.safe_load_all(package_yaml))
+    spec = documents[0]
+    dags = [spec.get("root", {}).get("dag", {})]
+    dags += [component.get("dag", {}) for component in (spec.get("components") or {}).values()]
+    for dag in dags:
+        for task in (dag.get("tasks") or {}).values():
+            task["cachingOptions"] = {"enableCache": False}
+    return yaml.safe_dump_all(documents, sort_keys=False)

@@ -31,6 +31,7 @@ from kfp_launch.errors import (
 from kfp_launch.kfp_api import KfpApi
 from kfp_launch.models import Experiment, RunStatus
 from kfp_launch.naming import attach_prefixes, new_run_key, run_key
+from kfp_launch.pipeline_package import without_caching
 from kfp_launch.plan import JobPlan
 from kfp_launch.state_file import StateEntry, write_state
 from kfp_launch.states import RunState
@@ -305,9 +306,10 @@ def submit_or_attach(app: App, api: KfpApi, experiment: Experiment, planned: Pla
         if active is not None:
             return active, True
     description = run_description(compiled, ci, planned.key, jira_url=app.jira_url)
+    package_yaml = without_caching(compiled.package_yaml) if settings.no_cache else compiled.package_yaml
     with tempfile.TemporaryDirectory(prefix="kfp-launch-") as tmp:
         package = Path(tmp) / "pipeline.yaml"
-        package.write_text(compiled.package_yaml, encoding="utf-8")
+        package.write_text(package_yaml, encoding="utf-8")
 
         def create() -> RunStatus:
             return api.create_run(
@@ -317,7 +319,7 @@ def submit_or_attach(app: App, api: KfpApi, experiment: Experiment, planned: Pla
                 package_path=str(package),
                 parameters=params.arguments(),
                 pipeline_root=settings.pipeline_root,
-                enable_caching=False if settings.no_cache else None,
+                enable_caching=None,  # --no-cache is in the package itself, for every task
                 service_account=settings.service_account,
             )
 

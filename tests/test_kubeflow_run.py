@@ -299,7 +299,8 @@ def test_no_cache_service_account_and_pipeline_root_reach_the_run(run_cli: RunCl
     body = kfp.requests_to("POST", PATH_RUNS)[0].body
     assert body["service_account"] == "trainer"
     assert body["runtime_config"]["pipeline_root"] == "s3://b/r"
-    assert all(t.get("cachingOptions") == {} for t in body["pipeline_spec"]["root"]["dag"]["tasks"].values())
+    # enableCache false, as the SDK's protobuf JSON writes it: the field left out (an empty cachingOptions).
+    assert all(t["cachingOptions"] == {} for t in body["pipeline_spec"]["root"]["dag"]["tasks"].values())
 
 
 def test_dry_run_changes_nothing(run_cli: RunCli, project: Path, kfp: FakeKfpServer) -> None:
@@ -540,3 +541,45 @@ def test_a_job_timeout_too_short_to_wait_submits_nothing(run_cli: RunCli, projec
     assert "nothing was submitted" in result.stderr and "--no-wait" in result.stderr
     assert not kfp.requests_to("POST", PATH_RUNS)
     assert launch(run_cli, project, kfp, "--no-wait", CI_JOB_STARTED_AT=started, CI_JOB_TIMEOUT="240").exit_code == 0
+
+
+NESTED = """from kfp import dsl
+
+
+@dsl.component(base_image="python:3.11-slim")
+def step(x: int) -> int:
+    return x + 1
+
+
+@dsl.component(base_image="python:3.11-slim")
+def final(status: dsl.PipelineTaskFinalStatus):
+    print(status.state)
+
+
+@dsl.pipeline
+def inner(x: int = 1) -> int:
+    return step(x=x).output
+
+
+@dsl.pipeline
+def pipeline(n: int = 2):
+    with dsl.ExitHandler(final()):
+        first = step(x=n)
+        with dsl.If(first.output > 1):
+            step(x=first.output)
+        with dsl.ParallelFor([1, 2]) as item:
+            step(x=item)
+        inner(x=n)
+"""
+
+
+def test_no_cache_turns_caching_off_in_every_dag(run_cli: RunCli, project: Path, kfp: FakeKfpServer) -> None:
+    (project / "pipelines" / "nested.py").write_text(NESTED)
+    kfp.script_run(["RUNNING"])
+    result = run_cli(["run", "nested", "--no-cache", "--no-wait"], cwd=project, env=env_for(kfp))
+    assert result.exit_code == 0, result.output
+    spec = kfp.requests_to("POST", PATH_RUNS)[-1].body["pipeline_spec"]
+    dags = [spec["root"]["dag"], *(c["dag"] for c in spec["components"].values() if "dag" in c)]
+    tasks = [task for dag in dags for task in dag["tasks"].values()]
+    assert len(dags) >= 5 and len(tasks) >= 7  # root, exit handler, condition, loop, nested pipeline
+    assert [t["cachingOptions"] for t in tasks] == [{}] * len(tasks)  # enableCache false everywhere
