@@ -25,7 +25,14 @@ from contextlib import contextmanager
 from typing import Any
 
 from kfp_launch.connection import Connection
-from kfp_launch.errors import KfpApiError, KfpAuthError, KfpConflictError, KfpTlsError, TransientKfpError
+from kfp_launch.errors import (
+    KfpApiError,
+    KfpAuthError,
+    KfpConflictError,
+    KfpLaunchError,
+    KfpTlsError,
+    TransientKfpError,
+)
 from kfp_launch.failures import Failure, classify
 from kfp_launch.kfp_responses import json_body, parse_experiment, parse_run, server_message
 from kfp_launch.models import Experiment, RunStatus
@@ -235,14 +242,38 @@ class KfpApi:
         """A task's log as text (``GET /apis/v1alpha1/runs/{run}/nodes/{node}/log``: kubeflow/pipelines
         backend/src/apiserver/server/run_log_server.go (2.17.0), ``ReadRunLogV1``): the ``main`` container
         of the pod named ``node_id`` (backend ``ResourceManager.ReadLog``)."""
-        api_client = self._runs.api_client
-        path = f"/apis/v1alpha1/runs/{run_id}/nodes/{node_id}/log"
-        what = f"read the log of {node_id}"
+        body = self._get_raw(
+            f"/apis/v1alpha1/runs/{run_id}/nodes/{node_id}/log", f"read the log of {node_id}", "text/plain"
+        )
+        return body.decode("utf-8", errors="replace")
+
+    def workflow_terminated(self, run_id: str) -> bool | None:
+        """Whether KFP terminated the run's workflow: True when its stored Argo Workflow has
+        ``spec.activeDeadlineSeconds`` 0, which is how ``TerminateWorkflow`` stops it
+        (backend/src/apiserver/resource/resource_manager.go (2.17.0)) and what stays after the run ends FAILED,
+        while the CANCELING state may never have been seen (``RunStore.TerminateRun`` records no history).
+        Read from the v1beta1 run detail (``GET /apis/v1beta1/runs/{id}``, ``pipeline_runtime.workflow_manifest``).
+
+        Returns:
+            True or False from the manifest; None when it cannot tell (refused, absent, unreadable).
+        """
+        try:
+            body = self._get_raw(
+                f"/apis/v1beta1/runs/{run_id}", f"read the workflow of run {run_id}", "application/json"
+            )
+            manifest = json.loads(json.loads(body)["pipeline_runtime"]["workflow_manifest"])
+            deadline = manifest["spec"].get("activeDeadlineSeconds")
+        except (KfpLaunchError, ValueError, KeyError, TypeError, AttributeError):
+            return None
+        return bool(deadline == 0)
+
+    def _get_raw(self, path: str, what: str, accept: str) -> bytes:
+        """GET a path outside the generated v2beta1 API (same client, auth headers and timeout); the body."""
         with self._translated(what, write=False):
-            raw = api_client.call_api(
+            raw = self._runs.api_client.call_api(
                 path,
                 "GET",
-                header_params={"Accept": "text/plain"},
+                header_params={"Accept": accept},
                 auth_settings=["Bearer"],
                 _preload_content=False,
                 _request_timeout=self._timeout,
@@ -250,7 +281,7 @@ class KfpApi:
             )
             body = bytes(raw.data or b"")
         self.requests_made += 1
-        return body.decode("utf-8", errors="replace")
+        return body
 
     # -- plumbing ------------------------------------------------------------------------------
 

@@ -101,9 +101,10 @@ def wait_and_report(
     clock, settings = app.runtime.clock, app.settings
     deadline, deadline_source = wait_deadline(app)
     seen: dict[str, RunStatus] = {t.base.run_id: t.status for t in tracked}
+    canceling: set[str] = set()  # runs seen CANCELING: KFP records no history of it (run_store.go, TerminateRun)
     started = clock()
     try:
-        result = _poll(app, api, tracked, seen, deadline)
+        result = _poll(app, api, tracked, seen, canceling, deadline)
     except (Interrupted, KeyboardInterrupt) as exc:
         with interrupts.deferred():
             active = [run_id for run_id, status in seen.items() if not status.is_terminal]
@@ -115,8 +116,9 @@ def wait_and_report(
     except KfpLaunchError as exc:
         _report(reporting, _stopped(tracked, seen, OutcomeState.ERROR, exc.exit_code, exc.message, clock() - started))
         raise
-    outcomes = [_outcome(t, result, waited_s=clock() - started) for t in tracked]
+    outcomes = [_outcome(t, result, waited_s=clock() - started, canceling=canceling) for t in tracked]
     try:
+        outcomes = [_terminated_elsewhere(api, o) if o.state == OutcomeState.FAILED else o for o in outcomes]
         if result.reason == "deadline":
             outcomes = _at_deadline(app, api, outcomes, deadline_source)
         if state_path is not None:
@@ -134,10 +136,15 @@ def wait_and_report(
 
 
 def _poll(
-    app: App, api: KfpApi, tracked: Sequence[Tracked], seen: dict[str, RunStatus], deadline: float | None
+    app: App,
+    api: KfpApi,
+    tracked: Sequence[Tracked],
+    seen: dict[str, RunStatus],
+    canceling: set[str],
+    deadline: float | None,
 ) -> WaitResult:
     """The poll loop of a wait, in its own log section, with the progress display; ``seen`` is kept up to
-    date with every run's last status."""
+    date with every run's last status, ``canceling`` with the runs ever seen CANCELING."""
     console, ids = app.console, [t.base.run_id for t in tracked]
     now = app.runtime.wall_clock()
     age = max(((now - t.status.created_at).total_seconds() for t in tracked if t.status.created_at), default=0.0)
@@ -153,6 +160,7 @@ def _poll(
                 except KfpLaunchError as exc:
                     raise while_waiting(exc) from exc
                 seen.update(statuses)
+                canceling.update(run_id for run_id, status in statuses.items() if status.state == RunState.CANCELING)
                 progress.update(statuses)
                 return statuses
 
@@ -202,10 +210,10 @@ def _stopped(
     return outcomes
 
 
-def _outcome(t: Tracked, result: WaitResult, *, waited_s: float) -> RunOutcome:
+def _outcome(t: Tracked, result: WaitResult, *, waited_s: float, canceling: set[str]) -> RunOutcome:
     status = result.statuses.get(t.base.run_id, t.status)
     if status.is_terminal:
-        return _ended(t.base, status, waited_s)
+        return _ended(t.base, status, waited_s, canceling_seen=t.base.run_id in canceling)
     if result.reason == "outage":
         state = OutcomeState.UNREACHABLE
         message = f"Kubeflow failed for {result.outage_s:.0f}s (more than --max-outage): {result.last_error}"
@@ -216,9 +224,9 @@ def _outcome(t: Tracked, result: WaitResult, *, waited_s: float) -> RunOutcome:
     )
 
 
-def _ended(base: RunOutcome, status: RunStatus, waited_s: float) -> RunOutcome:
+def _ended(base: RunOutcome, status: RunStatus, waited_s: float, *, canceling_seen: bool = False) -> RunOutcome:
     """The outcome of a run that reached a terminal state; its duration from KFP's times when known."""
-    state, message = _final_state(status)
+    state, message = _final_state(status, canceling_seen=canceling_seen)
     known = status.finished_at is not None and status.created_at is not None
     duration = (status.finished_at - status.created_at).total_seconds() if known else waited_s  # type: ignore[operator]
     return replace(
@@ -226,18 +234,32 @@ def _ended(base: RunOutcome, status: RunStatus, waited_s: float) -> RunOutcome:
     )
 
 
-def _final_state(status: RunStatus) -> tuple[OutcomeState, str]:
+def _final_state(status: RunStatus, *, canceling_seen: bool = False) -> tuple[OutcomeState, str]:
     if status.state == RunState.SUCCEEDED:
         return OutcomeState.SUCCEEDED, ""
     if status.state == RunState.SKIPPED:
         return OutcomeState.SKIPPED, "the run was SKIPPED"
     if status.state == RunState.CANCELED:
         return OutcomeState.CANCELED, status.error or "the run was canceled"
-    if status.was_canceling:
+    if status.was_canceling or canceling_seen:
         # KFP 2.x reports a run terminated in the UI as FAILED after CANCELING (run_store.go, TerminateRun).
         return OutcomeState.CANCELED, "the run was terminated by someone else (FAILED after CANCELING)"
     failed = [t.name for t in status.tasks if t.state == RunState.FAILED]
     return OutcomeState.FAILED, ("failed tasks: " + ", ".join(failed)) if failed else "see the run's page"
+
+
+def _terminated_elsewhere(api: KfpApi, outcome: RunOutcome) -> RunOutcome:
+    """A FAILED run whose CANCELING was never seen may still have been terminated from outside: KFP's
+    terminate leaves the run's Workflow with ``activeDeadlineSeconds: 0`` (``KfpApi.workflow_terminated``).
+    Canceled (7) when that says so; FAILED (6) otherwise, saying so when nothing could tell."""
+    terminated = api.workflow_terminated(outcome.run_id)
+    if terminated:
+        state = OutcomeState.CANCELED
+        message = "the run was terminated by someone else (its workflow's deadline was set to 0)"
+        return replace(outcome, state=state, exit_code=exit_code_for(state), message=message)
+    if terminated is None:
+        return replace(outcome, message=f"FAILED (possibly terminated: CANCELING was not observed); {outcome.message}")
+    return outcome
 
 
 def _at_deadline(app: App, api: KfpApi, outcomes: list[RunOutcome], source: str) -> list[RunOutcome]:

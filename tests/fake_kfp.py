@@ -78,6 +78,7 @@ __all__ = [
     "PATH_RUN",
     "PATH_RUNS",
     "PATH_RUN_TERMINATE",
+    "PATH_RUN_V1",
     "PATH_TASK_LOG",
     "RUN_STATES",
     "FakeKfpServer",
@@ -98,6 +99,11 @@ PATH_RUNS = r"/apis/v2beta1/runs"
 PATH_RUN = r"/apis/v2beta1/runs/[^/:]+"
 PATH_RUN_TERMINATE = r"/apis/v2beta1/runs/[^/:]+:terminate"
 PATH_TASK_LOG = r"/apis/v1alpha1/runs/[^/]+/nodes/[^/]+/log"
+PATH_RUN_V1 = r"/apis/v1beta1/runs/[^/:]+"
+
+# v1beta1 run status strings (model.RuntimeState.ToV1: the Argo phases).
+_V1_STATUS = {"PENDING": "Pending", "RUNNING": "Running", "SUCCEEDED": "Succeeded", "FAILED": "Failed",
+              "SKIPPED": "Skipped", "CANCELING": "Terminating", "CANCELED": "Canceled", "PAUSED": "Paused"}
 
 # A zero google.protobuf.Timestamp as protojson prints it (docs/kfp-backend-notes.md, 'Response JSON').
 EPOCH = "1970-01-01T00:00:00Z"
@@ -713,6 +719,7 @@ _ROUTES: tuple[_Route, ...] = tuple(
         ("GET", r"/apis/v2beta1/runs/(?P<run_id>[^/:]+)", "_get_run"),
         ("POST", r"/apis/v2beta1/runs/(?P<run_id>[^/:]+):terminate", "_terminate_run"),
         ("GET", r"/apis/v1alpha1/runs/(?P<run_id>[^/]+)/nodes/(?P<node_id>[^/]+)/log", "_read_task_log"),
+        ("GET", r"/apis/v1beta1/runs/(?P<run_id>[^/:]+)", "_get_run_v1"),
     )
 )
 
@@ -764,6 +771,8 @@ class FakeKfpServer(LoopbackServer):
         pending_scripts: scripts waiting for the next created runs (first in, first used).
         task_logs: (run_id, node_id) -> text served by the log endpoint.
         pipeline_versions: pipeline_version_id -> PipelineSpec dict, for runs made from a version reference.
+        workflows: run_id -> the run's Argo Workflow as the backend stores it (``WorkflowRuntimeManifest``),
+            served by the v1beta1 run detail; a terminate sets its ``spec.activeDeadlineSeconds`` to 0.
         faults: the registered ``Fault`` objects, in matching order.
         lock: the ``threading.RLock`` guarding all of the above.
     """
@@ -802,6 +811,7 @@ class FakeKfpServer(LoopbackServer):
         self.run_scripts: dict[str, RunScript] = {}
         self.pending_scripts: list[RunScript] = []
         self.task_logs: dict[tuple[str, str], str] = {}
+        self.workflows: dict[str, dict[str, Any]] = {}
         self.pipeline_versions: dict[str, dict[str, Any]] = {}
         self.faults: list[Fault] = []
         self.lock = threading.RLock()
@@ -1227,11 +1237,28 @@ class FakeKfpServer(LoopbackServer):
                                f"Failed to terminate run {run_id} due to error fetching the run")
         if run.get("state", "RUNTIME_STATE_UNSPECIFIED") not in TERMINABLE_STATES:
             raise _invalid(f"Failed to terminate a run {run_id}. Row not found", *wraps)
-        self._set_state(run, "CANCELING")
+        # The run store sets CANCELING without a state_history entry ("TODO(gkcalat): append CANCELLING to
+        # StateHistory", storage/run_store.go, TerminateRun), and TerminateWorkflow patches the Workflow's
+        # spec.activeDeadlineSeconds to 0 (resource/resource_manager.go), which its stored manifest keeps.
+        self._set_state(run, "CANCELING", record=False)
+        self.workflows.setdefault(run_id, self._workflow(run))["spec"]["activeDeadlineSeconds"] = 0
         previous = self.run_scripts.get(run_id)
         steps = [RunStep("CANCELING")] * self.canceling_polls + [RunStep(self.terminated_state)]
         self.run_scripts[run_id] = RunScript(steps, previous.advance_on_list if previous else False)
         return {}
+
+    def _get_run_v1(self, request: RecordedRequest, run_id: str) -> dict[str, Any]:
+        """The v1beta1 run detail (``toApiRunDetailV1``, server/api_converter.go): the run and its stored
+        Workflow manifest, as a JSON string in ``pipeline_runtime.workflow_manifest``."""
+        run = self._run_or_404(run_id, "Failed to get a run")
+        workflow = self.workflows.setdefault(run_id, self._workflow(run))
+        v1_run = {"id": run_id, "name": run.get("display_name", ""), "status": _V1_STATUS.get(run.get("state", ""), "")}
+        return {"run": _omit_empty(v1_run), "pipeline_runtime": {"workflow_manifest": json.dumps(workflow)}}
+
+    def _workflow(self, run: Mapping[str, Any]) -> dict[str, Any]:
+        return {"apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow",
+                "metadata": {"name": f"{run.get('display_name', 'run')[:20].lower().replace(' ', '-')}-{run['run_id'][:5]}"},
+                "spec": {"entrypoint": "entrypoint", "serviceAccountName": self.service_account}, "status": {}}
 
     def _read_task_log(self, request: RecordedRequest, run_id: str, node_id: str) -> _Response:
         """Plain-text log of a task's node (run_log_server.go); JSON error if the run or node is unknown."""
@@ -1373,8 +1400,10 @@ class FakeKfpServer(LoopbackServer):
                 if not details:
                     run.pop("run_details")
 
-    def _set_state(self, run: dict[str, Any], state: str, error: Mapping[str, Any] | None = None) -> None:
-        """Set STATE, appending to ``state_history`` on a change and setting ``finished_at`` when finished."""
+    def _set_state(self, run: dict[str, Any], state: str, error: Mapping[str, Any] | None = None,
+                   *, record: bool = True) -> None:
+        """Set STATE, appending to ``state_history`` on a change (unless not RECORD) and setting ``finished_at``
+        when finished."""
         current = run.get("state", "RUNTIME_STATE_UNSPECIFIED")
         if state == current and error is None:
             return
@@ -1382,7 +1411,8 @@ class FakeKfpServer(LoopbackServer):
         entry: dict[str, Any] = {"update_time": now, "state": state}
         if error:
             entry["error"] = _omit_empty(dict(error))
-        run.setdefault("state_history", []).append(_omit_empty(entry))
+        if record:
+            run.setdefault("state_history", []).append(_omit_empty(entry))
         if state == "RUNTIME_STATE_UNSPECIFIED":
             run.pop("state", None)
         else:

@@ -17,7 +17,15 @@ import pytest
 
 from kfp_launch.errors import ExitCode
 from kfp_launch.kfp_api import KfpApi
-from tests.fake_kfp import PATH_EXPERIMENTS, PATH_RUN, PATH_RUN_TERMINATE, PATH_RUNS, FakeKfpServer, RunStep
+from tests.fake_kfp import (
+    PATH_EXPERIMENTS,
+    PATH_RUN,
+    PATH_RUN_TERMINATE,
+    PATH_RUN_V1,
+    PATH_RUNS,
+    FakeKfpServer,
+    RunStep,
+)
 from tests.helpers import CI, COOKIE_VALUE, TOKEN, FakeClock, RunCli, clean_env, env_for, launch, run_use_case, runs
 
 FAILED_TASKS = [
@@ -583,3 +591,51 @@ def test_no_cache_turns_caching_off_in_every_dag(run_cli: RunCli, project: Path,
     tasks = [task for dag in dags for task in dag["tasks"].values()]
     assert len(dags) >= 5 and len(tasks) >= 7  # root, exit handler, condition, loop, nested pipeline
     assert [t["cachingOptions"] for t in tasks] == [{}] * len(tasks)  # enableCache false everywhere
+
+
+def _terminate_from_the_ui_after_the_first_poll(kfp: FakeKfpServer) -> threading.Thread:
+    import urllib.request
+
+    def terminate() -> None:
+        kfp.wait_for_request("GET", PATH_RUN, timeout_s=30)
+        run_id = next(iter(kfp.runs))
+        request = urllib.request.Request(f"{kfp.url}/apis/v2beta1/runs/{run_id}:terminate", data=b"", method="POST",
+                                         headers={"Authorization": f"Bearer {TOKEN}"})
+        urllib.request.urlopen(request, timeout=10).read()
+
+    thread = threading.Thread(target=terminate)
+    thread.start()
+    return thread
+
+
+def test_a_run_terminated_elsewhere_whose_canceling_was_never_seen_exits_7(run_cli: RunCli, project: Path) -> None:
+    # KFP's TerminateRun records no CANCELING in state_history and the run then ends FAILED; what stays is
+    # the Workflow's spec.activeDeadlineSeconds = 0 (backend/src/apiserver/storage/run_store.go and
+    # resource/resource_manager.go, TerminateWorkflow, 2.17.0), served by GET /apis/v1beta1/runs/{id}.
+    with FakeKfpServer(canceling_polls=0) as kfp:
+        kfp.script_run(["RUNNING"] * 3)
+        terminator = _terminate_from_the_ui_after_the_first_poll(kfp)
+        result = launch(run_cli, project, kfp)
+        terminator.join(timeout=30)
+        assert [s["state"] for s in next(iter(kfp.runs.values()))["state_history"]] == ["PENDING", "RUNNING", "FAILED"]
+        assert result.exit_code == ExitCode.RUN_CANCELED, result.output
+        assert "terminated by someone else (its workflow's deadline was set to 0)" in result.output
+
+
+def test_a_failed_run_is_failed_and_says_so_when_nothing_tells_whether_it_was_terminated(
+    run_cli: RunCli, project: Path, kfp: FakeKfpServer
+) -> None:
+    kfp.script_run(["RUNNING", "FAILED"], task_details=FAILED_TASKS)
+    kfp.fail(403, method="GET", path=PATH_RUN_V1, times=None)  # the v1beta1 run detail refused
+    result = launch(run_cli, project, kfp)
+    assert result.exit_code == ExitCode.RUN_FAILED, result.output
+    assert "FAILED (possibly terminated: CANCELING was not observed)" in result.output
+
+
+def test_a_failed_run_whose_workflow_was_not_terminated_is_plainly_failed(
+    run_cli: RunCli, project: Path, kfp: FakeKfpServer
+) -> None:
+    kfp.script_run(["RUNNING", "FAILED"], task_details=FAILED_TASKS)
+    result = launch(run_cli, project, kfp)
+    assert result.exit_code == ExitCode.RUN_FAILED, result.output
+    assert "possibly terminated" not in result.output and len(kfp.requests_to("GET", PATH_RUN_V1)) == 1
