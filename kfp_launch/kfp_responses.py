@@ -114,4 +114,5 @@ def _task(data: Mapping[str, Any]) -> TaskResult:
         error=next((e for e in errors if e), ""),
         node_ids=tuple(dict.fromkeys(pods)),
         task_id=str(data.get("task_id", "")),
+        pod_name=str(data.get("pod_name") or ""),
     )

@@ -159,9 +159,11 @@ class TaskResult:
         duration_s: wall time in seconds, when known.
         error: the task's error message ('' if none).
         log_tail: the last lines of the task's log (empty when unknown).
-        node_ids: on Kubeflow, the pods whose ``main`` container log is the task's log (executor pods
-            first), for the API server's log endpoint.
+        node_ids: on Kubeflow, the task's pods (its ``child_tasks`` pods and its own), for the API server's
+            log endpoint; ``failure_logs.log_pods`` says which one holds the task's log.
         task_id: on Kubeflow, the task's id.
+        pod_name: on Kubeflow, the task's own ``pod_name`` ('' if none).
+        log_source: the pod ``log_tail`` was read from ('' when none, or on a laptop).
     """
 
     name: str
@@ -171,6 +173,8 @@ class TaskResult:
     log_tail: tuple[str, ...] = ()
     node_ids: tuple[str, ...] = ()
     task_id: str = ""
+    pod_name: str = ""
+    log_source: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "state", RunState.parse(self.state))  # a plain string becomes the enum

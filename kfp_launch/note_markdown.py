@@ -163,7 +163,7 @@ def _failed_tasks_section(tasks: list[TaskResult]) -> list[str]:
             fence = "`" * max(3, _longest_backtick_run(log) + 1)
             lines += [
                 "",
-                "<details><summary>Last log lines</summary>",
+                f"<details><summary>Last log lines{_source(task)}</summary>",
                 "",
                 f"{fence}text",
                 log,
@@ -172,6 +172,10 @@ def _failed_tasks_section(tasks: list[TaskResult]) -> list[str]:
                 "</details>",
             ]
     return lines
+
+
+def _source(task: TaskResult) -> str:
+    return f" of {_code(task.log_source)}" if task.log_source else ""
 
 
 def _code(text: str, *, in_table: bool = False) -> str:

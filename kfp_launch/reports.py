@@ -263,7 +263,9 @@ def _task_case(task: TaskResult, outcome: RunOutcome) -> ET.Element:
         failure = ET.SubElement(
             case, "failure", message=_clip_start(plain_text(error), _JUNIT_MESSAGE_CHARS), type="FAILED"
         )
-        parts = [error, "\n".join(task.log_tail), f"run: {outcome.run_url}" if outcome.run_url else ""]
+        source = f"last {len(task.log_tail)} log lines of {task.log_source}:\n" if task.log_source else ""
+        log = source + "\n".join(task.log_tail) if task.log_tail else ""
+        parts = [error, log, f"run: {outcome.run_url}" if outcome.run_url else ""]
         failure.text = _clip_end(plain_text("\n\n".join(part for part in parts if part)), _JUNIT_TEXT_CHARS)
     elif task.state != RunState.SUCCEEDED:
         reason = "skipped" if task.state == RunState.SKIPPED else f"task did not succeed: {task.state}"

@@ -16,6 +16,7 @@ from kfp_launch import interrupts
 from kfp_launch.app import App
 from kfp_launch.console import Console
 from kfp_launch.errors import ExitCode, InputError, Interrupted, KfpLaunchError, worst_exit_code
+from kfp_launch.failure_logs import explain_failure
 from kfp_launch.failures import while_waiting
 from kfp_launch.kfp_api import KfpApi
 from kfp_launch.models import RunOutcome, RunStatus
@@ -123,9 +124,7 @@ def wait_and_report(
             outcomes = _at_deadline(app, api, outcomes, deadline_source)
         if state_path is not None:
             mark_detached(state_path, [o.run_id for o in outcomes if _left_running(o, settings.on_timeout)])
-        for outcome in outcomes:
-            if outcome.state == OutcomeState.FAILED:
-                explain_failure(app, api, seen[outcome.run_id], outcome.job if len(outcomes) > 1 else "")
+        outcomes = [_explained(app, api, o, seen[o.run_id], several=len(outcomes) > 1) for o in outcomes]
         print_outcomes(outcomes, app.console)
     except (Interrupted, KeyboardInterrupt):
         with interrupts.deferred():
@@ -271,36 +270,13 @@ def _at_deadline(app: App, api: KfpApi, outcomes: list[RunOutcome], source: str)
     return [replace(o, message=message) if o.run_id in late else o for o in outcomes]
 
 
-def explain_failure(app: App, api: KfpApi, status: RunStatus, job: str) -> None:
-    """Name the failing tasks with their errors and print the last ``--log-lines`` lines of each one's
-    log, read best-effort from the API server's log endpoint (``GET /apis/v1alpha1/runs/{run}/nodes/{pod}/log``)."""
-    console, lines_wanted = app.console, app.settings.log_lines
-    prefix = f"{job}: " if job else ""
-    if not status.tasks:
-        try:
-            status = api.get_run(status.run_id)  # a list response may carry no task details
-        except KfpLaunchError as exc:
-            console.warn(f"could not read why {job or status.run_id} failed: {exc.message}")
-    failing = [t for t in status.tasks if t.state == RunState.FAILED]
-    errors = [e for _, e in status.state_history if e] + ([status.error] if status.error else [])
-    if not failing:
-        why = errors[-1] if errors else "Kubeflow gave no task details or error message"
-        console.line(f"{prefix}why it failed: {why}")
-        return
-    for task in failing:
-        console.line(f"{prefix}task {task.name} FAILED" + (f": {task.error}" if task.error else ""), style="red")
-        for node in task.node_ids:
-            try:
-                text = api.task_log(status.run_id, node)
-            except KfpLaunchError as exc:
-                console.line(f"  (log of {node} not available: {exc.message})", style="dim")
-                continue
-            lines = text.rstrip("\n").splitlines()[-lines_wanted:] if lines_wanted > 0 else []
-            if lines:
-                console.line(f"  last {len(lines)} lines of {node}:")
-                for line in lines:
-                    console.line(f"  | {line}")
-                break
+def _explained(app: App, api: KfpApi, outcome: RunOutcome, status: RunStatus, *, several: bool) -> RunOutcome:
+    """A FAILED outcome with its failing tasks' log tails (printed now, carried to JUnit and the note)."""
+    if outcome.state != OutcomeState.FAILED:
+        return outcome
+    job = outcome.job if several else ""
+    explained = explain_failure(api, status, app.console, log_lines=app.settings.log_lines, job=job)
+    return replace(outcome, tasks=explained.tasks or outcome.tasks)
 
 
 def print_outcomes(outcomes: Sequence[RunOutcome], console: Console) -> None:

@@ -23,15 +23,20 @@ from tests.fake_kfp import (
     PATH_RUN_TERMINATE,
     PATH_RUN_V1,
     PATH_RUNS,
+    PATH_TASK_LOG,
     FakeKfpServer,
     RunStep,
 )
 from tests.helpers import CI, COOKIE_VALUE, TOKEN, FakeClock, RunCli, clean_env, env_for, launch, run_use_case, runs
 
+# Pod names as KFP 2.x's Argo compiler makes them: a driver and an executor ("impl") pod per container task
+# (backend/src/v2/compiler/argocompiler/container.go, 2.17.0).
+DRIVER, EXECUTOR = "good-pipeline-x7k2p-system-container-driver-1234", "good-pipeline-x7k2p-system-container-impl-5678"
 FAILED_TASKS = [
     {"task_id": "t1", "display_name": "add", "state": "SUCCEEDED"},
-    {"task_id": "t2", "display_name": "score", "state": "FAILED", "pod_name": "good-driver-2",
-     "error": {"code": 2, "message": "Error (exit code 1)"}, "child_tasks": [{"pod_name": "good-exec-2"}]},
+    {"task_id": "t2", "display_name": "score", "state": "FAILED", "pod_name": DRIVER,
+     "error": {"code": 2, "message": "Error (exit code 1)"},
+     "child_tasks": [{"pod_name": DRIVER}, {"pod_name": EXECUTOR}]},
 ]
 
 
@@ -292,12 +297,38 @@ def test_a_failed_run_is_run_again_by_a_retried_job(run_cli: RunCli, project: Pa
 def test_failing_run_names_the_task_and_prints_its_log_tail(run_cli: RunCli, project: Path, kfp: FakeKfpServer) -> None:
     kfp.script_run([RunStep("RUNNING"), RunStep("FAILED")], task_details=FAILED_TASKS)
     log = "\n".join(f"line {i}" for i in range(100)) + "\nValueError: bad input\n"
-    kfp.set_task_log("*", "good-exec-2", log)
+    kfp.set_task_log("*", EXECUTOR, log)
+    kfp.set_task_log("*", DRIVER, "driver for score: ok\n")
     result = launch(run_cli, project, kfp, "--log-lines", "5")
     assert result.exit_code == ExitCode.RUN_FAILED
     out = result.stdout
     assert "task score FAILED: Error (exit code 1)" in out
+    assert f"last 5 lines of {EXECUTOR}:" in out  # the executor's log, not the driver's
     assert "| ValueError: bad input" in out and "| line 96" in out and "| line 95" not in out
+    assert "driver for score" not in out
+    junit = (project / ".kfp-launch" / "junit.xml").read_text()
+    assert f"last 5 log lines of {EXECUTOR}:" in junit and "ValueError: bad input" in junit
+
+
+def test_the_driver_log_is_shown_only_when_the_executor_has_none_and_it_says_so(
+    run_cli: RunCli, project: Path, kfp: FakeKfpServer
+) -> None:
+    kfp.script_run([RunStep("RUNNING"), RunStep("FAILED")], task_details=FAILED_TASKS)
+    kfp.set_task_log("*", DRIVER, "driver: could not resolve the input artifact\n")  # the executor never ran
+    result = launch(run_cli, project, kfp)
+    assert result.exit_code == ExitCode.RUN_FAILED
+    assert f"(no executor log: the lines below are the driver's, {DRIVER})" in result.stdout
+    assert "| driver: could not resolve the input artifact" in result.stdout
+
+
+def test_a_log_the_credentials_may_not_read_is_a_warning_not_exit_4(
+    run_cli: RunCli, project: Path, kfp: FakeKfpServer
+) -> None:
+    kfp.script_run([RunStep("RUNNING"), RunStep("FAILED")], task_details=FAILED_TASKS)
+    kfp.fail(403, method="GET", path=PATH_TASK_LOG, times=None)  # newer backends: a separate readLog permission
+    result = launch(run_cli, project, kfp)
+    assert result.exit_code == ExitCode.RUN_FAILED, result.output
+    assert f"warning:\x1b[0m the log of {EXECUTOR} is not readable with these credentials" in result.stderr
 
 
 def test_no_cache_service_account_and_pipeline_root_reach_the_run(run_cli: RunCli, project: Path, kfp: FakeKfpServer) -> None:

@@ -1,0 +1,95 @@
+"""Explaining a failed run: which pod's log is a task's log, and its last lines for the job log, the JUnit
+report and the merge request note.
+
+The rule (README, 'Why a run failed'): each KFP v2 container task runs a driver pod and an executor pod, and
+the log endpoint (``GET /apis/v1alpha1/runs/{run}/nodes/{pod}/log``) reads one pod's ``main`` container
+(backend ``ResourceManager.ReadLog``, kubeflow/pipelines 2.17.0). The user's output and traceback are in the
+executor, the pod whose name contains ``system-container-impl`` (the Argo template KFP's v2 compiler names for
+container tasks, backend/src/v2/compiler/argocompiler/container.go); else the task's own ``pod_name``; a
+``system-container-driver`` pod only when nothing else has a log, and then we say so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from kfp_launch.console import Console
+from kfp_launch.errors import KfpAuthError, KfpLaunchError
+from kfp_launch.kfp_api import KfpApi
+from kfp_launch.models import RunStatus, TaskResult
+from kfp_launch.states import RunState
+
+EXECUTOR_MARK = "system-container-impl"
+DRIVER_MARK = "system-container-driver"
+
+
+def log_pods(task: TaskResult) -> tuple[list[str], list[str]]:
+    """A task's pods in the order their logs are tried: the executor first, then the task's own pod, then
+    any other pod; and, apart, the driver pods (tried only when none of those has a log)."""
+    pods = list(dict.fromkeys([*task.node_ids, *([task.pod_name] if task.pod_name else [])]))
+    drivers = [pod for pod in pods if DRIVER_MARK in pod]
+    executors = [pod for pod in pods if EXECUTOR_MARK in pod]
+    own = [task.pod_name] if task.pod_name and task.pod_name not in executors + drivers else []
+    others = [pod for pod in pods if pod not in executors + drivers + own]
+    return executors + own + others, drivers
+
+
+def explain_failure(api: KfpApi, status: RunStatus, console: Console, *, log_lines: int, job: str = "") -> RunStatus:
+    """Name the failing tasks with their errors and print the last ``log_lines`` lines of each one's log
+    (:func:`log_pods` says which pod). Best effort: a log that cannot be read is a warning (a 403 too:
+    newer backends check a separate ``readLog`` permission), never an error.
+
+    Returns:
+        ``status`` with each failed task's ``log_tail`` and ``log_source`` filled in, for the reports.
+    """
+    prefix = f"{job}: " if job else ""
+    if not status.tasks:
+        try:
+            status = api.get_run(status.run_id)  # a list response may carry no task details
+        except KfpLaunchError as exc:
+            console.warn(f"could not read why {job or status.run_id} failed: {exc.message}")
+    failing = [t for t in status.tasks if t.state == RunState.FAILED]
+    if not failing:
+        errors = [e for _, e in status.state_history if e] + ([status.error] if status.error else [])
+        console.line(
+            f"{prefix}why it failed: {errors[-1] if errors else 'Kubeflow gave no task details or error message'}"
+        )
+        return status
+    explained = {}
+    for task in failing:
+        console.line(f"{prefix}task {task.name} FAILED" + (f": {task.error}" if task.error else ""), style="red")
+        explained[task.name] = _with_log(api, status.run_id, task, console, log_lines)
+    return replace(
+        status, tasks=tuple(explained.get(t.name, t) if t.state == RunState.FAILED else t for t in status.tasks)
+    )
+
+
+def _with_log(api: KfpApi, run_id: str, task: TaskResult, console: Console, log_lines: int) -> TaskResult:
+    if log_lines <= 0:
+        return task
+    preferred, drivers = log_pods(task)
+    for pods, fallback in ((preferred, False), (drivers, True)):
+        for pod in pods:
+            lines = _tail(api, run_id, pod, console, log_lines)
+            if not lines:
+                continue
+            if fallback:
+                console.line(f"  (no executor log: the lines below are the driver's, {pod})", style="dim")
+            console.line(f"  last {len(lines)} lines of {pod}:")
+            for line in lines:
+                console.line(f"  | {line}")
+            return replace(task, log_tail=tuple(lines), log_source=pod)
+    console.line(f"  (no log of task {task.name} could be read)", style="dim")
+    return task
+
+
+def _tail(api: KfpApi, run_id: str, pod: str, console: Console, log_lines: int) -> list[str]:
+    try:
+        text = api.task_log(run_id, pod)
+    except KfpAuthError as exc:
+        console.warn(f"the log of {pod} is not readable with these credentials: {exc.message}")
+        return []
+    except KfpLaunchError as exc:
+        console.line(f"  (log of {pod} not available: {exc.message})", style="dim")
+        return []
+    return [line[:1000] for line in text.rstrip("\n").splitlines()[-log_lines:]]
