@@ -12,6 +12,7 @@ from dataclasses import replace
 
 from kfp_launch import interrupts
 from kfp_launch.app import App
+from kfp_launch.console import Console
 from kfp_launch.descriptions import experiment_description
 from kfp_launch.errors import ExitCode, Interrupted, worst_exit_code
 from kfp_launch.kfp_api import KfpApi
@@ -30,7 +31,7 @@ from kfp_launch.submission import (
     submit_recorded,
 )
 from kfp_launch.termination import terminate_runs
-from kfp_launch.waiting import Tracked, check_time_to_wait, wait_and_report
+from kfp_launch.waiting import Tracked, check_time_to_wait, ended_outcome, wait_and_report
 
 
 def run_on_kubeflow(app: App, jobs: list[str], all_jobs: bool) -> ExitCode:
@@ -78,12 +79,9 @@ def run_on_kubeflow(app: App, jobs: list[str], all_jobs: bool) -> ExitCode:
             terminate_runs(api, run_ids, console, why="interrupted", policy=settings.on_cancel)
         raise
     if not settings.wait:
-        for t in tracked:
-            console.line("not waiting (--no-wait): kfp-launch watch " + t.base.run_id)
-        message = "submitted without waiting (--no-wait)"
-        state = OutcomeState.DETACHED
-        reporting.finished([_ended(t.base, state, message) for t in tracked])
-        return ExitCode.SUCCESS
+        outcomes = [_not_waited(t, console) for t in tracked]
+        reporting.finished(outcomes)
+        return worst_exit_code([o.exit_code for o in outcomes])
     state_path = app.project_dir / settings.state_file
     outcomes = wait_and_report(app, api, tracked, reporting=reporting, state_path=state_path)
     return worst_exit_code([o.exit_code for o in outcomes])
@@ -106,8 +104,15 @@ def _tracked(submitted: SubmittedRun, experiment: Experiment) -> Tracked:
     return Tracked(base=base, status=submitted.run)
 
 
-def _ended(base: RunOutcome, state: OutcomeState, message: str) -> RunOutcome:
-    return replace(base, state=state, exit_code=exit_code_for(state), message=message)
+def _not_waited(tracked: Tracked, console: Console) -> RunOutcome:
+    """``--no-wait``: DETACHED, unless the run (this CI job's earlier one) has already ended: then how."""
+    if tracked.status.is_terminal:
+        return ended_outcome(tracked.base, tracked.status, 0.0)
+    console.line("not waiting (--no-wait): kfp-launch watch " + tracked.base.run_id)
+    state = OutcomeState.DETACHED
+    return replace(
+        tracked.base, state=state, exit_code=exit_code_for(state), message="submitted without waiting (--no-wait)"
+    )
 
 
 def clear_previous_run_files(app: App) -> None:

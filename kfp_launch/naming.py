@@ -34,9 +34,11 @@ GitLab's ``CI_COMMIT_REF_SLUG`` is not used: it is lossy without a hash (docs/gi
 from __future__ import annotations
 
 import hashlib
+import json
 import secrets
 import string
 import unicodedata
+from collections.abc import Mapping
 from urllib.parse import quote
 
 from kfp_launch.ci_context import CiContext
@@ -199,10 +201,10 @@ KEY_PREFIX = "kfp-launch-key: "
 """Starts the first line of a kfp-launch run's description: the run's key (see ``submission.py``). Runs of
 kfp-launch 0.1 carry it on the last line, in the longer form ``<project>/<CI pipeline>/<CI job>/<job>/<nonce>``."""
 
-KEY_CHARS = 29
-"""A key is ``<16 hex digits of the attempt>.<12 hex digits of nonce>``: fixed-length whatever the project
-path and job names, so the key line always fits the 255-character description column of backends up to 2.14
-(docs/kfp-backend-notes.md, 'Text columns')."""
+KEY_CHARS = 33
+"""A key is ``<12 hex: this CI job's attempt at the job>.<12 hex: the run's inputs>.<8 hex nonce>``: fixed
+length whatever the project path and job names, so the key line always fits the 255-character description
+column of backends up to 2.14 (docs/kfp-backend-notes.md, 'Text columns')."""
 
 
 def _legacy_key_base(ci: CiContext, job: str) -> str:
@@ -213,21 +215,29 @@ def _legacy_key_base(ci: CiContext, job: str) -> str:
 
 
 def _attempt(ci: CiContext, job: str) -> str:
-    """16 hex digits naming every attempt of this job in this CI job of this CI pipeline."""
-    return hashlib.sha256(_legacy_key_base(ci, job).encode("utf-8")).hexdigest()[:16]
+    """12 hex digits naming this job in this CI job of this CI pipeline (the same for every retry)."""
+    return hashlib.sha256(_legacy_key_base(ci, job).encode("utf-8")).hexdigest()[:12]
 
 
-def new_run_key(ci: CiContext, job: str) -> str:
-    """A fresh key: ``<attempt>.<nonce>`` (see :data:`KEY_CHARS`)."""
-    return f"{_attempt(ci, job)}.{secrets.token_hex(6)}"
+def inputs_digest(package_yaml: str, parameters: Mapping[str, object], options: Mapping[str, object]) -> str:
+    """12 hex digits of what a run computes: the compiled pipeline, every parameter value and the run options
+    that change it (caching, service account, pipeline root). Equal inputs, equal digest."""
+    canonical = json.dumps([package_yaml, dict(parameters), dict(options)], sort_keys=True, default=str)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:12]
 
 
-def attach_prefixes(ci: CiContext, job: str) -> tuple[str, ...]:
-    """The key prefixes shared by every attempt of this CI job in this CI pipeline (none outside CI): this
-    version's, and kfp-launch 0.1's, so a job retried across the upgrade still finds its run."""
+def new_run_key(ci: CiContext, job: str, inputs: str) -> str:
+    """A fresh key: ``<attempt>.<inputs>.<nonce>`` (see :data:`KEY_CHARS`)."""
+    return f"{_attempt(ci, job)}.{inputs}.{secrets.token_hex(4)}"
+
+
+def attach_prefixes(ci: CiContext, job: str, inputs: str) -> tuple[str, str] | None:
+    """In CI, the key prefixes of this CI job's earlier attempts at the job: ``(same job, same inputs)``, the
+    runs a retry takes over, and ``(same job, any inputs)``; None outside CI (a laptop never attaches)."""
     if not (ci.in_ci and ci.pipeline_id):
-        return ()
-    return (_attempt(ci, job) + ".", _legacy_key_base(ci, job))
+        return None
+    attempt = _attempt(ci, job)
+    return f"{attempt}.{inputs}.", f"{attempt}."
 
 
 def run_key(description: str) -> str | None:

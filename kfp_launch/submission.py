@@ -30,7 +30,7 @@ from kfp_launch.errors import (
 )
 from kfp_launch.kfp_api import KfpApi
 from kfp_launch.models import Experiment, RunStatus
-from kfp_launch.naming import attach_prefixes, new_run_key, run_key
+from kfp_launch.naming import attach_prefixes, inputs_digest, new_run_key, run_key
 from kfp_launch.pipeline_package import without_caching
 from kfp_launch.plan import JobPlan
 from kfp_launch.state_file import StateEntry, write_state
@@ -114,15 +114,25 @@ def ensure_experiment(
     return experiment
 
 
-def find_active_attempt(api: RunApi, experiment_id: str, name: str, prefixes: tuple[str, ...]) -> RunStatus | None:
-    """The run a retried CI job takes over: the newest run named ``name`` whose key starts with one of
-    ``prefixes``, if it is still active or it SUCCEEDED (the retry after an outage, exit 5, during which it
-    finished: its result is reported, not run again). FAILED, SKIPPED and canceled runs are run again."""
+def find_earlier_attempt(
+    api: RunApi, experiment_id: str, name: str, same_inputs: str, same_job: str
+) -> tuple[RunStatus | None, RunStatus | None]:
+    """This CI job's earlier runs of the job (by their keys, see ``naming.attach_prefixes``).
+
+    Returns:
+        ``(to attach to, other inputs)``: the newest run with the same inputs if it is still active or it
+        SUCCEEDED (the retry after an outage, exit 5, during which it finished: its result is reported, not
+        run again; FAILED, SKIPPED and canceled runs are run again), and the newest run of this CI job with
+        other inputs (parameters, pipeline or options changed), or None for either.
+    """
+    other: RunStatus | None = None
     for run in api.list_runs(experiment_id, display_name=name):
-        key = run_key(run.description)
-        if key and key.startswith(prefixes):
-            return run if run.state.is_attachable or run.state == RunState.SUCCEEDED else None
-    return None
+        key = run_key(run.description) or ""
+        if key.startswith(same_inputs):
+            return (run if run.state.is_attachable or run.state == RunState.SUCCEEDED else None), other
+        if key.startswith(same_job) and other is None:
+            other = run
+    return None, other
 
 
 def find_by_key(api: RunApi, experiment_id: str, name: str, key: str) -> RunStatus | None:
@@ -186,11 +196,13 @@ class PlannedRun:
     Attributes:
         plan: the job, compiled, with its parameters.
         name: the run's display name.
-        key: the run's kfp-launch key (the last line of its description).
+        inputs: the digest of its inputs (``naming.inputs_digest``).
+        key: the run's kfp-launch key (the first line of its description).
     """
 
     plan: JobPlan
     name: str
+    inputs: str
     key: str
 
 
@@ -217,11 +229,18 @@ def plan_runs(app: App, plans: list[JobPlan]) -> list[PlannedRun]:
     Raises:
         ConfigError: an invalid ``run_name_template``.
     """
-    ci = app.ci
-    return [
-        PlannedRun(plan=p, name=run_name(app.settings.run_name_template, job=p.job, ci=ci), key=new_run_key(ci, p.job))
-        for p in plans
-    ]
+    ci, settings = app.ci, app.settings
+    options = {
+        "no_cache": settings.no_cache,
+        "service_account": settings.service_account,
+        "pipeline_root": settings.pipeline_root,
+    }
+    planned = []
+    for p in plans:
+        inputs = inputs_digest(p.compiled.package_yaml, p.params.as_dict(), options)
+        name = run_name(settings.run_name_template, job=p.job, ci=ci)
+        planned.append(PlannedRun(plan=p, name=name, inputs=inputs, key=new_run_key(ci, p.job, inputs)))
+    return planned
 
 
 def submit_recorded(app: App, api: KfpApi, experiment: Experiment, planned: list[PlannedRun]) -> list[SubmittedRun]:
@@ -264,7 +283,8 @@ def submit_recorded(app: App, api: KfpApi, experiment: Experiment, planned: list
             entries[i] = replace(entries[i], run_id=run.run_id, url=url, run_key=run_key(run.description) or p.key)
             write_state(state_path, entries)
             console.url(p.plan.job if len(planned) > 1 else "run", url)
-            console.line(("attached to the active run of this CI job: " if attached else "submitted run ") + run.run_id)
+            if not attached:
+                console.line("submitted run " + run.run_id)
             submitted.append(SubmittedRun(plan=p.plan, run=run, url=url, attached=attached))
     except (Interrupted, KeyboardInterrupt):
         _terminate_submitted(app, api, experiment, planned, submitted)
@@ -300,11 +320,22 @@ def submit_or_attach(app: App, api: KfpApi, experiment: Experiment, planned: Pla
     """
     ci, settings, retry = app.ci, app.settings, app.retry()
     compiled, params = planned.plan.compiled, planned.plan.params
-    prefixes = attach_prefixes(ci, compiled.job)
-    if prefixes:
-        active = retry(lambda: find_active_attempt(api, experiment.experiment_id, planned.name, prefixes))
-        if active is not None:
-            return active, True
+    prefixes = attach_prefixes(ci, compiled.job, planned.inputs)
+    if prefixes is not None:
+        earlier, other = retry(lambda: find_earlier_attempt(api, experiment.experiment_id, planned.name, *prefixes))
+        if earlier is not None and earlier.is_terminal:
+            app.console.line(
+                f"this CI job's run of {compiled.job} with the same inputs already {earlier.state}: "
+                f"{earlier.run_id}; reporting it instead of running it again"
+            )
+            return earlier, True
+        if earlier is not None:
+            app.console.line(f"attached to the active run of this CI job with the same inputs: {earlier.run_id}")
+            return earlier, True
+        if other is not None:
+            app.console.line(
+                f"this CI job ran {compiled.job} with other inputs before (run {other.run_id}); submitting a new run"
+            )
     description = run_description(compiled, ci, planned.key, jira_url=app.jira_url)
     package_yaml = without_caching(compiled.package_yaml) if settings.no_cache else compiled.package_yaml
     with tempfile.TemporaryDirectory(prefix="kfp-launch-") as tmp:

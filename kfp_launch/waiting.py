@@ -202,7 +202,7 @@ def _stopped(
     for t in tracked:
         status = seen[t.base.run_id]
         if status.is_terminal:
-            outcomes.append(_ended(t.base, status, waited_s))
+            outcomes.append(ended_outcome(t.base, status, waited_s))
         else:
             code = exit_code_for(state, cause=cause)
             outcomes.append(replace(t.base, state=state, exit_code=code, duration_s=waited_s, message=message))
@@ -212,7 +212,7 @@ def _stopped(
 def _outcome(t: Tracked, result: WaitResult, *, waited_s: float, canceling: set[str]) -> RunOutcome:
     status = result.statuses.get(t.base.run_id, t.status)
     if status.is_terminal:
-        return _ended(t.base, status, waited_s, canceling_seen=t.base.run_id in canceling)
+        return ended_outcome(t.base, status, waited_s, canceling_seen=t.base.run_id in canceling)
     if result.reason == "outage":
         state = OutcomeState.UNREACHABLE
         message = f"Kubeflow failed for {result.outage_s:.0f}s (more than --max-outage): {result.last_error}"
@@ -223,8 +223,9 @@ def _outcome(t: Tracked, result: WaitResult, *, waited_s: float, canceling: set[
     )
 
 
-def _ended(base: RunOutcome, status: RunStatus, waited_s: float, *, canceling_seen: bool = False) -> RunOutcome:
-    """The outcome of a run that reached a terminal state; its duration from KFP's times when known."""
+def ended_outcome(base: RunOutcome, status: RunStatus, waited_s: float, *, canceling_seen: bool = False) -> RunOutcome:
+    """The outcome of a run that reached a terminal state; its duration from KFP's times when known (else
+    ``waited_s``); ``canceling_seen``: a poll saw it CANCELING (so FAILED means terminated)."""
     state, message = _final_state(status, canceling_seen=canceling_seen)
     known = status.finished_at is not None and status.created_at is not None
     duration = (status.finished_at - status.created_at).total_seconds() if known else waited_s  # type: ignore[operator]

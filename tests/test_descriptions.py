@@ -24,16 +24,16 @@ def ci(**fields: object) -> CiContext:
 
 
 def test_short_links_all_fit_with_the_key_first() -> None:
-    key = new_run_key(ci(), "train")
+    key = new_run_key(ci(), "train", "a" * 12)
     text = run_description(COMPILED, ci(project_url="", job_url="", pipeline_url=""), key, jira_url=None)
     lines = text.splitlines()
-    assert lines[0] == f"kfp-launch-key: {key}" and re.fullmatch(r"[0-9a-f]{16}\.[0-9a-f]{12}", key)
+    assert lines[0] == f"kfp-launch-key: {key}" and re.fullmatch(r"[0-9a-f]{12}\.a{12}\.[0-9a-f]{8}", key)
     assert "Triggered by: alice" in lines and "Branch: feature/ML-1-x" in lines
 
 
 def test_long_links_are_dropped_before_anything_else_and_the_text_fits_255() -> None:
     context = ci(project_url=LONG, job_url=LONG + "/-/jobs/9", pipeline_url=LONG + "/-/pipelines/7")
-    text = run_description(COMPILED, context, new_run_key(context, "train"), jira_url=LONG)
+    text = run_description(COMPILED, context, new_run_key(context, "train", "b" * 12), jira_url=LONG)
     assert len(text) <= 255
     assert text.startswith("kfp-launch-key: ")
     assert "Launched by kfp-launch: job train" in text and "Commit: " + "0" * 40 in text
@@ -42,7 +42,7 @@ def test_long_links_are_dropped_before_anything_else_and_the_text_fits_255() -> 
 
 
 def test_emoji_are_replaced_in_stored_text() -> None:
-    text = run_description(COMPILED, ci(), new_run_key(ci(), "train"), jira_url=None)
+    text = run_description(COMPILED, ci(), new_run_key(ci(), "train", "c" * 12), jira_url=None)
     assert "🚀" not in text and "Add \ufffd rockets" in text
     assert bmp_only("a😀b") == "a\ufffdb"
 
@@ -52,11 +52,19 @@ def test_experiment_descriptions_fit_too() -> None:
     assert len(text) <= 255 and text.startswith("JIRA ML-1") and text.endswith("runs launched by kfp-launch")
 
 
-def test_a_key_on_the_last_line_written_by_kfp_launch_0_1_is_still_found_and_attached_to() -> None:
+def test_a_key_on_the_last_line_written_by_kfp_launch_0_1_is_still_found() -> None:
     legacy = "Launched by kfp-launch: job train\nCommit: abc\nkfp-launch-key: group/project/7/train/train/a1b2c3"
     assert run_key(legacy) == "group/project/7/train/train/a1b2c3"
-    assert run_key(legacy).startswith(attach_prefixes(ci(), "train"))  # type: ignore[union-attr]
     assert run_key("no key here") is None
+
+
+def test_keys_of_one_ci_job_share_the_attempt_and_differ_by_inputs() -> None:
+    same, any_inputs = attach_prefixes(ci(), "train", "d" * 12)  # type: ignore[misc]
+    assert new_run_key(ci(), "train", "d" * 12).startswith(same)
+    other = new_run_key(ci(), "train", "e" * 12)
+    assert other.startswith(any_inputs) and not other.startswith(same)
+    assert not new_run_key(ci(job_name="train 2/3"), "train", "d" * 12).startswith(any_inputs)
+    assert attach_prefixes(ci(in_ci=False), "train", "d" * 12) is None
 
 
 def test_fit_lines_keeps_the_first_variant_that_fits() -> None:

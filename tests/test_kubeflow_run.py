@@ -69,7 +69,7 @@ def test_run_url_state_file_and_description_link_back_to_gitlab(run_cli: RunCli,
     assert f"run: {kfp.url}/#/runs/details/{run['run_id']}\n" in result.stdout  # bare URL, GitLab links it
     description = run["description"]
     lines = description.splitlines()
-    assert re.fullmatch(r"kfp-launch-key: [0-9a-f]{16}\.[0-9a-f]{12}", lines[0])  # fixed length, first
+    assert re.fullmatch(r"kfp-launch-key: [0-9a-f]{12}\.[0-9a-f]{12}\.[0-9a-f]{8}", lines[0])  # fixed length, first
     for expected in (  # facts first, then the links back to GitLab as room allows
         "job good",
         f'Commit: {CI["CI_COMMIT_SHA"]} "Make it faster"',
@@ -283,7 +283,8 @@ def test_the_retry_after_an_outage_reports_the_run_that_succeeded_meanwhile(
         next(iter(kfp.runs.values()))["state"] = "SUCCEEDED"
     retried = launch(run_cli, project, kfp, CI_JOB_ID="78")
     assert retried.exit_code == 0, retried.output
-    assert len(runs(kfp)) == 1 and "attached" in retried.output
+    assert len(runs(kfp)) == 1
+    assert "with the same inputs already SUCCEEDED" in retried.output and "reporting it instead" in retried.output
 
 
 def test_a_failed_run_is_run_again_by_a_retried_job(run_cli: RunCli, project: Path, kfp: FakeKfpServer) -> None:
@@ -557,7 +558,7 @@ def test_a_job_killed_mid_submit_leaves_a_state_file_that_finds_the_run(run_cli:
     assert result.exit_code == 0, result.output
     assert len(kfp.requests_to("POST", PATH_RUN_TERMINATE)) == 1
     assert _json.loads((project / "killed.json").read_text())["runs"][0]["run_key"] == key
-    other = new_run_key(CiContext(in_ci=False), "good")
+    other = new_run_key(CiContext(in_ci=False), "good", "0" * 12)
     write_state(project / "never.json", [StateEntry(run_id="", experiment_id=run["experiment_id"], host=kfp.url,
                 namespace="team-a", url="", job="good", cancel_policy="terminate", run_key=other,
                 run_name=run["display_name"])])
@@ -670,3 +671,30 @@ def test_a_failed_run_whose_workflow_was_not_terminated_is_plainly_failed(
     result = launch(run_cli, project, kfp)
     assert result.exit_code == ExitCode.RUN_FAILED, result.output
     assert "possibly terminated" not in result.output and len(kfp.requests_to("GET", PATH_RUN_V1)) == 1
+
+
+def test_each_parameter_set_of_one_ci_job_is_its_own_run_and_a_repeat_attaches(
+    run_cli: RunCli, project: Path, kfp: FakeKfpServer
+) -> None:
+    for _ in range(3):
+        kfp.script_run(["RUNNING"])
+    outputs = [launch(run_cli, project, kfp, "--no-wait", "-p", f"a={a}").output for a in (1, 2, 3)]
+    assert len(runs(kfp)) == 3
+    assert "with other inputs before" in outputs[1] and "submitting a new run" in outputs[2]
+    again = launch(run_cli, project, kfp, "--no-wait", "-p", "a=1")
+    assert again.exit_code == 0, again.output
+    first = next(r for r in runs(kfp) if r["runtime_config"]["parameters"] == {"a": 1})
+    assert len(runs(kfp)) == 3 and f"attached to the active run of this CI job with the same inputs: {first['run_id']}" in again.output
+
+
+def test_a_repeat_after_the_run_succeeded_reports_it_as_succeeded_not_detached(
+    run_cli: RunCli, project: Path, kfp: FakeKfpServer
+) -> None:
+    kfp.script_run(["RUNNING"])
+    assert launch(run_cli, project, kfp, "--no-wait").exit_code == 0
+    with kfp.lock:
+        next(iter(kfp.runs.values()))["state"] = "SUCCEEDED"
+    again = launch(run_cli, project, kfp, "--no-wait")
+    assert again.exit_code == 0 and len(runs(kfp)) == 1
+    assert "KFP_RUN_STATE=SUCCEEDED" in (project / ".kfp-launch" / "run.env").read_text()
+    assert "not waiting" not in again.output

@@ -18,7 +18,7 @@ def test_state_file_records_what_cancel_and_a_retry_need(run_cli: RunCli, projec
     state = json.loads((project / ".kfp-launch" / "state.json").read_text())
     entry = state["runs"][0]
     assert set(entry) >= {"run_id", "experiment_id", "host", "namespace", "url", "cancel_policy", "run_key", "run_name"}
-    assert entry["run_id"] and re.fullmatch(r"[0-9a-f]{16}\.[0-9a-f]{12}", entry["run_key"])
+    assert entry["run_id"] and re.fullmatch(r"[0-9a-f]{12}\.[0-9a-f]{12}\.[0-9a-f]{8}", entry["run_key"])
 
 
 def test_run_removes_an_earlier_jobs_state_file_and_reports_first(run_cli: RunCli, project: Path, kfp: FakeKfpServer) -> None:
