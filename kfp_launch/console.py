@@ -80,6 +80,11 @@ class Console:
             text = text.replace(secret, "[MASKED]")
         return text
 
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """The values this console masks (for what another process writes: a local run's log)."""
+        return tuple(self._secrets)
+
     def redact(self, text: str) -> str:
         """``text`` with every masked value replaced (for what is written elsewhere: reports, notes)."""
         return self._clean(text)

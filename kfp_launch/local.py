@@ -8,10 +8,12 @@ report files as a Kubeflow run. The exit code is the worst of the runs'.
 from __future__ import annotations
 
 import json
+import signal
 
 from kfp_launch.app import App
 from kfp_launch.console import Console
 from kfp_launch.errors import ExitCode, LocalRunError, PipelineError, worst_exit_code
+from kfp_launch.local_checks import check_optional_parameters, check_packages
 from kfp_launch.models import LocalRunOutcome, RunOutcome, TaskResult
 from kfp_launch.naming import experiment_for
 from kfp_launch.plan import JobPlan, plan_jobs, print_plan
@@ -29,6 +31,9 @@ def run_local_jobs(app: App, jobs: list[str], all_jobs: bool) -> ExitCode:
         KfpLaunchError: compile or parameter errors (nothing runs); the worker died (exit 6).
     """
     plans = plan_jobs(app, jobs, all_jobs)
+    for plan in plans:  # before anything runs: nothing kfp.local would install or choke on
+        check_packages(plan.compiled)
+        check_optional_parameters(plan.compiled, plan.params)
     outcomes: list[RunOutcome] = []
     try:
         for plan in plans:
@@ -45,7 +50,13 @@ def run_locally(app: App, plan: JobPlan) -> RunOutcome:
     Raises:
         PipelineError: kfp.local cannot run it (exit 3). LocalRunError: the worker died (exit 6).
     """
-    from kfp_launch.local_runner import LocalWorkerDiedError, UnsupportedLocallyError, local_pipeline_root, run_local
+    from kfp_launch.local_runner import (
+        LocalCrashError,
+        LocalWorkerDiedError,
+        UnsupportedLocallyError,
+        local_pipeline_root,
+        run_local,
+    )
 
     console, compiled = app.console, plan.compiled
     experiment = experiment_for(app.ci, app.settings)
@@ -59,6 +70,7 @@ def run_locally(app: App, plan: JobPlan) -> RunOutcome:
             plan.params.arguments(),
             pipeline_root=root,
             env=app.subprocess_environ,
+            secrets=console.secrets,
             on_task=lambda task: _print_task(task, console),
             echo=app.settings.verbose,
         )
@@ -67,10 +79,22 @@ def run_locally(app: App, plan: JobPlan) -> RunOutcome:
             f"kfp.local cannot run job {compiled.job}: {exc}",
             hint="kfp.local runs lightweight Python components only; run this job on Kubeflow.",
         ) from None
+    except LocalCrashError as exc:
+        log = root / "kfp-local.log"
+        if not exc.task:  # refused before any task ran: the pipeline or its arguments
+            raise PipelineError(
+                f"kfp.local refused job {compiled.job} before running it: {exc}",
+                hint=f"fix the pipeline or its parameters, or run the job on Kubeflow; the log is in {log}.",
+            ) from None
+        raise LocalRunError(
+            f"The local run of job {compiled.job} failed in task {exc.task}: {exc}",
+            hint=f"see the task's output in {log}.",
+        ) from None
     except LocalWorkerDiedError as exc:
+        memory = "SIGKILL usually means the machine ran out of memory; " if exc.signum == signal.SIGKILL else ""
         raise LocalRunError(
             f"The local run of job {compiled.job} did not finish: {exc}.",
-            hint=f"a killed worker is often out of memory; the log so far is in {root / 'kfp-local.log'}.",
+            hint=f"{memory}the log so far is in {root / 'kfp-local.log'}.",
         ) from None
     finally:
         console.section_end("kfp_launch_run")

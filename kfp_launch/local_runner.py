@@ -23,33 +23,22 @@ reports each finished task as a JSON line the caller turns into ``on_task`` call
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import io
 import json
-import logging
 import os
 import re
 import signal
 import subprocess
 import sys
-import threading
 import time
-import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from kfp_launch.models import CompiledPipeline, LocalRunOutcome, MetricValue, TaskResult
 from kfp_launch.states import RunState
 
 ANSI_RE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-_EXECUTING_RE = re.compile(r"^Executing task '(?P<task>[^']+)'")
-_FINISHED_RE = re.compile(r"^Task '(?P<task>[^']+)' finished with status (?P<status>[A-Z]+)")
-_INNER_RE = re.compile(r"Inner task failed: '(?P<task>[^']+)'")
-_STATES = {"SUCCESS": RunState.SUCCEEDED, "FAILURE": RunState.FAILED}  # kfp.local's words
-LOG_TAIL_LINES = 20
 
 
 class UnsupportedLocallyError(RuntimeError):
@@ -57,116 +46,33 @@ class UnsupportedLocallyError(RuntimeError):
 
 
 class LocalWorkerDiedError(RuntimeError):
-    """The kfp.local worker process ended without a result (killed, e.g. out of memory)."""
+    """The kfp.local worker process ended without a result.
+
+    Attributes:
+        signum: the signal that killed it (SIGKILL: usually the out-of-memory killer), or None.
+    """
+
+    def __init__(self, message: str, *, signum: int | None = None) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
+class LocalCrashError(RuntimeError):
+    """kfp.local raised an error of its own (not a task's failure).
+
+    Attributes:
+        task: the task running when it happened ('' before any task started: kfp.local refused the pipeline
+            or its arguments before running anything).
+    """
+
+    def __init__(self, message: str, *, task: str) -> None:
+        super().__init__(message)
+        self.task = task
 
 
 def strip_ansi(text: str) -> str:
     """Remove ANSI escape sequences (kfp.local colours its messages even off a TTY)."""
     return ANSI_RE.sub("", text)
-
-
-class _TaskTracker(logging.Filter):
-    """Observes kfp.local's log records (a root-logger filter survives its handler swap) and the
-    streamed task output, and turns them into :class:`TaskResult` events."""
-
-    def __init__(self, on_task: Callable[[TaskResult], None], clock: Callable[[], float]) -> None:
-        super().__init__()
-        self._on_task = on_task
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._current: dict[int, str] = {}  # thread ident -> task running in that thread
-        self._started: dict[str, float] = {}
-        self._lines: dict[str, list[str]] = {}
-        self.finished: list[TaskResult] = []
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = strip_ansi(record.getMessage())
-        if match := _EXECUTING_RE.match(message):
-            with self._lock:
-                self._current[record.thread or 0] = match["task"]
-                self._started[match["task"]] = self._clock()
-                self._lines[match["task"]] = []
-        elif match := _FINISHED_RE.match(message):
-            self._finish(
-                match["task"], _STATES.get(match["status"]) or RunState.parse(match["status"]), record.thread or 0
-            )
-        return True
-
-    def _finish(self, task: str, state: RunState, thread: int) -> None:
-        with self._lock:
-            self._current.pop(thread, None)
-            started = self._started.get(task)
-            lines = [ln for ln in self._lines.get(task, []) if ln.strip()]
-        result = TaskResult(
-            name=task,
-            state=state,
-            duration_s=None if started is None else self._clock() - started,
-            error=_last_error_line(lines) if state == RunState.FAILED else "",
-            log_tail=failure_log_tail(lines) if state == RunState.FAILED else (),
-        )
-        self.finished.append(result)
-        self._on_task(result)
-
-    def record_output(self, text: str) -> None:
-        """Attribute streamed output to the task running in the calling thread."""
-        with self._lock:
-            task = self._current.get(threading.get_ident())
-            if task is not None:
-                self._lines[task].extend(strip_ansi(text).splitlines())
-
-
-def failure_log_tail(lines: list[str], limit: int = LOG_TAIL_LINES) -> tuple[str, ...]:
-    """The useful end of a failed task's output: its last traceback without the frames of
-    installed packages (kfp's executor), or else its last ``limit`` lines."""
-    starts = [i for i, line in enumerate(lines) if line.strip().startswith("Traceback (most recent call last)")]
-    if not starts:
-        return tuple(lines[-limit:])
-    kept: list[str] = []
-    skip_code = False
-    for line in lines[starts[-1] :]:
-        stripped = line.strip()
-        if stripped.startswith('File "'):
-            skip_code = "site-packages" in stripped or stripped.startswith('File "<frozen')
-            if skip_code:
-                continue
-        elif skip_code and line.startswith("    ") and not stripped.startswith("File"):
-            continue
-        else:
-            skip_code = False
-        kept.append(line)
-    return tuple(kept[-limit:])
-
-
-def _last_error_line(lines: list[str]) -> str:
-    for line in reversed(lines):
-        stripped = line.strip()
-        if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b", stripped):
-            return stripped
-    return lines[-1].strip() if lines else ""
-
-
-class _CaptureStream(io.TextIOBase):
-    """A stdout replacement: writes to the run's log file, optionally echoes, feeds the tracker."""
-
-    def __init__(self, log: IO[str], tracker: _TaskTracker, echo: IO[str] | None) -> None:
-        self._log = log
-        self._tracker = tracker
-        self._echo = echo
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, text: str) -> int:
-        self._log.write(text)
-        if self._echo is not None:
-            self._echo.write(text)
-        self._tracker.record_output(text)
-        return len(text)
-
-    def flush(self) -> None:
-        self._log.flush()
-        if self._echo is not None:
-            self._echo.flush()
 
 
 def run_local(
@@ -175,6 +81,7 @@ def run_local(
     *,
     pipeline_root: Path,
     env: Mapping[str, str],
+    secrets: Sequence[str] = (),
     on_task: Callable[[TaskResult], None] = lambda _task: None,
     echo: bool = False,
     clock: Callable[[], float] = time.monotonic,
@@ -193,6 +100,8 @@ def run_local(
         pipeline_root: a fresh directory for this run's artifacts and log (created).
         env: the worker's (and so the components') environment: the process environment without
             credentials, the interpreter's own ``bin/`` first on PATH (``App.subprocess_environ``).
+        secrets: values masked in everything the run writes (its log; the request goes to the worker's
+            standard input, never to a file).
         on_task: called each time a task finishes.
         echo: also copy kfp.local's own output (task logs) to this process's stderr, live.
         clock: monotonic clock in seconds, for the run's duration.
@@ -204,43 +113,46 @@ def run_local(
     Raises:
         UnsupportedLocallyError: kfp.local cannot run this pipeline at all (e.g. container components);
             the message is kfp's, without ANSI codes.
-        LocalWorkerDiedError: the worker was killed (e.g. out of memory) before reporting a result.
+        LocalCrashError: kfp.local raised an error of its own (before any task ran, or in one).
+        LocalWorkerDiedError: the worker ended (e.g. killed) before reporting a result.
     """
     pipeline_root.mkdir(parents=True, exist_ok=True)
     log_path = pipeline_root / "kfp-local.log"
-    request = pipeline_root / "kfp-launch-request.json"
-    request.write_text(
-        json.dumps(
-            {
-                "package_yaml": pipeline.package_yaml,
-                "arguments": dict(arguments),
-                "pipeline_root": str(pipeline_root),
-                "log_path": str(log_path),
-                "echo": echo,
-            }
-        ),
-        encoding="utf-8",
-    )
+    request = {
+        "package_yaml": pipeline.package_yaml,
+        "arguments": dict(arguments),
+        "pipeline_root": str(pipeline_root),
+        "log_path": str(log_path),
+        "echo": echo,
+        "secrets": list(secrets),
+    }
     started = clock()
     worker = subprocess.Popen(
-        [sys.executable, "-m", "kfp_launch.local_runner", str(request)],
+        [sys.executable, "-m", "kfp_launch.local_worker"],
         stdout=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
+        stdin=subprocess.PIPE,
         text=True,
         encoding="utf-8",
         start_new_session=True,
         env=dict(env),
     )
     try:
+        assert worker.stdin is not None
+        with worker.stdin:
+            worker.stdin.write(json.dumps(request))
         tasks, result = _read_events(worker, on_task)
     except BaseException:
         _kill_group(worker, kill_grace_s)
         raise
     if result.get("unsupported"):
         raise UnsupportedLocallyError(result["unsupported"])
+    if result.get("crash"):
+        raise LocalCrashError(result["crash"], task=result.get("crash_task", ""))
     if not result:
-        how = f"signal {-worker.returncode}" if worker.returncode < 0 else f"exit code {worker.returncode}"
-        raise LocalWorkerDiedError(f"the kfp.local worker process ended with {how} before the run finished")
+        if worker.returncode < 0:
+            name = signal.Signals(-worker.returncode).name
+            raise LocalWorkerDiedError(f"the kfp.local worker was killed by {name}", signum=-worker.returncode)
+        raise LocalWorkerDiedError(f"the kfp.local worker ended with exit code {worker.returncode} and no result")
     run_dir = _run_dir(pipeline_root)
     return LocalRunOutcome(
         job=pipeline.job,
@@ -290,63 +202,6 @@ def _kill_group(worker: subprocess.Popen[str], grace_s: float) -> None:
             return
         except subprocess.TimeoutExpired:
             continue
-
-
-def _worker_main(request_path: str) -> int:
-    """Run one pipeline with kfp.local, writing JSON-line events to stdout (see :func:`run_local`)."""
-    from kfp import components, local
-
-    request = json.loads(Path(request_path).read_text(encoding="utf-8"))
-    events = sys.stdout
-    echo = sys.stderr if request["echo"] else None
-
-    def emit(event: dict[str, Any]) -> None:
-        events.write(json.dumps(event, default=str) + "\n")
-        events.flush()
-
-    def on_task(task: TaskResult) -> None:
-        emit({"event": "task", "task": dataclasses.asdict(task)})
-
-    tracker = _TaskTracker(on_task, time.monotonic)
-    done: dict[str, Any] = {"event": "done", "outputs": {}, "error": "", "failed_task": ""}
-    with open(request["log_path"], "w", encoding="utf-8") as log, _observing(tracker):
-        local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=request["pipeline_root"])
-        component = components.load_component_from_text(request["package_yaml"])
-        try:
-            with contextlib.redirect_stdout(_CaptureStream(log, tracker, echo)), warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                task = component(**request["arguments"])
-            done["outputs"] = {k: _plain(v) for k, v in task.outputs.items()}
-        except RuntimeError as exc:
-            error = strip_ansi(str(exc))
-            if "finished with status FAILURE" in error:
-                done.update(error=error, failed_task=_failed_task(error, tracker.finished))
-            else:
-                done["unsupported"] = error
-    emit(done)
-    return 0
-
-
-def _plain(value: object) -> object:
-    uri = getattr(value, "uri", None)
-    return uri if isinstance(uri, str) else value
-
-
-@contextlib.contextmanager
-def _observing(tracker: _TaskTracker) -> Any:
-    root = logging.getLogger()
-    root.addFilter(tracker)
-    try:
-        yield
-    finally:
-        root.removeFilter(tracker)
-
-
-def _failed_task(error: str, finished: list[TaskResult]) -> str:
-    if match := _INNER_RE.search(error):
-        return match["task"]
-    failed = [t.name for t in finished if t.state == RunState.FAILED]
-    return failed[0] if failed else ""
 
 
 def _run_dir(pipeline_root: Path) -> Path | None:
@@ -399,7 +254,3 @@ def _metrics_output_names(package_yaml: str) -> set[str]:
                 if (spec.get("artifactType") or {}).get("schemaTitle") == "system.Metrics":
                     names.add(name)
     return names
-
-
-if __name__ == "__main__":
-    sys.exit(_worker_main(sys.argv[1]))

@@ -1,6 +1,6 @@
 """Find, import and compile the user's ``<package>.<job>`` pipeline modules.
 
-The only module besides ``local_runner.py`` and ``kfp_api.py`` that imports ``kfp``; it is imported
+The only module besides ``local_worker.py`` and ``kfp_api.py`` that imports ``kfp``; it is imported
 lazily by the CLI commands that need it, so ``kfp-launch --help`` never pays for ``import kfp``.
 
 Facts used (kubeflow/pipelines sdk/python/kfp/dsl/graph_component.py (2.17.0); docs/kfp-backend-notes.md,
@@ -343,3 +343,51 @@ def without_caching(package_yaml: str) -> str:
         for task in (dag.get("tasks") or {}).values():
             task["cachingOptions"] = {"enableCache": False}
     return yaml.safe_dump_all(documents, sort_keys=False)
+
+
+def packages_to_install(package_yaml: str) -> dict[str, list[str]]:
+    """Each executor's ``packages_to_install`` (and the ``kfp`` package its prologue installs), by executor.
+
+    The SDK puts them in the container command's ``sh -c`` prologue as ``python3 -m pip install ... 'pkg'``
+    commands joined by ``&&`` (``kfp/dsl/component_factory.py``, ``_get_packages_to_install_command``); this
+    reads them back with ``shlex``, leaving out pip's options and their values.
+    """
+    import shlex
+
+    import yaml
+
+    spec = next(iter(yaml.safe_load_all(package_yaml)))
+    executors = ((spec.get("deploymentSpec") or {}).get("executors")) or {}
+    found: dict[str, list[str]] = {}
+    for name, executor in executors.items():
+        command = ((executor.get("container") or {}).get("command")) or []
+        script = command[2] if len(command) > 2 and command[:2] == ["sh", "-c"] else ""
+        try:
+            words = shlex.split(script)
+        except ValueError:
+            continue
+        requirements = _pip_install_arguments(words)
+        if requirements:
+            found[name] = requirements
+    return found
+
+
+_PIP_OPTIONS_WITH_VALUE = frozenset({"-i", "--index-url", "--extra-index-url", "--trusted-host", "-f", "--find-links"})
+
+
+def _pip_install_arguments(words: list[str]) -> list[str]:
+    requirements: list[str] = []
+    for start in range(len(words) - 3):
+        if words[start + 1 : start + 4] != ["-m", "pip", "install"]:
+            continue
+        skip = False
+        for word in words[start + 4 :]:
+            if word in ("&&", "||", ";"):
+                break
+            if skip:
+                skip = False
+            elif word in _PIP_OPTIONS_WITH_VALUE:
+                skip = True
+            elif not word.startswith("-"):
+                requirements.append(word)
+    return requirements

@@ -6,7 +6,7 @@ A failure to report is a warning; it never changes the exit code.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -70,4 +70,16 @@ class Reporting:
             replace(t, error=redact(t.error), log_tail=tuple(redact(line) for line in t.log_tail))
             for t in outcome.tasks
         )
-        return replace(outcome, message=redact(outcome.message), tasks=tasks)
+        parameters = {name: _redacted(value, redact) for name, value in outcome.parameters.items()}
+        return replace(outcome, message=redact(outcome.message), tasks=tasks, parameters=parameters)
+
+
+def _redacted(value: object, redact: Callable[[str], str]) -> object:
+    """A parameter value with masked secrets (strings inside lists and dicts too)."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, list):
+        return [_redacted(v, redact) for v in value]
+    if isinstance(value, dict):
+        return {k: _redacted(v, redact) for k, v in value.items()}
+    return value

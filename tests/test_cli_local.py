@@ -246,7 +246,7 @@ def test_a_killed_local_worker_is_a_failed_run_not_an_input_error(project: Path)
             if "napping" in line:
                 break
         # Only this run's worker: a child of the kfp-launch process started above.
-        worker = subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "kfp_launch.local_runner"],
+        worker = subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "kfp_launch.local_worker"],
                                 capture_output=True, text=True).stdout.split()
         assert worker, "the local worker was not found"
         for pid in worker:
@@ -256,4 +256,5 @@ def test_a_killed_local_worker_is_a_failed_run_not_an_input_error(project: Path)
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == ExitCode.RUN_FAILED, err
-    assert "did not finish" in err and "signal 9" in err
+    assert "did not finish: the kfp.local worker was killed by SIGKILL" in err
+    assert "SIGKILL usually means the machine ran out of memory" in err  # memory named only for a kill
