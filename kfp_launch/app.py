@@ -90,6 +90,7 @@ class App:
             branch_override=self.settings.branch,
             ticket_override=self.settings.ticket,
             ticket_pattern=self.settings.ticket_pattern,
+            ticket_projects=self.settings.ticket_projects,
             require_ref=False,
         )
 

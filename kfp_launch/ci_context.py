@@ -19,8 +19,7 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 from kfp_launch.errors import ContextError
-from kfp_launch.settings import DEFAULT_TICKET_PATTERN
-from kfp_launch.tickets import TicketSource, compile_ticket_pattern, detect_ticket
+from kfp_launch.tickets import TicketSource, detect_ticket, ticket_rules
 
 RefKind = Literal["branch", "tag", "none"]
 """What ``CiContext.ref`` names: a branch, a tag, or nothing (only with ``require_ref=False``)."""
@@ -197,7 +196,8 @@ class CiContext:
         git: GitReader | None = None,
         branch_override: str | None = None,
         ticket_override: str | None = None,
-        ticket_pattern: str = DEFAULT_TICKET_PATTERN,
+        ticket_pattern: str | None = None,
+        ticket_projects: tuple[str, ...] = (),
         require_ref: bool = True,
     ) -> CiContext:
         """Read the context from GitLab's variables in ``environ``, or from git outside CI.
@@ -208,16 +208,17 @@ class CiContext:
             git: reads HEAD outside CI; default :class:`SubprocessGitReader`. Never used in CI.
             branch_override: ``--branch``; wins over GitLab and git, and makes git optional.
             ticket_override: ``--ticket``; wins over every other ticket source.
-            ticket_pattern: the ``ticket_pattern`` setting, a regex (see :data:`DEFAULT_TICKET_PATTERN`).
+            ticket_pattern: the ``ticket_pattern`` setting, a regex, or None (see ``tickets.py``).
+            ticket_projects: the ``ticket_projects`` setting: JIRA project keys (see ``tickets.py``).
             require_ref: when False, a missing branch gives ``ref_kind="none"`` instead of an error
                 (for commands that need no experiment).
 
         Raises:
             ContextError: no branch can be determined (detached HEAD, no git) and no ``--branch``; or a
                 GitLab variable is malformed (``CI_MERGE_REQUEST_IID``, ``CI_JOB_TIMEOUT``, ...).
-            ConfigError: ``ticket_pattern`` is not a valid regex or matches the empty string.
+            ConfigError: ``ticket_pattern`` or ``ticket_projects`` is invalid.
         """
-        pattern = compile_ticket_pattern(ticket_pattern)
+        rules = ticket_rules(ticket_pattern, ticket_projects)
         branch_override = _blank_to_none(branch_override)
         if is_gitlab_ci(environ):
             context = _context_from_gitlab(environ, branch_override, require_ref=require_ref)
@@ -229,7 +230,7 @@ class CiContext:
             branch=context.branch,
             merge_request_title=context.merge_request_title,
             commit_title=context.commit_title,
-            pattern=pattern,
+            rules=rules,
         )
         if ticket is None:
             return context

@@ -101,6 +101,19 @@ def run_description(compiled: CompiledPipeline, ci: CiContext, key: str, *, jira
     return fit_lines([variants for variants, _ in items], upgrade_order=order)
 
 
+KFP_LAUNCH_MARK = "runs launched by kfp-launch"
+"""Ends every experiment description kfp-launch writes (how it knows an experiment is its own)."""
+
+
+def describes_ref(description: str, ref_label: str) -> bool:
+    """Whether an experiment description is kfp-launch's for this branch or tag (``ref_label``:
+    ``branch feature/x``); a long branch name may have been cut with ``…`` to fit."""
+    parts = description.split(" · ")
+    if not parts or parts[-1] != KFP_LAUNCH_MARK:
+        return False
+    return any(part == ref_label or (part.endswith("…") and ref_label.startswith(part[:-1])) for part in parts)
+
+
 def experiment_description(ci: CiContext, *, jira_url: str | None) -> str:
     """The experiment's description: JIRA ticket (a link with ``JIRA_URL``), branch, project; at most 255
     characters (links dropped first)."""
@@ -113,5 +126,5 @@ def experiment_description(ci: CiContext, *, jira_url: str | None) -> str:
     if ci.project_path:
         project = f"project {ci.project_path}"
         choices.append([f"{project} {ci.project_url}" if ci.project_url else project, project])
-    choices.append(["runs launched by kfp-launch"])
+    choices.append([KFP_LAUNCH_MARK])
     return fit_lines(choices, separator=" · ")

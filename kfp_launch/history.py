@@ -12,8 +12,9 @@ import json
 
 from kfp_launch.app import App
 from kfp_launch.errors import InputError
+from kfp_launch.experiments import experiment_names, find_experiment
 from kfp_launch.models import RunStatus
-from kfp_launch.naming import experiment_for, run_key
+from kfp_launch.naming import run_key
 
 METRICS_NOTE = "metrics: not available from the KFP v2beta1 API (they live in ML Metadata)"
 MISSING = "(unset)"
@@ -70,10 +71,15 @@ def list_runs(app: App, *, experiment: str | None, job: str | None, limit: int, 
     if not 1 <= limit <= 200:
         raise InputError(f"--limit {limit} is out of range.", hint="give 1 to 200.")
     console = app.console
-    name = experiment or experiment_for(app.require_ref(), app.settings) or ""
     api = app.kfp()
     retry = app.retry()
-    found = retry(lambda: api.find_experiment(name))
+    if experiment:
+        name = experiment
+        found = next((e for e in retry(lambda: api.find_experiments(experiment)) if e.name == experiment), None)
+    else:  # the branch's: as written, or with the hash of a collision or of kfp-launch 0.1
+        names = experiment_names(app.require_ref(), app.settings)
+        assert names is not None
+        found, name = retry(lambda: find_experiment(api, names))
     if found is None:
         raise InputError(
             f'No experiment named "{name}" in namespace {api.namespace or "(single-user)"}.',

@@ -87,8 +87,9 @@ class KfpApi:
 
     # -- experiments ---------------------------------------------------------------------------
 
-    def find_experiment(self, name: str) -> Experiment | None:
-        """Look an experiment up by exact name in our namespace (``GET /experiments?filter=``).
+    def find_experiments(self, name: str) -> list[Experiment]:
+        """The experiments of our namespace the server finds by this name (``GET /experiments?filter=``
+        with EQUALS): on MySQL, names that differ only in case or accents match too (its default collation).
 
         Raises:
             KfpAuthError, TransientKfpError, KfpApiError: as the module says.
@@ -98,11 +99,9 @@ class KfpApi:
             f'look up experiment "{name}"',
             filter=_name_filter(name),
             namespace=self.namespace,
-            page_size=2,
+            page_size=10,
         )
-        found = [parse_experiment(e) for e in data.get("experiments") or []]
-        exact = [e for e in found if e.name == name]
-        return exact[0] if exact else None
+        return [parse_experiment(e) for e in data.get("experiments") or []]
 
     def create_experiment(self, name: str, description: str) -> Experiment:
         """Create an experiment (``POST /experiments``).

@@ -15,9 +15,9 @@ from kfp_launch.app import App
 from kfp_launch.console import Console
 from kfp_launch.descriptions import experiment_description
 from kfp_launch.errors import ExitCode, Interrupted, worst_exit_code
+from kfp_launch.experiments import ExperimentNames, ensure_experiment, experiment_names, find_experiment
 from kfp_launch.kfp_api import KfpApi
 from kfp_launch.models import Experiment, RunOutcome
-from kfp_launch.naming import experiment_for
 from kfp_launch.plan import plan_jobs, print_plan
 from kfp_launch.polling import PREFLIGHT_OUTAGE_S
 from kfp_launch.reporting import Reporting
@@ -25,7 +25,6 @@ from kfp_launch.states import OutcomeState, exit_code_for
 from kfp_launch.submission import (
     PlannedRun,
     SubmittedRun,
-    ensure_experiment,
     environ_experiment_overrides,
     plan_runs,
     submit_recorded,
@@ -50,22 +49,23 @@ def run_on_kubeflow(app: App, jobs: list[str], all_jobs: bool) -> ExitCode:
     clear_previous_run_files(app)
     ci = app.require_ref()
     plans = plan_jobs(app, jobs, all_jobs)
-    experiment_name = experiment_for(ci, settings) or ""
+    names = experiment_names(ci, settings)
+    assert names is not None  # require_ref: there is a branch or tag
     planned = plan_runs(app, plans)
-    print_plan(plans, ci, experiment_name, console, local=False)
+    print_plan(plans, ci, names.written, console, local=False)
     connection = app.connection()
     console.table(["Kubeflow", "value", "from"], [list(row) for row in connection.summary_rows()])
     for variable in environ_experiment_overrides(app.environ):
         console.warn(f"{variable} is ignored: kfp-launch resolves the experiment itself and passes its id")
     if settings.dry_run:
-        return _dry_run(app, app.kfp(connection), experiment_name, planned)
+        return _dry_run(app, app.kfp(connection), names, planned)
     check_time_to_wait(app)
     api = app.kfp(connection)
     what = planned[0].plan.compiled.pipeline_name if len(planned) == 1 else f"{len(planned)} runs"
     console.section_start("kfp_launch_submit", f"Submitting {what} to {connection.host}")
     description = experiment_description(ci, jira_url=app.jira_url)
     experiment = app.retry(max_outage_s=PREFLIGHT_OUTAGE_S)(
-        lambda: ensure_experiment(api, experiment_name, description, say=console.line)
+        lambda: ensure_experiment(api, names, description, say=console.line)
     )
     submitted = submit_recorded(app, api, experiment, planned)
     console.section_end("kfp_launch_submit")
@@ -126,15 +126,15 @@ def clear_previous_run_files(app: App) -> None:
             pass  # not removable (e.g. a path through a file): writing it later says so clearly
 
 
-def _dry_run(app: App, api: KfpApi, experiment_name: str, planned: list[PlannedRun]) -> ExitCode:
+def _dry_run(app: App, api: KfpApi, names: ExperimentNames, planned: list[PlannedRun]) -> ExitCode:
     console = app.console
-    experiment = app.retry(max_outage_s=PREFLIGHT_OUTAGE_S)(lambda: api.find_experiment(experiment_name))
+    experiment, name = app.retry(max_outage_s=PREFLIGHT_OUTAGE_S)(lambda: find_experiment(api, names))
     if experiment is None:
         state = "does not exist yet: would be created"
     else:
         archived = ", archived: would be unarchived" if experiment.archived else ""
         state = f"exists ({experiment.experiment_id}{archived})"
-    console.line(f'dry run: experiment "{experiment_name}" {state}')
+    console.line(f'dry run: experiment "{name}" {state}')
     for p in planned:
         arguments = p.plan.params.arguments() or "defaults"
         console.line(f'dry run: would submit run "{p.name}" of {p.plan.compiled.pipeline_name} with {arguments}')

@@ -100,12 +100,25 @@ def experiment_name(
             f"(branch={branch!r}, ticket={ticket!r}, project={project!r}, ref={ref!r})",
             hint="use a field that is always set, such as {branch}, or pass --ticket KEY",
         )
-    return sanitize_display_name(rendered, case_insensitive_store=True)
+    return sanitize_display_name(rendered)
 
 
 def experiment_name_for(ci: CiContext, template: str = DEFAULT_EXPERIMENT_TEMPLATE) -> str:
     """:func:`experiment_name` with the fields taken from ``ci``."""
     return experiment_name(template, branch=ci.branch, ticket=ci.ticket, project=ci.project_path, ref=ci.ref)
+
+
+def hashed_experiment_name(template: str, ci: CiContext) -> str:
+    """The experiment name with the hash of the rendered template appended: used when the name as written
+    collides under Kubeflow's case- and accent-insensitive comparison with another branch's experiment, and
+    the name kfp-launch 0.1 gave every name with upper-case or non-ASCII letters (so it finds those too)."""
+    values = {
+        "branch": ci.branch if ci.branch is not None else (TAG_PREFIX + ci.ref if ci.ref else ""),
+        "ticket": ci.ticket or "",
+        "project": ci.project_path or "",
+        "ref": ci.ref or "",
+    }
+    return sanitize_display_name(template.format_map(values), suffix=True)
 
 
 def validate_experiment_template(template: str) -> None:
@@ -134,7 +147,7 @@ def validate_experiment_template(template: str) -> None:
 
 
 def sanitize_display_name(
-    raw: str, *, max_chars: int = MAX_DISPLAY_NAME_CHARS, case_insensitive_store: bool = False
+    raw: str, *, max_chars: int = MAX_DISPLAY_NAME_CHARS, case_insensitive_store: bool = False, suffix: bool = False
 ) -> str:
     """Turn any string into a KFP display name, deterministically and readably.
 
@@ -155,7 +168,7 @@ def sanitize_display_name(
         raise ValueError(f"max_chars must be more than {_SUFFIX_CHARS}, got {max_chars}")
     cleaned = _replace_disallowed(raw).strip()
     fold_safe = not case_insensitive_store or (cleaned.isascii() and cleaned == cleaned.lower())
-    if cleaned and cleaned == raw and len(cleaned) <= max_chars and fold_safe:
+    if cleaned and cleaned == raw and len(cleaned) <= max_chars and fold_safe and not suffix:
         return cleaned
     digest = hashlib.sha256(raw.encode("utf-8", "surrogatepass")).hexdigest()[:_HASH_HEX_CHARS]
     body = cleaned[: max_chars - _SUFFIX_CHARS].strip(" -")

@@ -30,17 +30,6 @@ from kfp_launch.setting_values import (
     parse_str,
 )
 
-DEFAULT_TICKET_PATTERN = r"(?<![^\W_])(?a:[A-Z][A-Z0-9]*-[0-9]+)(?![^\W_])"
-"""A JIRA issue key: a letter, letters/digits, a dash, digits; not glued to other letters or digits.
-
-Matched case-insensitively. ``[^\\W_]`` is any Unicode letter or digit, so ``ABC-12x``, ``1ABC-12`` and
-``éABC-12`` do not match while ``feature/abc-12-x`` and ``abc_ABC-12`` do. The ``(?a:...)`` group keeps
-the key itself ASCII: under IGNORECASE a Unicode ``[A-Z]`` would also match the Kelvin sign or a long s.
-Known and accepted: any word-dash-number reads as a key, e.g. ``utf-8`` gives ``UTF-8`` and
-``release-2024`` gives ``RELEASE-2024``; set ``ticket_pattern`` to your project keys (``(?:ABC|OPS)-\\d+``)
-to avoid that.
-"""
-
 RUN, WATCH, CANCEL, CONTEXT, JOBS, COMPILE, PARAMS, RUNS, COMPARE = (
     "run",
     "watch",
@@ -169,10 +158,18 @@ class Settings:
         metavar="TEMPLATE",
         commands=_NAMING,
     )
-    ticket_pattern: str = setting(
-        DEFAULT_TICKET_PATTERN,
-        "Regex of a JIRA issue key, matched case-insensitively",
+    ticket_pattern: str | None = setting(
+        None,
+        "Regex of a JIRA issue key, matched in any case anywhere; wins over --ticket-projects and the "
+        "default (a key in JIRA's format in the branch, or opening a merge request or commit title)",
         metavar="REGEX",
+        commands={RUN, CONTEXT},
+    )
+    ticket_projects: tuple[str, ...] = setting(
+        (),
+        "JIRA project keys (e.g. ML OPS): their issue keys count in any case, anywhere",
+        parse=parse_list,
+        metavar="KEYS",
         commands={RUN, CONTEXT},
     )
     branch: str | None = setting(

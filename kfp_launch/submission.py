@@ -23,7 +23,6 @@ from kfp_launch.descriptions import run_description
 from kfp_launch.errors import (
     ConfigError,
     Interrupted,
-    KfpConflictError,
     KfpLaunchError,
     KfpUnavailableError,
     TransientKfpError,
@@ -43,9 +42,6 @@ RUN_NAME_FIELDS = ("job", "commit", "pipeline", "branch", "ticket", "mr")
 class RunApi(Protocol):
     """What submission needs from the KFP adapter (``kfp_api.KfpApi``)."""
 
-    def find_experiment(self, name: str) -> Experiment | None: ...
-    def create_experiment(self, name: str, description: str) -> Experiment: ...
-    def unarchive_experiment(self, experiment_id: str) -> None: ...
     def list_runs(
         self, experiment_id: str, *, display_name: str | None = None, page_size: int = 100
     ) -> list[RunStatus]: ...
@@ -78,40 +74,6 @@ def run_name(template: str, *, job: str, ci: CiContext) -> str:
         ) from None
     name = " ".join(rendered.split()) or job
     return sanitize_display_name(name)
-
-
-def ensure_experiment(
-    api: RunApi, name: str, description: str, *, say: Callable[[str], None], lookups: int = 3
-) -> Experiment:
-    """Find the experiment by name or create it; unarchive it if archived.
-
-    Two jobs racing to create it end in the same one: a 409 on create means the other won, so we
-    look it up again (the (name, namespace) unique index: kubeflow/pipelines
-    backend/src/apiserver/model/experiment.go (2.17.0); docs/kfp-backend-notes.md, 'Creating an
-    experiment twice').
-
-    Raises:
-        KfpApiError: the name is still unknown after a 409 and ``lookups`` look-ups.
-    """
-    experiment = api.find_experiment(name)
-    if experiment is None:
-        try:
-            experiment = api.create_experiment(name, description)
-            say(f'created experiment "{name}"')
-        except KfpConflictError:
-            for _ in range(lookups):
-                experiment = api.find_experiment(name)
-                if experiment is not None:
-                    break
-            if experiment is None:
-                raise
-            say(f'experiment "{name}" was just created by another job; using it')
-    else:
-        say(f'using experiment "{name}"')
-    if experiment.archived:
-        api.unarchive_experiment(experiment.experiment_id)
-        say(f'experiment "{name}" was archived: unarchived it')
-    return experiment
 
 
 def find_earlier_attempt(

@@ -31,8 +31,7 @@ Modeled (v2beta1 unless noted):
 * multi-user (default) or single-user namespace rules; gRPC error bodies with the gateway's HTTP mapping.
 
 Not modeled: pipelines and pipeline upload, recurring runs, run archive/delete/retry, experiment delete,
-artifacts, ``view=FULL``, authorization per namespace (an accepted token may do anything), MySQL's
-case-insensitive collation (names compare exactly here), chunked request bodies, task states after a
+artifacts, ``view=FULL``, authorization per namespace (an accepted token may do anything), chunked request bodies, task states after a
 terminate (tasks keep their last scripted details), and whether an empty ``run_details`` or
 ``runtime_config`` is sent as ``{}`` (omitted here, so clients must cope with None). Error ``message``
 texts follow the backend's wrapping chain in form; only the key phrases are exact.
@@ -59,6 +58,7 @@ import json
 import re
 import threading
 import time
+import unicodedata
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -483,7 +483,16 @@ def _parse_filter(encoded: str, filter_keys: Mapping[str, str]) -> tuple[str, tu
     return decoded, predicates
 
 
-def _compare(operation: str, actual: Any, wanted: Any) -> bool:
+def fold_ai_ci(text: str) -> str:
+    """TEXT as MySQL 8's default collation ``utf8mb4_0900_ai_ci`` compares it: accents and case ignored
+    (kubeflow/pipelines#5172: with ``Untitled`` stored, ``untitled`` is refused with 409)."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(char for char in decomposed if not unicodedata.combining(char)).casefold()
+
+
+def _compare(operation: str, actual: Any, wanted: Any, fold: Callable[[str], str] = lambda text: text) -> bool:
+    if operation in ("EQUALS", "NOT_EQUALS") and isinstance(actual, str) and isinstance(wanted, str):
+        actual, wanted = fold(actual), fold(wanted)
     if operation == "IN":
         return actual in wanted
     if operation == "IS_SUBSTRING":
@@ -574,10 +583,11 @@ def _list_query(query: Mapping[str, list[str]], filter_keys: Mapping[str, str],
 
 
 def _paginate(items: Iterable[dict[str, Any]], query: _ListQuery, id_field: str,
-              value_of: Callable[[dict[str, Any], str], Any]) -> tuple[list[dict[str, Any]], int, str]:
+              value_of: Callable[[dict[str, Any], str], Any],
+              fold: Callable[[str], str] = lambda text: text) -> tuple[list[dict[str, Any]], int, str]:
     """One page of ITEMS (filtered, sorted by (sort field, id), from the token's start), total, next token."""
     wanted = [item for item in items
-              if all(_compare(p.operation, value_of(item, p.key), p.value) for p in query.predicates)]
+              if all(_compare(p.operation, value_of(item, p.key), p.value, fold) for p in query.predicates)]
 
     def order(item: dict[str, Any]) -> tuple[Any, str]:
         return _field_value(item, query.sort_field), item[id_field]
@@ -754,6 +764,9 @@ class FakeKfpServer(LoopbackServer):
             ``model/experiment.go`` at 2.14.0): ``"strict"`` (MySQL's default ``STRICT_TRANS_TABLES``:
             longer text is refused, 500 "Error 1406 (22001): Data too long"), ``"truncate"`` (non-strict
             MySQL: cut to 255 characters without a word), or ``"wide"`` (2.15+ with GORM v2: ``longtext``).
+        name_collation: ``"ai_ci"`` (default): names compare as MySQL 8's default collation does, ignoring
+            case and accents, in filters and in the experiments' unique (name, namespace) index
+            (kubeflow/pipelines#5172); ``"binary"``: exactly.
         utf8mb3: the database uses MySQL's 3-byte ``utf8`` charset, as older deployments do: a character
             outside the Basic Multilingual Plane in those columns is refused in strict mode (500 "Error 1366
             (HY000): Incorrect string value") and stored as ``?`` otherwise.
@@ -789,12 +802,14 @@ class FakeKfpServer(LoopbackServer):
         accepted_tokens: Iterable[str] | None = None,
         clock: Callable[[], datetime] | None = None,
         text_columns: str = "strict",
+        name_collation: str = "ai_ci",
         utf8mb3: bool = True,
         annotation_limit_bytes: int | None = None,
     ) -> None:
         if text_columns not in ("strict", "truncate", "wide"):
             raise ValueError("text_columns must be strict, truncate or wide")
         self.text_columns = text_columns
+        self.fold: Callable[[str], str] = fold_ai_ci if name_collation == "ai_ci" else (lambda text: text)
         self.utf8mb3 = utf8mb3
         self.annotation_limit_bytes = annotation_limit_bytes
         if terminated_state not in FINISHED_STATES:
@@ -1135,7 +1150,7 @@ class FakeKfpServer(LoopbackServer):
         if self.multi_user and not namespace:
             raise _invalid("An experiment cannot have an empty namespace in multi-user mode",
                            *wraps, "Failed to authorize the request")
-        if any(e["display_name"] == name and e.get("namespace", "") == namespace
+        if any(self.fold(e["display_name"]) == self.fold(name) and e.get("namespace", "") == namespace
                for e in self.experiments.values()):
             raise _already_exists(f"Failed to create a new experiment. The name {name} already exists. "
                                   "Please specify a new name", *wraps)
@@ -1161,7 +1176,7 @@ class FakeKfpServer(LoopbackServer):
         candidates = [e for e in self.experiments.values()
                       if not namespace or e.get("namespace") == namespace]
         page, total, token = _paginate(candidates, query, "experiment_id",
-                                       lambda e, key: _field_value(e, _EXPERIMENT_FILTER_KEYS[key]))
+                                       lambda e, key: _field_value(e, _EXPERIMENT_FILTER_KEYS[key]), self.fold)
         return _list_response("experiments", page, total, token)
 
     def _archive_experiment(self, request: RecordedRequest, experiment_id: str) -> dict[str, Any]:
@@ -1225,7 +1240,7 @@ class FakeKfpServer(LoopbackServer):
                                "Failed to list runs", "Failed to list runs due to authorization error")
             candidates = [r for r in self.runs.values()
                           if not namespace or self._run_namespace(r) == namespace]
-        page, total, token = _paginate(candidates, query, "run_id", self._run_filter_value)
+        page, total, token = _paginate(candidates, query, "run_id", self._run_filter_value, self.fold)
         for run in page:
             self._advance(run["run_id"], via_list=True)
         return _list_response("runs", page, total, token)

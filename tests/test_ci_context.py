@@ -22,8 +22,7 @@ from kfp_launch.ci_context import (
     reduce_job_name,
 )
 from kfp_launch.errors import ConfigError, ContextError, ExitCode
-from kfp_launch.settings import DEFAULT_TICKET_PATTERN
-from kfp_launch.tickets import Ticket, compile_ticket_pattern, detect_ticket
+from kfp_launch.tickets import Ticket, detect_ticket, ticket_rules
 
 SHA = "a" * 40
 SOURCE_SHA = "5" * 40
@@ -101,14 +100,14 @@ PIPELINES = {
     "branch push": (
         {
             "CI_PIPELINE_SOURCE": "push",
-            "CI_COMMIT_BRANCH": "feature/abc-12-foo",
-            "CI_COMMIT_REF_NAME": "feature/abc-12-foo",
+            "CI_COMMIT_BRANCH": "feature/ABC-12-foo",
+            "CI_COMMIT_REF_NAME": "feature/ABC-12-foo",
             "CI_OPEN_MERGE_REQUESTS": "mlops/kfp-demo!42",
         },
         {
             "pipeline_source": "push",
-            "branch": "feature/abc-12-foo",
-            "ref": "feature/abc-12-foo",
+            "branch": "feature/ABC-12-foo",
+            "ref": "feature/ABC-12-foo",
             "ref_kind": "branch",
             "ticket": "ABC-12",
             "ticket_source": "branch",
@@ -520,44 +519,77 @@ def test_missing_git_executable_is_a_context_error_fixed_by_branch_override(tmp_
 @pytest.mark.parametrize(
     ("text", "key"),
     [
-        ("feature/abc-12-thing", "ABC-12"),
+        ("feature/ML-42-x", "ML-42"),
         ("ABC-12", "ABC-12"),
-        ("abc12-3", "ABC12-3"),
-        ("xabc-12", "XABC-12"),
-        ("[ops-7] Faster training", "OPS-7"),
+        ("feature/ABC12-3-x", "ABC12-3"),
         ("abc_DEF-7", "DEF-7"),
         ("ABC-12 and DEF-34", "ABC-12"),
-        ("fix utf-8 handling", "UTF-8"),  # documented: any word-dash-number is a key by default
+        ("OPS_2-7", "OPS_2-7"),
+        # ordinary branches are not tickets: JIRA keys are upper-case
+        ("chore/bump-kfp-2", None),
+        ("feature/gpt-4-prompts", None),
+        ("fix/sha-256-checksum", None),
+        ("renovate/python-3.12", None),
+        ("dependabot/pip/numpy-2.1.0", None),
+        ("feature/resnet-50", None),
+        ("feature/abc-12-thing", None),
+        ("A-1", None),  # one letter is not a project key
         ("ABC-12x", None),
         ("1ABC-12", None),
         ("éABC-12", None),
         ("ABC-12é", None),
         ("ABC-", None),
-        ("-12", None),
         ("ABC-١٢", None),
-        ("\u212a-1", None),  # the Kelvin sign folds to k under IGNORECASE; keys stay ASCII
         ("main", None),
     ],
 )
-def test_default_ticket_pattern(text: str, key: str | None) -> None:
+def test_default_branch_rule(text: str, key: str | None) -> None:
     ticket = detect_ticket(
-        flag=None,
-        jira_ticket=None,
-        branch=text,
-        merge_request_title=None,
-        commit_title=None,
-        pattern=compile_ticket_pattern(DEFAULT_TICKET_PATTERN),
+        flag=None, jira_ticket=None, branch=text, merge_request_title=None, commit_title=None, rules=ticket_rules()
     )
 
     assert ticket == (Ticket(key=key, source="branch") if key else None)
 
 
+@pytest.mark.parametrize(
+    ("title", "key"),
+    [
+        ("ML-42: better iris", "ML-42"),
+        ("[ML-42] better iris", "ML-42"),
+        ("ML-42 better iris", "ML-42"),
+        ("  ML-42", "ML-42"),
+        ("Fix UTF-8 decoding", None),
+        ("Upgrade to GPT-4", None),
+        ("better iris (ML-42)", None),
+        ("ml-42: lower case", None),
+        ("ML-42x: glued", None),
+    ],
+)
+def test_default_title_rule_takes_only_a_key_that_opens_the_title(title: str, key: str | None) -> None:
+    ticket = detect_ticket(
+        flag=None, jira_ticket=None, branch="better-iris", merge_request_title=title, commit_title=None,
+        rules=ticket_rules(),
+    )
+
+    assert ticket == (Ticket(key=key, source="merge request title") if key else None)
+
+
+def test_ticket_projects_match_their_keys_in_any_case_anywhere() -> None:
+    rules = ticket_rules(projects=("ML", "ops"))
+    found = [detect_ticket(flag=None, jira_ticket=None, branch=b, merge_request_title=t, commit_title=None,
+                           rules=rules) for b, t in (("feature/ml-42-x", None), ("x", "Fix the OPS-7 thing"),
+                                                      ("chore/bump-kfp-2", "Upgrade to GPT-4"))]
+    assert [t.key if t else None for t in found] == ["ML-42", "OPS-7", None]
+    with pytest.raises(ConfigError, match="not a JIRA project key"):
+        ticket_rules(projects=("ML-", ))
+
+
 SOURCES = {
     "flag": "flg-1",
     "JIRA_TICKET": "env-2",
-    "branch": "feature/br-3",
+    "branch": "feature/BR-3",
     "merge request title": "MR-4 title",
-    "commit title": "Fix CT-5",
+    "commit title": "CT-5: fix",
 }
 
 
@@ -574,7 +606,7 @@ def test_ticket_precedence(winner: str) -> None:
         branch=given["branch"],
         merge_request_title=given["merge request title"],
         commit_title=given["commit title"],
-        pattern=compile_ticket_pattern(DEFAULT_TICKET_PATTERN),
+        rules=ticket_rules(),
     )
 
     expected_keys = {
@@ -590,7 +622,7 @@ def test_ticket_precedence(winner: str) -> None:
 def test_ticket_precedence_through_from_environ() -> None:
     variables = {
         **JOB_VARIABLES,
-        "CI_MERGE_REQUEST_SOURCE_BRANCH_NAME": "feature/br-3",
+        "CI_MERGE_REQUEST_SOURCE_BRANCH_NAME": "feature/BR-3",
         "CI_MERGE_REQUEST_IID": "1",
         "CI_MERGE_REQUEST_TITLE": "MR-4",
         "CI_COMMIT_TITLE": "CT-5",
@@ -613,11 +645,13 @@ def test_ticket_precedence_through_from_environ() -> None:
     ) == (None, None)
 
 
-def test_custom_ticket_pattern_is_case_insensitive() -> None:
+def test_custom_ticket_pattern_is_case_insensitive_and_wins() -> None:
     variables = {**JOB_VARIABLES, "CI_COMMIT_BRANCH": "proj-7-and-utf-8"}
 
-    assert from_gitlab(variables).ticket == "PROJ-7"
+    assert from_gitlab(variables).ticket is None  # lower case is not JIRA's key format
     assert from_gitlab(variables, ticket_pattern=r"\bUTF-\d+").ticket == "UTF-8"
+    assert from_gitlab(variables, ticket_pattern=r"\bUTF-\d+", ticket_projects=("PROJ",)).ticket == "UTF-8"
+    assert from_gitlab(variables, ticket_projects=("PROJ",)).ticket == "PROJ-7"
 
 
 @pytest.mark.parametrize(

@@ -16,8 +16,8 @@ BRANCH_PIPELINE = {
     "CI": "true",
     "GITLAB_CI": "true",
     "CI_COMMIT_SHA": "a" * 40,
-    "CI_COMMIT_BRANCH": "feature/ml-42-better-model",
-    "CI_COMMIT_REF_NAME": "feature/ml-42-better-model",
+    "CI_COMMIT_BRANCH": "feature/ML-42-better-model",
+    "CI_COMMIT_REF_NAME": "feature/ML-42-better-model",
     "CI_COMMIT_TITLE": "Tune steps",
     "CI_PIPELINE_SOURCE": "push",
     "CI_PIPELINE_ID": "1001",
@@ -43,13 +43,13 @@ def test_context_json_in_a_branch_pipeline(run_cli: RunCli, tmp_path: Path) -> N
     data = json.loads(result.stdout)
     assert {k: data[k] for k in ("branch", "ref", "ref_kind", "commit_sha", "merge_request_iid", "ticket",
                                   "experiment", "pipeline_source", "in_ci", "job")} == {
-        "branch": "feature/ml-42-better-model",
-        "ref": "feature/ml-42-better-model",
+        "branch": "feature/ML-42-better-model",
+        "ref": "feature/ML-42-better-model",
         "ref_kind": "branch",
         "commit_sha": "a" * 40,
         "merge_request_iid": None,
         "ticket": "ML-42",
-        "experiment": "feature/ml-42-better-model",
+        "experiment": "feature/ML-42-better-model",
         "pipeline_source": "push",
         "in_ci": True,
         "job": "good",
@@ -106,7 +106,7 @@ def test_run_without_job_in_ci_runs_the_gitlab_jobs_pipeline(run_cli: RunCli, pr
     result = run_cli(["run", "--local"], cwd=project, env=BRANCH_PIPELINE)
     assert result.exit_code == 0, result.output
     assert "job: good (pipelines.good:pipeline" in result.stdout
-    assert "experiment (on Kubeflow): feature/ml-42-better-model" in result.stdout
+    assert "experiment (on Kubeflow): feature/ML-42-better-model" in result.stdout
     assert "ticket: ML-42 (from branch)" in result.stdout
 
 

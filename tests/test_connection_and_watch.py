@@ -108,7 +108,7 @@ def test_client_construction_makes_no_request(tmp_path: Path, namespace: str) ->
     with FakeKfpServer(multi_user=bool(namespace)) as server:
         api = KfpApi(conn(tmp_path, {"KFP_HOST": server.url, "KFP_NAMESPACE": namespace}))
         assert server.requests == []
-        api.find_experiment("x")
+        api.find_experiments("x")
         assert [r.path for r in server.requests] == ["/apis/v2beta1/experiments"]
         assert server.requests[0].param("namespace") == namespace
         assert not server.requests_to("GET", PATH_HEALTHZ)

@@ -25,7 +25,7 @@ from tests.fake_gitlab import PATH_MERGE_REQUESTS, PATH_NOTE, PATH_NOTES, FakeGi
 TOKEN = "glpat-s3cr3t-T0ken-value"
 JOB_TOKEN = "glcbt-job-token-value"
 PROJECT_ID, MR_IID = 42, 7
-BRANCH = "feature/abc-12-better-model"
+BRANCH = "feature/ABC-12-better-model"
 RUN_URL = "https://kfp.example.com/#/runs/details/run-123"
 
 STARTED = RunOutcome(

@@ -85,7 +85,7 @@ def test_run_url_state_file_and_description_link_back_to_gitlab(run_cli: RunCli,
     state = (project / ".kfp-launch" / "state.json").read_text()
     assert run["run_id"] in state and '"cancel_policy": "terminate"' in state and TOKEN not in state
     experiment = next(iter(kfp.experiments.values()))
-    assert experiment["display_name"] == "feature/ML-42-faster-" + experiment["display_name"][-8:]
+    assert experiment["display_name"] == "feature/ML-42-faster"  # the branch as written
     assert "JIRA ML-42" in experiment["description"] and "project mlops/demo" in experiment["description"]
 
 
@@ -101,7 +101,7 @@ def test_second_launch_on_the_same_branch_reuses_the_experiment(run_cli: RunCli,
 
 def test_concurrent_launches_on_a_new_branch_create_one_experiment(kfp: FakeKfpServer) -> None:
     from kfp_launch.connection import Connection
-    from kfp_launch.submission import ensure_experiment
+    from kfp_launch.experiments import ExperimentNames, ensure_experiment
 
     # Hold the first create until the other client has listed (and so decided to create too).
     kfp.hang(method="POST", path=PATH_EXPERIMENTS, release_on=("POST", PATH_EXPERIMENTS))
@@ -109,7 +109,9 @@ def test_concurrent_launches_on_a_new_branch_create_one_experiment(kfp: FakeKfpS
 
     def one() -> None:
         api = KfpApi(Connection(host=kfp.url, namespace="team-a", token=TOKEN), read_timeout_s=10)
-        results.append(ensure_experiment(api, "feat/race", "d", say=lambda _m: None).experiment_id)
+        names = ExperimentNames(written="feat/race", hashed="feat/race-0123abcd", ref_label="branch feat/race")
+        description = "branch feat/race · runs launched by kfp-launch"
+        results.append(ensure_experiment(api, names, description, say=lambda _m: None).experiment_id)
 
     threads = [threading.Thread(target=one) for _ in range(2)]
     for t in threads:
@@ -122,7 +124,8 @@ def test_concurrent_launches_on_a_new_branch_create_one_experiment(kfp: FakeKfpS
 
 
 def test_archived_experiment_is_unarchived_and_said(run_cli: RunCli, project: Path, kfp: FakeKfpServer) -> None:
-    experiment = kfp.add_experiment("main", namespace="team-a", storage_state="ARCHIVED")
+    experiment = kfp.add_experiment("main", namespace="team-a", storage_state="ARCHIVED",
+                                    description="branch main · runs launched by kfp-launch")
     kfp.script_run(["SUCCEEDED"])
     result = launch(run_cli, project, kfp, CI_COMMIT_BRANCH="main", CI_COMMIT_REF_NAME="main")
     assert result.exit_code == 0, result.output
@@ -407,7 +410,7 @@ def test_an_api_failing_from_the_start_gives_up_after_the_preflight_window_not_m
     assert not kfp.requests_to("POST", PATH_RUNS)
     # The server answered (HTTP 503): the error names that answer, not a connection failure.
     last = out.splitlines()[-1]
-    assert re.fullmatch(r'error: Kubeflow failed to look up experiment "feature/ML-42-faster-[0-9a-f]{8}": HTTP 503 .+',
+    assert re.fullmatch(r'error: Kubeflow failed to look up experiment "feature/ML-42-faster": HTTP 503 .+',
                         last), last
 
 
@@ -698,3 +701,45 @@ def test_a_repeat_after_the_run_succeeded_reports_it_as_succeeded_not_detached(
     assert again.exit_code == 0 and len(runs(kfp)) == 1
     assert "KFP_RUN_STATE=SUCCEEDED" in (project / ".kfp-launch" / "run.env").read_text()
     assert "not waiting" not in again.output
+
+
+def _branch_env(branch: str) -> dict[str, str]:
+    return {"CI_COMMIT_BRANCH": branch, "CI_COMMIT_REF_NAME": branch}
+
+
+def test_experiment_names_as_written_on_a_case_insensitive_backend(run_cli: RunCli, project: Path) -> None:
+    with FakeKfpServer(name_collation="ai_ci") as kfp:  # MySQL's default: case and accents ignored
+        for _ in range(4):
+            kfp.script_run(["SUCCEEDED"])
+        upper, lower = "feature/ML-42-better-iris", "feature/ml-42-better-iris"
+        for pipeline, branch in enumerate((upper, lower, upper, lower)):
+            result = launch(run_cli, project, kfp, CI_PIPELINE_ID=str(2000 + pipeline), **_branch_env(branch))
+            assert result.exit_code == 0, result.output
+        names = sorted(e["display_name"] for e in kfp.experiments.values())
+        assert len(names) == 2 and upper in names  # exactly as written
+        other = next(n for n in names if n != upper)
+        assert re.fullmatch(re.escape(lower) + r"-[0-9a-f]{8}", other)  # its own, told apart by a hash
+        by_experiment = {e["experiment_id"]: e["display_name"] for e in kfp.experiments.values()}
+        assert [by_experiment[r["experiment_id"]] for r in runs(kfp)] == [upper, other, upper, other]  # reused
+
+
+def test_an_experiment_kfp_launch_did_not_create_is_not_taken_over(run_cli: RunCli, project: Path, kfp: FakeKfpServer) -> None:
+    kfp.add_experiment("main", namespace="team-a", description="made by hand in the UI")
+    kfp.script_run(["SUCCEEDED"])
+    result = launch(run_cli, project, kfp, **_branch_env("main"))
+    assert result.exit_code == 0, result.output
+    [run] = runs(kfp)
+    assert re.fullmatch(r"main-[0-9a-f]{8}", kfp.experiments[run["experiment_id"]]["display_name"])
+
+
+def test_an_experiment_named_by_kfp_launch_0_1_is_still_the_branchs(run_cli: RunCli, project: Path, kfp: FakeKfpServer) -> None:
+    from kfp_launch.naming import sanitize_display_name
+
+    old_name = sanitize_display_name("feature/ML-42-faster", case_insensitive_store=True)  # 0.1 hashed upper case
+    old = kfp.add_experiment(old_name, namespace="team-a", description="branch feature/ML-42-faster · runs launched by kfp-launch")
+    kfp.script_run(["SUCCEEDED"])
+    assert launch(run_cli, project, kfp).exit_code == 0
+    assert runs(kfp)[0]["experiment_id"] == old["experiment_id"] and len(kfp.experiments) == 1
+    listed = run_cli(["runs", "--json"], cwd=project, env=env_for(kfp))
+    assert listed.exit_code == 0, listed.output
+    assert json.loads(listed.stdout)["experiment"] == old_name
