@@ -134,11 +134,23 @@ class Console:
         self._out_stream.write(text if text.endswith("\n") else text + "\n")
         self._out_stream.flush()
 
-    def table(self, columns: Sequence[str], rows: Sequence[Sequence[str]], *, title: str | None = None) -> None:
-        """Print a table; cells are plain text."""
+    def table(
+        self,
+        columns: Sequence[str],
+        rows: Sequence[Sequence[str]],
+        *,
+        title: str | None = None,
+        whole: Sequence[str] = (),
+    ) -> None:
+        """Print a table; cells are plain text. The ``whole`` columns (ids, links) are never wrapped or cut,
+        so they can be copied; the others make room."""
         table = Table(title=title, show_edge=False, header_style="bold", pad_edge=False)
-        for column in columns:
-            table.add_column(column)
+        for index, column in enumerate(columns):
+            if column in whole:
+                longest = max((len(row[index]) for row in rows), default=0)
+                table.add_column(column, no_wrap=True, min_width=max(longest, len(column)))
+            else:
+                table.add_column(column)
         for row in rows:
             table.add_row(*(escape(self._clean(cell)) for cell in row))
         self._out.print(table)

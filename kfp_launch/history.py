@@ -9,15 +9,50 @@ so instead of guessing (docs/kfp-backend-notes.md, 'No metric values in the v2be
 from __future__ import annotations
 
 import json
+import re
 
 from kfp_launch.app import App
 from kfp_launch.errors import InputError
 from kfp_launch.experiments import experiment_names, find_experiment
+from kfp_launch.kfp_api import KfpApi
 from kfp_launch.models import RunStatus
 from kfp_launch.naming import run_key
 
 METRICS_NOTE = "metrics: not available from the KFP v2beta1 API (they live in ML Metadata)"
 MISSING = "(unset)"
+MIN_PREFIX = 8
+"""A run id may be given by a unique prefix of at least this many characters."""
+RESOLVE_AMONG = 200
+"""Prefixes are resolved among this many newest runs of the namespace (one list request)."""
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def resolve_run_id(api: KfpApi, given: str) -> str:
+    """The run id ``given`` names: a whole id as it is, else a unique prefix of at least 8 characters,
+    looked up among the newest :data:`RESOLVE_AMONG` runs of the namespace.
+
+    Raises:
+        InputError: a prefix shorter than 8 characters, or one that matches no run or several (listed).
+    """
+    given = given.strip()
+    if _UUID.fullmatch(given):
+        return given
+    if len(given) < MIN_PREFIX:
+        raise InputError(
+            f'"{given}" is too short to name a run: give the run id or at least {MIN_PREFIX} of its first characters.',
+            hint="kfp-launch runs lists this branch's runs with their ids.",
+        )
+    matches = [run for run in api.recent_runs(page_size=RESOLVE_AMONG) if run.run_id.startswith(given)]
+    if len(matches) == 1:
+        return matches[0].run_id
+    if not matches:
+        raise InputError(
+            f'No run id starts with "{given}" among the newest {RESOLVE_AMONG} runs of namespace '
+            f"{api.namespace or '(single-user)'}.",
+            hint="give the whole run id, or check KFP_NAMESPACE; kfp-launch runs lists this branch's runs.",
+        )
+    listed = ", ".join(f"{run.run_id} ({run.name})" for run in matches[:10])
+    raise InputError(f'"{given}" matches {len(matches)} runs: {listed}.', hint="give more of the run id.")
 
 
 def run_job(run: RunStatus) -> str:
@@ -108,10 +143,12 @@ def list_runs(app: App, *, experiment: str | None, job: str | None, limit: int, 
     rows = []
     for run in runs:
         duration = _duration(run)
-        params = ", ".join(f"{k}={json.dumps(v)}" for k, v in list(run.parameters.items())[:4])
+        effective = list(run.effective_parameters.items())
+        given_first = sorted(effective, key=lambda item: item[1][1])  # given values before defaults
+        params = ", ".join(f"{k}={_cell(run.effective_parameters, k)}" for k, _ in given_first[:4])
         rows.append(
             [
-                run.run_id[:8],
+                run.run_id,  # whole: watch, compare and cancel take it (or a unique 8-character prefix)
                 run_job(run),
                 run.state,
                 run.created_at.strftime("%Y-%m-%d %H:%M") if run.created_at else "",
@@ -121,7 +158,7 @@ def list_runs(app: App, *, experiment: str | None, job: str | None, limit: int, 
             ]
         )
     console.line(f'experiment "{name}" ({found.experiment_id}): {len(runs)} runs')
-    console.table(["run", "job", "state", "started (UTC)", "duration", "commit", "parameters"], rows)
+    console.table(["run", "job", "state", "started (UTC)", "duration", "commit", "parameters"], rows, whole=["run"])
     console.line(METRICS_NOTE, style="dim")
 
 
@@ -130,16 +167,20 @@ def compare_runs(app: App, run_a: str, run_b: str, *, as_json: bool) -> None:
     console = app.console
     api = app.kfp()
     retry = app.retry()
-    a = retry(lambda: api.get_run(run_a))
-    b = retry(lambda: api.get_run(run_b))
-    names = list(dict.fromkeys([*a.parameters, *b.parameters]))
-    differing = [n for n in names if a.parameters.get(n, MISSING) != b.parameters.get(n, MISSING)]
+    a = retry(lambda: api.get_run(resolve_run_id(api, run_a)))
+    b = retry(lambda: api.get_run(resolve_run_id(api, run_b)))
+    values_a, values_b = a.effective_parameters, b.effective_parameters
+    names = list(dict.fromkeys([*values_a, *values_b]))
+    differing = [n for n in names if values_a.get(n, (MISSING,))[0] != values_b.get(n, (MISSING,))[0]]
     if as_json:
         console.data(
             json.dumps(
                 {
                     "runs": [run_summary(a), run_summary(b)],
-                    "parameters": {n: [a.parameters.get(n), b.parameters.get(n)] for n in names},
+                    "parameters": {n: [values_a.get(n, (None,))[0], values_b.get(n, (None,))[0]] for n in names},
+                    "defaults": {
+                        n: [values_a.get(n, (None, False))[1], values_b.get(n, (None, False))[1]] for n in names
+                    },
                     "differences": differing,
                     "metrics": None,
                     "metrics_note": METRICS_NOTE,
@@ -150,11 +191,8 @@ def compare_runs(app: App, run_a: str, run_b: str, *, as_json: bool) -> None:
         )
         return
 
-    def cell(run: RunStatus, name: str) -> str:
-        return json.dumps(run.parameters[name]) if name in run.parameters else MISSING
-
     rows = [
-        [("≠ " if n in differing else "  ") + n, cell(a, n), cell(b, n)]
+        [("≠ " if n in differing else "  ") + n, _cell(values_a, n), _cell(values_b, n)]
         for n in sorted(names, key=lambda n: n not in differing)
     ]
     rows += [
@@ -165,3 +203,11 @@ def compare_runs(app: App, run_a: str, run_b: str, *, as_json: bool) -> None:
     console.table(["parameter", f"{a.name or a.run_id[:8]}", f"{b.name or b.run_id[:8]}"], rows)
     console.line(f"{len(differing)} of {len(names)} parameters differ")
     console.line(METRICS_NOTE, style="dim")
+
+
+def _cell(values: dict[str, tuple[object, bool]], name: str) -> str:
+    """A parameter's value as shown, ``(default)`` after a pipeline default; ``(unset)`` when it has none."""
+    if name not in values:
+        return MISSING
+    value, default = values[name]
+    return json.dumps(value) + (" (default)" if default else "")

@@ -197,6 +197,18 @@ class KfpApi:
         data = self._call(self._runs.run_service_list_runs, f"list runs of experiment {experiment_id}", **kwargs)
         return [parse_run(r) for r in data.get("runs") or []]
 
+    def recent_runs(self, *, page_size: int = 200) -> list[RunStatus]:
+        """The newest runs of our namespace (``GET /runs?namespace=&sort_by=created_at desc``), at most
+        ``page_size`` (the server's cap is 200)."""
+        data = self._call(
+            self._runs.run_service_list_runs,
+            f"list the runs of namespace {self.namespace or '(single-user)'}",
+            namespace=self.namespace,
+            page_size=page_size,
+            sort_by="created_at desc",
+        )
+        return [parse_run(r) for r in data.get("runs") or []]
+
     def list_runs_by_id(
         self, experiment_id: str, run_ids: list[str], *, timeout_s: float | None = None
     ) -> list[RunStatus]:
@@ -367,6 +379,12 @@ def _api_error(exc: Any, what: str, connection: Connection, *, write: bool) -> E
     if kind == Failure.TRANSIENT:
         return TransientKfpError(f"Kubeflow failed to {what}: HTTP {status} {message}".rstrip(), maybe_applied=write)
     error_class = KfpConflictError if kind == Failure.CONFLICT else KfpApiError
+    if status == 404:
+        return KfpApiError(
+            f"Kubeflow could not {what}: not found (HTTP 404) {message}".rstrip(),
+            hint="check the id (kfp-launch runs lists this branch's runs) and the namespace (KFP_NAMESPACE).",
+            status=404,
+        )
     hint = "nothing was changed by this request."
     if status >= 500:
         hint = (

@@ -96,7 +96,32 @@ def parse_run(data: Mapping[str, Any]) -> RunStatus:
         state_history=history,
         tasks=tuple(_task(t) for t in details.get("task_details") or []),
         parameters=dict((data.get("runtime_config") or {}).get("parameters") or {}),
+        parameter_defaults=_parameter_defaults(data.get("pipeline_spec")),
     )
+
+
+def _parameter_defaults(spec: object) -> dict[str, object]:
+    """The pipeline's parameter defaults from a run's ``pipeline_spec`` (``root.inputDefinitions.parameters
+    .<name>.defaultValue``; a spec with a platform spec comes wrapped as ``{"pipeline_spec": ..., ...}``)."""
+    if not isinstance(spec, Mapping):
+        return {}
+    if isinstance(spec.get("pipeline_spec"), Mapping):
+        spec = spec["pipeline_spec"]
+    root = spec.get("root") if isinstance(spec, Mapping) else None
+    inputs = (root or {}).get("inputDefinitions") or {} if isinstance(root, Mapping) else {}
+    parameters = inputs.get("parameters") or {} if isinstance(inputs, Mapping) else {}
+    return {
+        name: _typed(definition["defaultValue"], definition.get("parameterType"))
+        for name, definition in parameters.items()
+        if isinstance(definition, Mapping) and "defaultValue" in definition
+    }
+
+
+def _typed(value: object, parameter_type: object) -> object:
+    # protobuf Struct numbers are doubles: an integer parameter's default 300 is stored as 300.0.
+    if parameter_type == "NUMBER_INTEGER" and isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
 
 
 def _task(data: Mapping[str, Any]) -> TaskResult:

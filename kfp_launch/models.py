@@ -305,7 +305,9 @@ class RunStatus:
             'Where a failed run says why').
         state_history: ``(state, error message)`` pairs, oldest first.
         tasks: the run's tasks (``run_details.task_details``).
-        parameters: the runtime parameters.
+        parameters: the runtime parameters (the values the run was given).
+        parameter_defaults: the pipeline's defaults, from the run's pipeline spec (empty for runs of a
+            pipeline version, whose spec the run does not carry).
     """
 
     run_id: str
@@ -319,9 +321,17 @@ class RunStatus:
     state_history: tuple[tuple[RunState, str], ...] = ()
     tasks: tuple[TaskResult, ...] = ()
     parameters: Mapping[str, object] = field(default_factory=dict)
+    parameter_defaults: Mapping[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "state", RunState.parse(self.state))  # a plain string becomes the enum
+
+    @property
+    def effective_parameters(self) -> dict[str, tuple[object, bool]]:
+        """Every parameter's value and whether it is the pipeline's default (not given to the run)."""
+        values: dict[str, tuple[object, bool]] = {n: (v, False) for n, v in self.parameters.items()}
+        values.update({n: (v, True) for n, v in self.parameter_defaults.items() if n not in values})
+        return values
 
     @property
     def is_terminal(self) -> bool:

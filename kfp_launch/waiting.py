@@ -288,6 +288,7 @@ def print_outcomes(outcomes: Sequence[RunOutcome], console: Console) -> None:
     console.table(
         ["job", "state", "duration", "run"],
         [[o.job, o.state, f"{o.duration_s:.0f}s" if o.duration_s is not None else "", o.run_url] for o in outcomes],
+        whole=["run"],
     )
     for o in outcomes:
         if o.message:

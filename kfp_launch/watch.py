@@ -11,6 +11,7 @@ from dataclasses import replace
 
 from kfp_launch.app import App
 from kfp_launch.errors import ExitCode, KfpLaunchError, UsageError
+from kfp_launch.history import resolve_run_id
 from kfp_launch.models import RunOutcome
 from kfp_launch.polling import PREFLIGHT_OUTAGE_S
 from kfp_launch.state_file import StateEntry, read_state
@@ -28,7 +29,7 @@ def watch_run(app: App, run_id: str) -> ExitCode:
     """
     connection = app.connection()
     api = app.kfp(connection)
-    run = app.retry()(lambda: api.get_run(run_id))
+    run = app.retry()(lambda: api.get_run(resolve_run_id(api, run_id)))
     url = connection.run_url(run.run_id)
     app.console.url("run", url)
     base = RunOutcome(
@@ -59,13 +60,15 @@ def cancel_runs(app: App, run_id: str | None, state_file: str | None) -> ExitCod
         entries = read_state(app.project_dir / state_file)
     elif run_id:
         connection = app.connection()
+        given = run_id
+        resolved = app.retry()(lambda: resolve_run_id(app.kfp(connection), given))
         entries = [
             StateEntry(
-                run_id=run_id,
+                run_id=resolved,
                 experiment_id="",
                 host=connection.host,
                 namespace=connection.namespace,
-                url=connection.run_url(run_id),
+                url=connection.run_url(resolved),
                 job="",
                 cancel_policy="terminate",
             )

@@ -47,15 +47,57 @@ def test_runs_of_another_job_or_unknown_experiment(run_cli: RunCli, project: Pat
 def test_compare_shows_parameter_differences_side_by_side(run_cli: RunCli, project: Path, kfp: FakeKfpServer) -> None:
     first, second = launch_two(run_cli, project, kfp)
     data = json.loads(run_cli(["compare", first, second, "--json"], cwd=project, env=env_for(kfp)).stdout)
-    assert data["parameters"] == {"a": [1, 5], "label": [None, "x"]}
-    assert data["differences"] == ["a", "label"]
+    # effective values: what the run was given, else the pipeline's default (from the run's spec)
+    assert data["parameters"] == {"a": [1, 5], "label": ["007", "x"], "b": [3, 3], "flag": [False, False],
+                                  "weights": [[1, 2], [1, 2]], "extra": [{"k": 1}, {"k": 1}], "rate": [0.5, 0.5]}
+    assert data["differences"] == ["a", "label"]  # only real differences
+    assert data["defaults"]["label"] == [True, False]
     assert [r["state"] for r in data["runs"]] == ["SUCCEEDED", "FAILED"]
     table = run_cli(["compare", first, second], cwd=project, env=env_for(kfp))
-    assert "≠ a" in table.stdout and "2 of 2 parameters differ" in table.stdout
-    assert "(unset)" in table.stdout
+    assert "≠ a" in table.stdout and "2 of 7 parameters differ" in table.stdout
+    assert '"007" (default)' in table.stdout and "3 (default)" in table.stdout and "(unset)" not in table.stdout
 
 
-def test_compare_unknown_run_is_exit_3(run_cli: RunCli, project: Path, kfp: FakeKfpServer) -> None:
-    result = run_cli(["compare", "nope-a", "nope-b"], cwd=project, env=env_for(kfp))
-    assert result.exit_code == ExitCode.INVALID_INPUT
-    assert "HTTP 404" in result.stderr
+def test_the_ids_runs_prints_work_in_compare_and_watch_and_a_prefix_does_too(
+    run_cli: RunCli, project: Path, kfp: FakeKfpServer
+) -> None:
+    first, second = launch_two(run_cli, project, kfp)
+    table = run_cli(["runs"], cwd=project, env=env_for(kfp)).stdout
+    assert first in table and second in table
+    by_prefix = run_cli(["compare", first[:8], second[:12], "--json"], cwd=project, env=env_for(kfp))
+    assert by_prefix.exit_code == 0, by_prefix.output
+    assert [r["run_id"] for r in json.loads(by_prefix.stdout)["runs"]] == [first, second]
+    watched = run_cli(["watch", first[:8]], cwd=project, env=env_for(kfp))
+    assert watched.exit_code == 0, watched.output
+
+
+def test_compare_shows_a_default_as_the_pipelines_value(run_cli: RunCli, tmp_path: Path, kfp: FakeKfpServer) -> None:
+    import shutil
+
+    from tests.helpers import REPO_ROOT
+
+    iris = tmp_path / "iris"
+    shutil.copytree(REPO_ROOT / "examples" / "iris", iris, ignore=shutil.ignore_patterns(".kfp-launch"))
+    for steps in (None, "20"):
+        kfp.script_run(["SUCCEEDED"])
+        args = ["run", "train", "--no-wait"] + (["-p", f"steps={steps}"] if steps else [])
+        assert run_cli(args, cwd=iris, env=env_for(kfp, CI_PIPELINE_ID=str(steps))).exit_code == 0
+    first, second = [r["run_id"] for r in sorted(kfp.runs.values(), key=lambda r: r["created_at"])]
+    table = run_cli(["compare", first, second], cwd=iris, env=env_for(kfp)).stdout
+    assert "300 (default)" in table and "≠ steps" in table
+
+
+def test_unknown_short_or_ambiguous_run_ids_are_exit_3_saying_which(
+    run_cli: RunCli, project: Path, kfp: FakeKfpServer
+) -> None:
+    short = run_cli(["compare", "nope-a", "nope-b"], cwd=project, env=env_for(kfp))
+    assert short.exit_code == ExitCode.INVALID_INPUT and '"nope-a" is too short to name a run' in short.stderr
+    unknown = run_cli(["watch", "abcdef12"], cwd=project, env=env_for(kfp))
+    assert unknown.exit_code == ExitCode.INVALID_INPUT and 'No run id starts with "abcdef12"' in unknown.stderr
+    missing = run_cli(["watch", "00000000-0000-0000-0000-000000000000"], cwd=project, env=env_for(kfp))
+    assert missing.exit_code == ExitCode.INVALID_INPUT and "not found (HTTP 404)" in missing.stderr
+    experiment = kfp.add_experiment("e")["experiment_id"]
+    for run_id in ("abcdef12-0000-4000-8000-000000000001", "abcdef12-0000-4000-8000-000000000002"):
+        kfp.add_run(experiment, "twin", run_id=run_id)
+    ambiguous = run_cli(["compare", "abcdef12", "abcdef12-0000-4000-8000-000000000001"], cwd=project, env=env_for(kfp))
+    assert ambiguous.exit_code == ExitCode.INVALID_INPUT and '"abcdef12" matches 2 runs' in ambiguous.stderr
