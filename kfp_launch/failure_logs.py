@@ -11,6 +11,7 @@ container tasks, backend/src/v2/compiler/argocompiler/container.go); else the ta
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 from kfp_launch.console import Console
@@ -20,24 +21,35 @@ from kfp_launch.models import RunStatus, TaskResult
 from kfp_launch.states import RunState
 
 EXECUTOR_MARK = "system-container-impl"
-DRIVER_MARK = "system-container-driver"
+DRIVER_MARKS = ("system-container-driver", "system-dag-driver")  # argocompiler container.go and dag.go
 
 
 def log_pods(task: TaskResult) -> tuple[list[str], list[str]]:
     """A task's pods in the order their logs are tried: the executor first, then the task's own pod, then
     any other pod; and, apart, the driver pods (tried only when none of those has a log)."""
     pods = list(dict.fromkeys([*task.node_ids, *([task.pod_name] if task.pod_name else [])]))
-    drivers = [pod for pod in pods if DRIVER_MARK in pod]
+    drivers = [pod for pod in pods if any(mark in pod for mark in DRIVER_MARKS)]
     executors = [pod for pod in pods if EXECUTOR_MARK in pod]
     own = [task.pod_name] if task.pod_name and task.pod_name not in executors + drivers else []
     others = [pod for pod in pods if pod not in executors + drivers + own]
     return executors + own + others, drivers
 
 
-def explain_failure(api: KfpApi, status: RunStatus, console: Console, *, log_lines: int, job: str = "") -> RunStatus:
+def explain_failure(
+    api: KfpApi,
+    status: RunStatus,
+    console: Console,
+    *,
+    log_lines: int,
+    job: str = "",
+    time_left: Callable[[], float | None] = lambda: None,
+) -> RunStatus:
     """Name the failing tasks with their errors and print the last ``log_lines`` lines of each one's log
     (:func:`log_pods` says which pod). Best effort: a log that cannot be read is a warning (a 403 too:
     newer backends check a separate ``readLog`` permission), never an error.
+
+    ``time_left`` (seconds until the wait deadline, None: no deadline) bounds every request; when it is
+    spent, the logs not read yet are skipped, saying so.
 
     Returns:
         ``status`` with each failed task's ``log_tail`` and ``log_source`` filled in, for the reports.
@@ -45,7 +57,7 @@ def explain_failure(api: KfpApi, status: RunStatus, console: Console, *, log_lin
     prefix = f"{job}: " if job else ""
     if not status.tasks:
         try:
-            status = api.get_run(status.run_id)  # a list response may carry no task details
+            status = api.get_run(status.run_id, timeout_s=time_left())  # a list may carry no task details
         except KfpLaunchError as exc:
             console.warn(f"could not read why {job or status.run_id} failed: {exc.message}")
     failing = [t for t in status.tasks if t.state == RunState.FAILED]
@@ -58,19 +70,30 @@ def explain_failure(api: KfpApi, status: RunStatus, console: Console, *, log_lin
     explained = {}
     for task in failing:
         console.line(f"{prefix}task {task.name} FAILED" + (f": {task.error}" if task.error else ""), style="red")
-        explained[task.name] = _with_log(api, status.run_id, task, console, log_lines)
+        explained[task.name] = _with_log(api, status.run_id, task, console, log_lines, time_left)
     return replace(
         status, tasks=tuple(explained.get(t.name, t) if t.state == RunState.FAILED else t for t in status.tasks)
     )
 
 
-def _with_log(api: KfpApi, run_id: str, task: TaskResult, console: Console, log_lines: int) -> TaskResult:
+def _with_log(
+    api: KfpApi,
+    run_id: str,
+    task: TaskResult,
+    console: Console,
+    log_lines: int,
+    time_left: Callable[[], float | None],
+) -> TaskResult:
     if log_lines <= 0:
         return task
     preferred, drivers = log_pods(task)
     for pods, fallback in ((preferred, False), (drivers, True)):
         for pod in pods:
-            lines = _tail(api, run_id, pod, console, log_lines)
+            left = time_left()
+            if left is not None and left <= 0:
+                console.line("  (the wait deadline has passed: the rest of the logs are not read)", style="dim")
+                return task
+            lines = _tail(api, run_id, pod, console, log_lines, left)
             if not lines:
                 continue
             if fallback:
@@ -83,9 +106,9 @@ def _with_log(api: KfpApi, run_id: str, task: TaskResult, console: Console, log_
     return task
 
 
-def _tail(api: KfpApi, run_id: str, pod: str, console: Console, log_lines: int) -> list[str]:
+def _tail(api: KfpApi, run_id: str, pod: str, console: Console, log_lines: int, timeout_s: float | None) -> list[str]:
     try:
-        text = api.task_log(run_id, pod)
+        text = api.task_log(run_id, pod, timeout_s=timeout_s)
     except KfpAuthError as exc:
         console.warn(f"the log of {pod} is not readable with these credentials: {exc.message}")
         return []

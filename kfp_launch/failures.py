@@ -2,7 +2,8 @@
 while submitting (nothing of ours exists yet, or the run is being created) and while waiting (the run exists).
 
 A transient failure is retried with backoff until ``--max-outage`` (then exit 5, and the CI template's retry
-attaches to the run); a permanent one stops at once with the server's message (exit 3, nothing submitted).
+attaches to the run); a permanent one stops at once with the server's message (exit 3; runs this command
+already submitted for other jobs are terminated).
 Once the run exists kfp-launch never exits 2 or 3: only a refused login (4), a deleted run (7) or an outage
 longer than ``--max-outage`` (5) end the wait early. The README shows this table; ``tests/test_failures.py``
 has a test per row.
@@ -33,10 +34,12 @@ class Failure(StrEnum):
 PERMANENT_500_MARKERS = (
     "Data too long",  # MySQL error 1406: text longer than its column (strict mode)
     "Incorrect string value",  # MySQL error 1366: 4-byte UTF-8 in a 3-byte utf8 column
-    "Too long: must have at most",  # Kubernetes: the Workflow's annotations or object too large
+    "Too long: must have at most",  # Kubernetes: the Workflow's annotations too large (KFP 2.0-2.2)
+    "etcdserver: request is too large",  # Kubernetes: the Workflow object too large (kubeflow/pipelines#9837)
+    "Request entity too large",
     "InvalidInputError",  # KFP's own validation wrapped in a 500 (backend/src/common/util/error.go)
     "Invalid input error",
-    "is invalid",  # Kubernetes refused the Workflow object ("Workflow.argoproj.io ... is invalid")
+    "Workflow.argoproj.io",  # Kubernetes refused the Workflow object ('Workflow.argoproj.io "x" is invalid: ...')
 )
 """Messages that make a 500 permanent: the input is too long, invalid or not storable, and every retry
 would get the same answer (docs/kfp-backend-notes.md, 'Errors and status codes')."""
@@ -47,7 +50,11 @@ TABLE: tuple[tuple[str, Failure, Failure], ...] = (
     ("HTTP 500 without a validation message", Failure.TRANSIENT, Failure.TRANSIENT),
     ("HTTP 500 saying the input is too long, invalid or not storable", Failure.PERMANENT, Failure.TRANSIENT),
     ("HTTP 400, 422 and other 4xx", Failure.PERMANENT, Failure.TRANSIENT),
-    ("a 200 whose body is not JSON", Failure.PERMANENT, Failure.TRANSIENT),
+    (
+        "a 200 whose body is not a run or experiment (a create's: retried after looking the run up by key)",
+        Failure.PERMANENT,
+        Failure.TRANSIENT,
+    ),
     ("TLS verification failed", Failure.PERMANENT, Failure.TRANSIENT),
     ("HTTP 401, 403; a login page", Failure.AUTH, Failure.AUTH),
     ("HTTP 404", Failure.PERMANENT, Failure.NOT_FOUND),

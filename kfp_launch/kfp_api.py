@@ -171,8 +171,14 @@ class KfpApi:
             runtime_config=config.runtime_config,
             service_account=service_account,
         )
-        data = self._call(self._runs.run_service_create_run, f'create run "{display_name}"', run=body, write=True)
-        return parse_run(data)
+        what = f'create run "{display_name}"'
+        try:
+            return parse_run(self._call(self._runs.run_service_create_run, what, run=body, write=True))
+        except KfpApiError as exc:
+            if exc.status:  # a refusal: the run was not created
+                raise
+            # A 2xx whose body is not a run: it may have been stored; the caller finds it by its key.
+            raise TransientKfpError(exc.message, maybe_applied=True) from None
 
     def get_run(self, run_id: str, *, timeout_s: float | None = None) -> RunStatus:
         """Read a run with its task details (``GET /runs/{id}``), within ``timeout_s`` seconds if given."""
@@ -249,16 +255,15 @@ class KfpApi:
             timeout=self._bounded(timeout_s),
         )
 
-    def task_log(self, run_id: str, node_id: str) -> str:
+    def task_log(self, run_id: str, node_id: str, *, timeout_s: float | None = None) -> str:
         """A task's log as text (``GET /apis/v1alpha1/runs/{run}/nodes/{node}/log``: kubeflow/pipelines
         backend/src/apiserver/server/run_log_server.go (2.17.0), ``ReadRunLogV1``): the ``main`` container
         of the pod named ``node_id`` (backend ``ResourceManager.ReadLog``)."""
-        body = self._get_raw(
-            f"/apis/v1alpha1/runs/{run_id}/nodes/{node_id}/log", f"read the log of {node_id}", "text/plain"
-        )
+        path = f"/apis/v1alpha1/runs/{run_id}/nodes/{node_id}/log"
+        body = self._get_raw(path, f"read the log of {node_id}", "text/plain", timeout_s=timeout_s)
         return body.decode("utf-8", errors="replace")
 
-    def workflow_terminated(self, run_id: str) -> bool | None:
+    def workflow_terminated(self, run_id: str, *, timeout_s: float | None = None) -> bool | None:
         """Whether KFP terminated the run's workflow: True when its stored Argo Workflow has
         ``spec.activeDeadlineSeconds`` 0, which is how ``TerminateWorkflow`` stops it
         (backend/src/apiserver/resource/resource_manager.go (2.17.0)) and what stays after the run ends FAILED,
@@ -269,16 +274,15 @@ class KfpApi:
             True or False from the manifest; None when it cannot tell (refused, absent, unreadable).
         """
         try:
-            body = self._get_raw(
-                f"/apis/v1beta1/runs/{run_id}", f"read the workflow of run {run_id}", "application/json"
-            )
+            path, what = f"/apis/v1beta1/runs/{run_id}", f"read the workflow of run {run_id}"
+            body = self._get_raw(path, what, "application/json", timeout_s=timeout_s)
             manifest = json.loads(json.loads(body)["pipeline_runtime"]["workflow_manifest"])
             deadline = manifest["spec"].get("activeDeadlineSeconds")
         except (KfpLaunchError, ValueError, KeyError, TypeError, AttributeError):
             return None
         return bool(deadline == 0)
 
-    def _get_raw(self, path: str, what: str, accept: str) -> bytes:
+    def _get_raw(self, path: str, what: str, accept: str, *, timeout_s: float | None = None) -> bytes:
         """GET a path outside the generated v2beta1 API (same client, auth headers and timeout); the body."""
         with self._translated(what, write=False):
             raw = self._runs.api_client.call_api(
@@ -287,7 +291,7 @@ class KfpApi:
                 header_params={"Accept": accept},
                 auth_settings=["Bearer"],
                 _preload_content=False,
-                _request_timeout=self._timeout,
+                _request_timeout=self._bounded(timeout_s) or self._timeout,
                 _return_http_data_only=True,
             )
             body = bytes(raw.data or b"")
@@ -301,7 +305,8 @@ class KfpApi:
         if timeout_s is None:
             return None
         limit = max(timeout_s, 0.05)
-        return (min(self._timeout[0], limit), min(self._timeout[1], limit))
+        connect = min(self._timeout[0], limit / 2)  # connect and read together stay within the limit
+        return (connect, min(self._timeout[1], limit - connect))
 
     def _call(
         self,

@@ -21,6 +21,7 @@ from kfp_launch.models import Experiment, RunOutcome
 from kfp_launch.plan import plan_jobs, print_plan
 from kfp_launch.polling import PREFLIGHT_OUTAGE_S
 from kfp_launch.reporting import Reporting
+from kfp_launch.state_file import recorded_by_this_job
 from kfp_launch.states import OutcomeState, exit_code_for
 from kfp_launch.submission import (
     PlannedRun,
@@ -117,9 +118,13 @@ def _not_waited(tracked: Tracked, console: Console) -> RunOutcome:
 
 def clear_previous_run_files(app: App) -> None:
     """Remove the state file and reports an earlier run left (in CI: an earlier job's artifacts), so that
-    nothing of another run is cancelled by the after_script or re-published as this job's reports."""
+    nothing of another run is cancelled by the after_script or re-published as this job's reports. A state
+    file this same CI job wrote (several ``run`` commands in one job) is kept: its runs are added to."""
     settings = app.settings
-    for name in (settings.state_file, settings.dotenv_report, settings.junit_report, settings.metrics_report):
+    names = [settings.dotenv_report, settings.junit_report, settings.metrics_report]
+    if not recorded_by_this_job(app.project_dir / settings.state_file, app.ci.job_id):
+        names.append(settings.state_file)
+    for name in names:
         try:
             (app.project_dir / name).unlink(missing_ok=True)
         except OSError:

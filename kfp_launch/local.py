@@ -81,13 +81,14 @@ def run_locally(app: App, plan: JobPlan) -> RunOutcome:
         ) from None
     except LocalCrashError as exc:
         log = root / "kfp-local.log"
-        if not exc.task:  # refused before any task ran: the pipeline or its arguments
+        if not exc.task and not exc.after:  # refused before any task ran: the pipeline or its arguments
             raise PipelineError(
                 f"kfp.local refused job {compiled.job} before running it: {exc}",
                 hint=f"fix the pipeline or its parameters, or run the job on Kubeflow; the log is in {log}.",
             ) from None
+        where = f"in task {exc.task}" if exc.task else f"after task {exc.after} finished"
         raise LocalRunError(
-            f"The local run of job {compiled.job} failed in task {exc.task}: {exc}",
+            f"The local run of job {compiled.job} failed {where}: {exc}",
             hint=f"see the task's output in {log}.",
         ) from None
     except LocalWorkerDiedError as exc:

@@ -61,13 +61,15 @@ class LocalCrashError(RuntimeError):
     """kfp.local raised an error of its own (not a task's failure).
 
     Attributes:
-        task: the task running when it happened ('' before any task started: kfp.local refused the pipeline
-            or its arguments before running anything).
+        task: the task running when it happened ('' when none was).
+        after: the last task that had finished ('' when none had: kfp.local refused the pipeline or its
+            arguments before running anything).
     """
 
-    def __init__(self, message: str, *, task: str) -> None:
+    def __init__(self, message: str, *, task: str, after: str = "") -> None:
         super().__init__(message)
         self.task = task
+        self.after = after
 
 
 def strip_ansi(text: str) -> str:
@@ -147,7 +149,7 @@ def run_local(
     if result.get("unsupported"):
         raise UnsupportedLocallyError(result["unsupported"])
     if result.get("crash"):
-        raise LocalCrashError(result["crash"], task=result.get("crash_task", ""))
+        raise LocalCrashError(result["crash"], task=result.get("crash_task", ""), after=result.get("crash_after", ""))
     if not result:
         if worker.returncode < 0:
             name = signal.Signals(-worker.returncode).name

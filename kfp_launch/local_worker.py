@@ -46,14 +46,12 @@ class _TaskTracker(logging.Filter):
         self._started: dict[str, float] = {}
         self._lines: dict[str, list[str]] = {}
         self.finished: list[TaskResult] = []
-        self.last_started = ""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = strip_ansi(record.getMessage())
         if match := _EXECUTING_RE.match(message):
             with self._lock:
                 self._current[record.thread or 0] = match["task"]
-                self.last_started = match["task"]
                 self._started[match["task"]] = self._clock()
                 self._lines[match["task"]] = []
         elif match := _FINISHED_RE.match(message):
@@ -61,6 +59,12 @@ class _TaskTracker(logging.Filter):
                 match["task"], _STATES.get(match["status"]) or RunState.parse(match["status"]), record.thread or 0
             )
         return True
+
+    @property
+    def running(self) -> str:
+        """A task running now ('' when none)."""
+        with self._lock:
+            return next(iter(self._current.values()), "")
 
     def _finish(self, task: str, state: RunState, thread: int) -> None:
         with self._lock:
@@ -168,10 +172,10 @@ def _worker_main() -> int:
     tracker = _TaskTracker(on_task, time.monotonic)
     done: dict[str, Any] = {"event": "done", "outputs": {}, "error": "", "failed_task": ""}
     with open(request["log_path"], "w", encoding="utf-8") as log, _observing(tracker):
-        local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=request["pipeline_root"])
-        component = components.load_component_from_text(request["package_yaml"])
         stream = _CaptureStream(log, tracker, echo, request["secrets"])
         try:
+            local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=request["pipeline_root"])
+            component = components.load_component_from_text(request["package_yaml"])
             with contextlib.redirect_stdout(stream), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 task = component(**request["arguments"])
@@ -183,7 +187,11 @@ def _worker_main() -> int:
             else:  # kfp.local's own refusal (e.g. a container component: lightweight components only)
                 done["unsupported"] = error
         except Exception as exc:  # noqa: BLE001 - the worker's boundary: say what kfp.local raised, no traceback
-            done.update(crash=f"{type(exc).__name__}: {strip_ansi(str(exc))}", crash_task=tracker.last_started)
+            done.update(
+                crash=f"{type(exc).__name__}: {strip_ansi(str(exc))}",
+                crash_task=tracker.running,
+                crash_after=tracker.finished[-1].name if tracker.finished else "",
+            )
         for key in ("error", "crash", "unsupported"):
             if key in done:
                 done[key] = stream.mask(done[key])

@@ -345,12 +345,13 @@ def without_caching(package_yaml: str) -> str:
     return yaml.safe_dump_all(documents, sort_keys=False)
 
 
-def packages_to_install(package_yaml: str) -> dict[str, list[str]]:
-    """Each executor's ``packages_to_install`` (and the ``kfp`` package its prologue installs), by executor.
+def packages_to_install(package_yaml: str) -> dict[str, list[list[str]]]:
+    """Each executor's ``pip install`` commands (``packages_to_install`` and the ``kfp`` package its prologue
+    installs), as their argument words (requirements and pip options), by executor.
 
     The SDK puts them in the container command's ``sh -c`` prologue as ``python3 -m pip install ... 'pkg'``
     commands joined by ``&&`` (``kfp/dsl/component_factory.py``, ``_get_packages_to_install_command``); this
-    reads them back with ``shlex``, leaving out pip's options and their values.
+    reads them back with ``shlex``.
     """
     import shlex
 
@@ -358,7 +359,7 @@ def packages_to_install(package_yaml: str) -> dict[str, list[str]]:
 
     spec = next(iter(yaml.safe_load_all(package_yaml)))
     executors = ((spec.get("deploymentSpec") or {}).get("executors")) or {}
-    found: dict[str, list[str]] = {}
+    found: dict[str, list[list[str]]] = {}
     for name, executor in executors.items():
         command = ((executor.get("container") or {}).get("command")) or []
         script = command[2] if len(command) > 2 and command[:2] == ["sh", "-c"] else ""
@@ -366,28 +367,21 @@ def packages_to_install(package_yaml: str) -> dict[str, list[str]]:
             words = shlex.split(script)
         except ValueError:
             continue
-        requirements = _pip_install_arguments(words)
-        if requirements:
-            found[name] = requirements
+        installs = _pip_installs(words)
+        if installs:
+            found[name] = installs
     return found
 
 
-_PIP_OPTIONS_WITH_VALUE = frozenset({"-i", "--index-url", "--extra-index-url", "--trusted-host", "-f", "--find-links"})
-
-
-def _pip_install_arguments(words: list[str]) -> list[str]:
-    requirements: list[str] = []
+def _pip_installs(words: list[str]) -> list[list[str]]:
+    installs: list[list[str]] = []
     for start in range(len(words) - 3):
         if words[start + 1 : start + 4] != ["-m", "pip", "install"]:
             continue
-        skip = False
+        arguments: list[str] = []
         for word in words[start + 4 :]:
             if word in ("&&", "||", ";"):
                 break
-            if skip:
-                skip = False
-            elif word in _PIP_OPTIONS_WITH_VALUE:
-                skip = True
-            elif not word.startswith("-"):
-                requirements.append(word)
-    return requirements
+            arguments.append(word)
+        installs.append(arguments)
+    return installs

@@ -243,14 +243,19 @@ class RunReader(Protocol):
 
 
 def read_runs(
-    api: RunReader, experiment_id: str, run_ids: Sequence[str], *, timeout_s: float | None = None
+    api: RunReader,
+    experiment_id: str,
+    run_ids: Sequence[str],
+    *,
+    time_left: Callable[[], float | None] = lambda: None,
 ) -> dict[str, RunStatus]:
     """One poll tick: every run's status, by run id, in as few requests as the API allows.
 
     One run is one ``GET /runs/{id}``; several are one filtered ``GET /runs`` per :data:`IDS_PER_REQUEST`
     ids. A run the list no longer has (or every run, when the list itself answers 404: the experiment is
     gone) is read by id; a run whose read answers 404 was deleted and is reported CANCELED with the error
-    :data:`DELETED` (exit 7), in both cases. Each request ends within ``timeout_s`` seconds if given.
+    :data:`DELETED` (exit 7), in both cases. Each request ends within ``time_left()`` seconds (asked before
+    each one; None: its own timeout).
 
     Raises:
         TransientKfpError, KfpAuthError: as the requests raise them (the caller retries).
@@ -261,7 +266,8 @@ def read_runs(
     if len(ids) > 1:
         for start in range(0, len(ids), IDS_PER_REQUEST):
             try:
-                listed = api.list_runs_by_id(experiment_id, ids[start : start + IDS_PER_REQUEST], timeout_s=timeout_s)
+                chunk = ids[start : start + IDS_PER_REQUEST]
+                listed = api.list_runs_by_id(experiment_id, chunk, timeout_s=time_left())
             except KfpApiError as exc:
                 if exc.status != 404:
                     raise
@@ -269,7 +275,7 @@ def read_runs(
             statuses.update((s.run_id, s) for s in listed if s.run_id in ids)
     for run_id in ids:
         if run_id not in statuses:
-            statuses[run_id] = _read_one(api, run_id, timeout_s)
+            statuses[run_id] = _read_one(api, run_id, time_left())
     return statuses
 
 

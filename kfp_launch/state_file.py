@@ -97,3 +97,14 @@ def mark_detached(path: Path, run_ids: Iterable[str]) -> None:
     if not ids or not path.is_file():
         return
     write_state(path, [replace(e, cancel_policy="detach") if e.run_id in ids else e for e in read_state(path)])
+
+
+def recorded_by_this_job(path: Path, ci_job_id: str | None) -> bool:
+    """Whether the state file at ``path`` holds runs of this CI job only (``CI_JOB_ID``; never outside CI)."""
+    if not ci_job_id or not path.is_file():
+        return False
+    try:
+        entries = read_state(path)
+    except InputError:
+        return False
+    return bool(entries) and all(e.ci_job_id == ci_job_id for e in entries)

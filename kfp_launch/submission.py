@@ -32,7 +32,7 @@ from kfp_launch.models import Experiment, RunStatus
 from kfp_launch.naming import attach_prefixes, inputs_digest, new_run_key, run_key
 from kfp_launch.pipeline_package import without_caching
 from kfp_launch.plan import JobPlan
-from kfp_launch.state_file import StateEntry, write_state
+from kfp_launch.state_file import StateEntry, read_state, recorded_by_this_job, write_state
 from kfp_launch.states import RunState
 from kfp_launch.termination import terminate_runs
 
@@ -236,14 +236,15 @@ def submit_recorded(app: App, api: KfpApi, experiment: Experiment, planned: list
         )
         for p in planned
     ]
-    write_state(state_path, entries)
+    earlier = read_state(state_path) if recorded_by_this_job(state_path, ci.job_id) else []  # same CI job's runs
+    write_state(state_path, earlier + entries)
     submitted: list[SubmittedRun] = []
     try:
         for i, p in enumerate(planned):
             run, attached = submit_or_attach(app, api, experiment, p)
             url = api.connection.run_url(run.run_id)
             entries[i] = replace(entries[i], run_id=run.run_id, url=url, run_key=run_key(run.description) or p.key)
-            write_state(state_path, entries)
+            write_state(state_path, earlier + entries)
             console.url(p.plan.job if len(planned) > 1 else "run", url)
             if not attached:
                 console.line("submitted run " + run.run_id)
@@ -252,7 +253,17 @@ def submit_recorded(app: App, api: KfpApi, experiment: Experiment, planned: list
         _terminate_submitted(app, api, experiment, planned, submitted)
         raise
     except KfpUnavailableError:
-        write_state(state_path, [replace(e, cancel_policy="detach") for e in entries])
+        write_state(state_path, earlier + [replace(e, cancel_policy="detach") for e in entries])
+        raise
+    except KfpLaunchError as exc:
+        if not submitted:
+            raise
+        # A later job was refused (e.g. too large for the backend): the command fails, so it does not leave
+        # the earlier runs behind unwatched.
+        run_ids = [s.run.run_id for s in submitted]
+        with interrupts.deferred():
+            terminate_runs(api, run_ids, console, why=f"job {planned[len(submitted)].plan.job} was refused")
+        exc.message += f" The runs already submitted ({', '.join(s.plan.job for s in submitted)}) were terminated."
         raise
     return submitted
 
@@ -296,7 +307,8 @@ def submit_or_attach(app: App, api: KfpApi, experiment: Experiment, planned: Pla
             return earlier, True
         if other is not None:
             app.console.line(
-                f"this CI job ran {compiled.job} with other inputs before (run {other.run_id}); submitting a new run"
+                f"this CI job ran {compiled.job} with other inputs before (run {other.run_id}, {other.state}); "
+                "submitting a new run"
             )
     description = run_description(compiled, ci, planned.key, jira_url=app.jira_url)
     package_yaml = without_caching(compiled.package_yaml) if settings.no_cache else compiled.package_yaml

@@ -8,7 +8,7 @@ CANCELED (exit 7) whatever the number of runs.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -118,13 +118,17 @@ def wait_and_report(
         _report(reporting, _stopped(tracked, seen, OutcomeState.ERROR, exc.exit_code, exc.message, clock() - started))
         raise
     outcomes = [_outcome(t, result, waited_s=clock() - started, canceling=canceling) for t in tracked]
+
+    def time_left() -> float | None:  # every request after the wait ends by the deadline too
+        return None if deadline is None else deadline - clock()
+
     try:
-        outcomes = [_terminated_elsewhere(api, o) if o.state == OutcomeState.FAILED else o for o in outcomes]
+        outcomes = [_terminated_elsewhere(api, o, time_left) if o.state == OutcomeState.FAILED else o for o in outcomes]
         if result.reason == "deadline":
             outcomes = _at_deadline(app, api, outcomes, deadline_source)
         if state_path is not None:
             mark_detached(state_path, [o.run_id for o in outcomes if _left_running(o, settings.on_timeout)])
-        outcomes = [_explained(app, api, o, seen[o.run_id], several=len(outcomes) > 1) for o in outcomes]
+        outcomes = [_explained(app, api, o, seen[o.run_id], time_left, several=len(outcomes) > 1) for o in outcomes]
         print_outcomes(outcomes, app.console)
     except (Interrupted, KeyboardInterrupt):
         with interrupts.deferred():
@@ -153,9 +157,11 @@ def _poll(
         with progress_for(console, {t.base.run_id: t.base.job for t in tracked}) as progress:
 
             def fetch() -> dict[str, RunStatus]:
-                left = None if deadline is None else deadline - app.runtime.clock()
+                def left() -> float | None:
+                    return None if deadline is None else deadline - app.runtime.clock()
+
                 try:  # every request ends by the deadline; the run exists: see failures.while_waiting
-                    statuses = read_runs(api, tracked[0].base.experiment_id, ids, timeout_s=left)
+                    statuses = read_runs(api, tracked[0].base.experiment_id, ids, time_left=left)
                 except KfpLaunchError as exc:
                     raise while_waiting(exc) from exc
                 seen.update(statuses)
@@ -248,11 +254,12 @@ def _final_state(status: RunStatus, *, canceling_seen: bool = False) -> tuple[Ou
     return OutcomeState.FAILED, ("failed tasks: " + ", ".join(failed)) if failed else "see the run's page"
 
 
-def _terminated_elsewhere(api: KfpApi, outcome: RunOutcome) -> RunOutcome:
+def _terminated_elsewhere(api: KfpApi, outcome: RunOutcome, time_left: Callable[[], float | None]) -> RunOutcome:
     """A FAILED run whose CANCELING was never seen may still have been terminated from outside: KFP's
     terminate leaves the run's Workflow with ``activeDeadlineSeconds: 0`` (``KfpApi.workflow_terminated``).
     Canceled (7) when that says so; FAILED (6) otherwise, saying so when nothing could tell."""
-    terminated = api.workflow_terminated(outcome.run_id)
+    left = time_left()
+    terminated = None if left is not None and left <= 0 else api.workflow_terminated(outcome.run_id, timeout_s=left)
     if terminated:
         state = OutcomeState.CANCELED
         message = "the run was terminated by someone else (its workflow's deadline was set to 0)"
@@ -271,12 +278,22 @@ def _at_deadline(app: App, api: KfpApi, outcomes: list[RunOutcome], source: str)
     return [replace(o, message=message) if o.run_id in late else o for o in outcomes]
 
 
-def _explained(app: App, api: KfpApi, outcome: RunOutcome, status: RunStatus, *, several: bool) -> RunOutcome:
+def _explained(
+    app: App,
+    api: KfpApi,
+    outcome: RunOutcome,
+    status: RunStatus,
+    time_left: Callable[[], float | None],
+    *,
+    several: bool,
+) -> RunOutcome:
     """A FAILED outcome with its failing tasks' log tails (printed now, carried to JUnit and the note)."""
     if outcome.state != OutcomeState.FAILED:
         return outcome
     job = outcome.job if several else ""
-    explained = explain_failure(api, status, app.console, log_lines=app.settings.log_lines, job=job)
+    explained = explain_failure(
+        api, status, app.console, log_lines=app.settings.log_lines, job=job, time_left=time_left
+    )
     return replace(outcome, tasks=explained.tasks or outcome.tasks)
 
 

@@ -967,8 +967,8 @@ class FakeKfpServer(LoopbackServer):
              after_handling: bool = False, token: str | None = None) -> Fault:
         """Close the connection of matching requests without answering.
 
-        urllib3 retries a dropped GET up to 3 times silently (so ``times=1`` on a GET is invisible to the
-        client except in ``requests``) and raises ``ProtocolError`` at once for a POST
+        A default ``kfp.Client``'s urllib3 retries a dropped GET up to 3 times silently and raises
+        ``ProtocolError`` at once for a POST (kfp-launch turns urllib3's retries off: every drop reaches it)
         (docs/kfp-backend-notes.md, 'Errors and status codes').
         """
         return self.add_fault(Fault("drop", method, path, skip, times, after_handling=after_handling,

@@ -176,7 +176,8 @@ def test_each_row_while_submitting_the_run(
         ("HTTP 500 saying the input is too long, invalid or not storable",
          {"status": 500, "body": '{"code": 3, "message": "InvalidInputError: run is invalid"}'}, ExitCode.UNREACHABLE),
         ("HTTP 400, 422 and other 4xx", {"status": 400}, ExitCode.UNREACHABLE),
-        ("a 200 whose body is not JSON", {"status": 200, "body": "{truncated", "content_type": "application/json"},
+        ("a 200 whose body is not a run or experiment (a create's: retried after looking the run up by key)",
+         {"status": 200, "body": "{truncated", "content_type": "application/json"},
          ExitCode.UNREACHABLE),
         ("HTTP 401, 403; a login page", {"status": 403}, ExitCode.AUTH),
         ("HTTP 404", {"status": 404}, ExitCode.RUN_CANCELED),
@@ -240,3 +241,45 @@ def test_the_readme_shows_the_table_in_code() -> None:
     readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
     for what, _submitting, _waiting in TABLE:
         assert f"| {what} |" in readme
+
+
+def test_the_markers_are_narrow_and_cover_the_large_spec_answers_of_later_backends() -> None:
+    assert classify(500, "etcdserver: request is too large") == Failure.PERMANENT
+    assert classify(500, "Request entity too large") == Failure.PERMANENT
+    assert classify(500, 'Workflow.argoproj.io "run-x" is invalid: metadata.annotations: Too long') == Failure.PERMANENT
+    assert classify(500, "x509: certificate is invalid for kubeflow.example.com") == Failure.TRANSIENT
+
+
+def test_a_create_answered_with_something_that_is_not_a_run_finds_the_stored_run(
+    run_cli: RunCli, project: Path, kfp: FakeKfpServer
+) -> None:
+    kfp.script_run(["RUNNING", "SUCCEEDED"])
+    kfp.fail(200, method="POST", path=PATH_RUNS, after_handling=True, body="garbage", content_type="text/plain")
+    result = launch(run_cli, project, kfp)
+    assert result.exit_code == 0, result.output
+    assert len(runs(kfp)) == 1 and len(kfp.requests_to("POST", PATH_RUNS)) == 1
+
+
+def test_a_job_refused_after_others_were_submitted_terminates_them(run_cli: RunCli, project: Path) -> None:
+    (project / "pipelines" / "big.py").write_text(BIG_JOB.format(blob="x" * 390_000))
+    with FakeKfpServer(annotation_limit_bytes=262_144) as kfp:
+        kfp.script_run(["RUNNING"])
+        result = run_cli(["run", "good", "big"], cwd=project, env=env_for(kfp))
+        assert result.exit_code == ExitCode.INVALID_INPUT, result.output
+        assert "The runs already submitted (good) were terminated." in result.stderr
+        [good] = runs(kfp)
+        assert [r.path for r in kfp.requests_to("POST", PATH_RUN_TERMINATE)] == [f"/apis/v2beta1/runs/{good['run_id']}:terminate"]
+
+
+def test_requests_after_the_wait_end_by_the_deadline_too(run_cli: RunCli, project: Path, kfp: FakeKfpServer) -> None:
+    from tests.fake_kfp import PATH_RUN_V1
+
+    kfp.script_run(["RUNNING", "FAILED"])
+    hung = kfp.hang(method="GET", path=PATH_RUN_V1, times=None)  # the workflow check never answers
+    started = time.monotonic()
+    result = launch(run_cli, project, kfp, "--timeout", "3s")
+    took = time.monotonic() - started
+    hung.release()
+    assert result.exit_code == ExitCode.RUN_FAILED, result.output
+    assert took < 10  # not the 30 s read timeout
+    assert "possibly terminated" in result.output

@@ -4,6 +4,7 @@ parameters are refused by name, secrets reach no file, and errors are named for 
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -34,7 +35,8 @@ def test_a_package_this_environment_lacks_is_refused_and_nothing_is_installed(ru
     (project / "pipelines" / "pkgs.py").write_text(PACKAGES_JOB.format(requirement=wanted))
     result = run_cli(["run", "pkgs", "--local"], cwd=project)
     assert result.exit_code == ExitCode.INVALID_INPUT, result.output
-    assert f"use-six: {wanted}" in result.stderr and f"pip install '{wanted}'" in result.stderr
+    assert f"use-six: {wanted} (six {SIX} is installed)" in result.stderr
+    assert "loosen the pin" in result.stderr  # never: install the conflicting version over kfp-launch's
     assert importlib.metadata.version("six") == SIX
     assert not (project / ".kfp-launch" / "local").exists()  # nothing ran
 
@@ -109,3 +111,46 @@ def test_a_secret_passed_as_a_parameter_reaches_no_file(run_cli: RunCli, project
     assert len(written) >= 4  # the log, the three reports (and kfp.local's outputs)
     for path in written:
         assert secret.encode() not in path.read_bytes(), path
+
+
+def test_pip_options_that_change_installed_packages_are_refused() -> None:
+    from kfp_launch.local_checks import install_problems
+
+    assert install_problems(("--quiet", "--no-warn-script-location", f"six=={SIX}")) == []
+    assert install_problems(("--upgrade", f"six=={SIX}")) == ["pip option --upgrade"]
+    assert install_problems(("--force-reinstall", "-r", "req.txt")) == ["pip option --force-reinstall", "pip option -r",
+                                                                       "req.txt (not installed)"]
+    assert install_problems(("--index-url", "https://pypi.example/simple", f"six=={SIX}")) == []
+
+
+@pytest.mark.slow
+def test_a_requirement_whose_extras_are_missing_is_refused() -> None:
+    from kfp_launch.local_checks import install_problems
+
+    assert importlib.util.find_spec("socks") is None  # PySocks, the "socks" extra of requests, is not installed
+    assert install_problems(("requests[socks]",)) == ["requests[socks] (its extras are not installed)"]
+    assert install_problems(("requests",)) == []
+
+
+NAN_JOB = """from kfp import dsl
+from kfp.dsl import Metrics, Output
+
+
+@dsl.component(install_kfp_package=False)
+def score(metrics: Output[Metrics]):
+    metrics.log_metric("loss", float("nan"))
+
+
+@dsl.pipeline
+def pipeline():
+    score()
+"""
+
+
+@pytest.mark.slow
+def test_an_error_of_kfp_local_itself_is_named_with_the_task_not_blamed_on_memory(run_cli: RunCli, project: Path) -> None:
+    (project / "pipelines" / "nan.py").write_text(NAN_JOB)
+    result = run_cli(["run", "nan", "--local"], cwd=project)
+    assert result.exit_code == ExitCode.RUN_FAILED, result.output
+    assert "failed after task score finished: SerializeToJsonError" in result.stderr
+    assert "memory" not in result.output

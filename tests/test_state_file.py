@@ -43,3 +43,22 @@ def test_a_malformed_param_flag_is_refused_before_an_earlier_jobs_files_are_touc
     assert '--param "novalue" is not KEY=VALUE' in result.stderr
     assert {name: (project / ".kfp-launch" / name).read_text() for name in earlier} == earlier
     assert not kfp.requests
+
+
+def test_several_runs_of_one_ci_job_are_all_in_the_state_file_for_the_after_script(
+    run_cli: RunCli, project: Path, kfp: FakeKfpServer
+) -> None:
+    from tests.fake_kfp import PATH_RUN_TERMINATE
+
+    for _ in range(3):
+        kfp.script_run(["RUNNING"])
+    for a in (1, 2, 3):
+        assert run_cli(["run", "good", "--no-wait", "-p", f"a={a}"], cwd=project, env=env_for(kfp)).exit_code == 0
+    state = json.loads((project / ".kfp-launch" / "state.json").read_text())
+    assert sorted(e["run_id"] for e in state["runs"]) == sorted(kfp.runs)
+    after_script = run_cli(["cancel", "--state-file", ".kfp-launch/state.json"], cwd=project, env=env_for(kfp))
+    assert after_script.exit_code == 0, after_script.output
+    assert len(kfp.requests_to("POST", PATH_RUN_TERMINATE)) == 3
+    other_job = run_cli(["run", "good", "--no-wait", "-p", "a=4"], cwd=project, env=env_for(kfp, CI_JOB_ID="99"))
+    assert other_job.exit_code == 0
+    assert len(json.loads((project / ".kfp-launch" / "state.json").read_text())["runs"]) == 1  # not another job's
