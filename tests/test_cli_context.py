@@ -150,3 +150,34 @@ def test_unknown_profile_lists_the_jobs_profiles(run_cli: RunCli, project: Path)
     result = run_cli(["run", "good", "--local", "--profile", "huge"], cwd=project)
     assert result.exit_code == ExitCode.INVALID_INPUT
     assert 'no profile "huge"' in result.stderr and "big, toy" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("branch", "ticket"),
+    [
+        ("chore/bump-kfp-2", None),
+        ("feature/gpt-4-prompts", None),
+        ("fix/sha-256-checksum", None),
+        ("renovate/python-3.12", None),
+        ("dependabot/pip/numpy-2.1.0", None),
+        ("feature/resnet-50", None),
+        ("feature/ML-42-x", "ML-42"),
+    ],
+)
+def test_only_jira_style_keys_in_a_branch_are_tickets(run_cli: RunCli, tmp_path: Path, branch: str, ticket: str | None) -> None:
+    result = run_cli(["context", "--branch", branch, "--json"], cwd=tmp_path)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["ticket"] == ticket
+
+
+@pytest.mark.parametrize(
+    ("branch", "title", "ticket"),
+    [("better-iris", "ML-42: better iris", "ML-42"), ("fix-decoding", "Fix UTF-8 decoding", None)],
+)
+def test_a_merge_request_title_gives_a_ticket_only_when_it_opens_with_one(
+    run_cli: RunCli, tmp_path: Path, branch: str, title: str, ticket: str | None
+) -> None:
+    env = {**MR_PIPELINE, "CI_MERGE_REQUEST_SOURCE_BRANCH_NAME": branch, "CI_MERGE_REQUEST_TITLE": title,
+           "CI_COMMIT_TITLE": "Merge branch"}
+    data = json.loads(run_cli(["context", "--json"], cwd=tmp_path, env=env).stdout)
+    assert data["ticket"] == ticket
