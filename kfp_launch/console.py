@@ -64,6 +64,7 @@ class Console:
         self._err = RichConsole(file=err, stderr=True, **common)  # type: ignore[arg-type]
         self._warned: set[str] = set()
         self._secrets: list[str] = []
+        self._open_sections: list[str] = []
 
     def mask(self, *values: str | None) -> None:
         """Never print these values (tokens, cookies): every output replaces them with ``[MASKED]``.
@@ -123,7 +124,10 @@ class Console:
         self._err.print(f"[bold yellow]warning:[/] {escape(self._clean(text))}")
 
     def error(self, message: str, hint: str = "") -> None:
-        """Print ``error: message`` and ``hint: hint`` on stderr."""
+        """Print ``error: message`` and ``hint: hint`` on stderr, after closing any open GitLab section: an
+        error is never hidden in a collapsed one."""
+        for name in reversed(self._open_sections):
+            self.section_end(name)
         self._err.print(f"[bold red]error:[/] {escape(self._clean(message))}")
         if hint:
             self._err.print(f"[bold]hint:[/] {escape(self._clean(hint))}")
@@ -172,6 +176,7 @@ class Console:
             return
         flag = "[collapsed=true]" if collapsed else ""
         safe = _SECTION_NAME_RE.sub("_", name)
+        self._open_sections.append(name)
         self._out_stream.write(
             f"\x1b[0Ksection_start:{int(self._clock())}:{safe}{flag}\r\x1b[0K{self._clean(header)}\n"
         )
@@ -179,8 +184,9 @@ class Console:
 
     def section_end(self, name: str) -> None:
         """Close a GitLab collapsible section (no-op outside GitLab)."""
-        if not self.in_gitlab:
+        if not self.in_gitlab or name not in self._open_sections:
             return
+        self._open_sections.remove(name)
         safe = _SECTION_NAME_RE.sub("_", name)
         self._out_stream.write(f"\x1b[0Ksection_end:{int(self._clock())}:{safe}\r\x1b[0K\n")
         self._out_stream.flush()

@@ -82,7 +82,9 @@ def run_on_kubeflow(app: App, jobs: list[str], all_jobs: bool) -> ExitCode:
     if not settings.wait:
         outcomes = [_not_waited(t, console) for t in tracked]
         reporting.finished(outcomes)
-        return worst_exit_code([o.exit_code for o in outcomes])
+        code = worst_exit_code([o.exit_code for o in outcomes])
+        console.line("run " + ", ".join(f"{o.job} {o.state}" for o in outcomes) + f" (exit {int(code)})")
+        return code
     state_path = app.project_dir / settings.state_file
     outcomes = wait_and_report(app, api, tracked, reporting=reporting, state_path=state_path)
     return worst_exit_code([o.exit_code for o in outcomes])

@@ -34,17 +34,27 @@ def run_local_jobs(app: App, jobs: list[str], all_jobs: bool) -> ExitCode:
     for plan in plans:  # before anything runs: nothing kfp.local would install or choke on
         check_packages(plan.compiled)
         check_optional_parameters(plan.compiled, plan.params)
-    outcomes: list[RunOutcome] = []
+    ran: list[tuple[RunOutcome, LocalRunOutcome]] = []
     try:
         for plan in plans:
-            outcomes.append(run_locally(app, plan))
+            ran.append(run_locally(app, plan))
     finally:
-        if outcomes:  # one set of report files for every run that ended, as on Kubeflow
-            Reporting(app).finished(outcomes)
-    return worst_exit_code([o.exit_code for o in outcomes])
+        if ran:  # one set of report files for every run that ended, as on Kubeflow
+            Reporting(app).finished([outcome for outcome, _ in ran])
+    for _, local_outcome in ran:  # the outcome is the last thing said
+        _print_final(local_outcome, app.console)
+    code = worst_exit_code([outcome.exit_code for outcome, _ in ran])
+    if len(ran) > 1:
+        failed = sum(1 for outcome, _ in ran if outcome.exit_code != ExitCode.SUCCESS)
+        summary = f"{len(ran) - failed} of {len(ran)} local runs succeeded (exit {int(code)})"
+        if failed:
+            app.console.error(summary)
+        else:
+            app.console.markup(f"[bold green]{summary}[/]")
+    return code
 
 
-def run_locally(app: App, plan: JobPlan) -> RunOutcome:
+def run_locally(app: App, plan: JobPlan) -> tuple[RunOutcome, LocalRunOutcome]:
     """Run one compiled job with kfp.local; print how it went.
 
     Raises:
@@ -101,7 +111,7 @@ def run_locally(app: App, plan: JobPlan) -> RunOutcome:
         console.section_end("kfp_launch_run")
     _print_outcome(outcome, console)
     state = OutcomeState.SUCCEEDED if outcome.succeeded else OutcomeState.FAILED
-    return RunOutcome(
+    reported = RunOutcome(
         job=compiled.job,
         pipeline_name=compiled.pipeline_name,
         state=state,
@@ -115,6 +125,7 @@ def run_locally(app: App, plan: JobPlan) -> RunOutcome:
         message=outcome.error,
         local=True,
     )
+    return reported, outcome
 
 
 def _print_task(task: TaskResult, console: Console) -> None:
@@ -139,13 +150,16 @@ def _print_outcome(outcome: LocalRunOutcome, console: Console) -> None:
             console.line(f"  {metric.task}/{metric.artifact}  {metric.name} = {metric.value:g}")
     console.line(f"artifacts: {outcome.run_dir}")
     console.line(f"log: {outcome.log_path}")
+
+
+def _print_final(outcome: LocalRunOutcome, console: Console) -> None:
     if outcome.succeeded:
-        console.markup(f"[bold green]run SUCCEEDED[/] in {outcome.duration_s:.1f}s")
+        console.markup(f"[bold green]run {outcome.job} SUCCEEDED[/] in {outcome.duration_s:.1f}s (exit 0)")
         return
     task = outcome.failed_task or "(unknown task)"
     failing = next((t for t in outcome.tasks if t.name == outcome.failed_task), None)
     reason = f": {failing.error}" if failing and failing.error else ""
-    message = f"run FAILED in {outcome.duration_s:.1f}s: task {task} failed{reason}"
+    message = f"run {outcome.job} FAILED in {outcome.duration_s:.1f}s: task {task} failed{reason} (exit 6)"
     console.error(message, f"see the task's log above and the full log in {outcome.log_path}")
 
 

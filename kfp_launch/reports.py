@@ -129,7 +129,10 @@ def dotenv_variables(outcome: RunOutcome) -> dict[str, str]:
         "KFP_RUN_URL": outcome.run_url,
         "KFP_EXPERIMENT_ID": outcome.experiment_id,
         "KFP_EXPERIMENT": outcome.experiment,
-        "KFP_JOB": outcome.job,
+        # Not KFP_JOB: that is the template's input, and GitLab ranks a dotenv report's variables above a later
+        # job's own (docs.gitlab.com/ci/variables/#cicd-variable-precedence), so the next kfp-launch job would
+        # run this job's pipeline.
+        "KFP_RUN_JOB": outcome.job,
         "KFP_PIPELINE": outcome.pipeline_name,
     }
     return {key: value for key, value in candidates.items() if value}

@@ -129,12 +129,12 @@ def wait_and_report(
         if state_path is not None:
             mark_detached(state_path, [o.run_id for o in outcomes if _left_running(o, settings.on_timeout)])
         outcomes = [_explained(app, api, o, seen[o.run_id], time_left, several=len(outcomes) > 1) for o in outcomes]
-        print_outcomes(outcomes, app.console)
     except (Interrupted, KeyboardInterrupt):
         with interrupts.deferred():
             _report(reporting, outcomes)  # the runs ended: report how, even if the explanation was cut short
         raise
     _report(reporting, outcomes)
+    print_outcomes(outcomes, app.console)  # the outcome is the last thing said
     return outcomes
 
 
@@ -314,6 +314,8 @@ def print_outcomes(outcomes: Sequence[RunOutcome], console: Console) -> None:
     if code != ExitCode.SUCCESS:
         failed = sum(1 for o in outcomes if o.exit_code != ExitCode.SUCCESS)
         console.error(f"{failed} of {len(outcomes)} runs did not succeed (exit {int(code)})")
+    else:
+        console.markup(f"[bold green]{len(outcomes)} runs ended well[/] (exit 0)")
 
 
 def _print_one(outcome: RunOutcome, console: Console) -> None:
@@ -321,8 +323,8 @@ def _print_one(outcome: RunOutcome, console: Console) -> None:
     if outcome.exit_code == ExitCode.SUCCESS:
         if outcome.state == OutcomeState.SKIPPED:
             console.warn("the run was SKIPPED (exit 0)")
-        console.markup(f"[bold green]run {outcome.state}[/]{took}")
         console.url("run", outcome.run_url)
+        console.markup(f"[bold green]run {outcome.state}[/]{took} (exit 0)")
         return
     console.url("run", outcome.run_url)
     console.error(f"run {outcome.state}{took}: {outcome.message} (exit {int(outcome.exit_code)})")

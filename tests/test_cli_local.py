@@ -115,7 +115,7 @@ def test_local_run_succeeds_prints_outputs_metrics_and_tasks(run_cli: RunCli, pr
     assert "✓ add  SUCCEEDED" in out and "✓ score  SUCCEEDED" in out
     assert "Output = 4.0" in out  # (5 + 3) / 2: the --param reached the component
     assert "score/metrics  total = 8" in out and "half = 4" in out
-    assert "run SUCCEEDED" in out
+    assert out.splitlines()[-1].startswith("run good SUCCEEDED in ") and out.endswith("(exit 0)\n")  # the outcome, last
     roots = list((project / ".kfp-launch" / "local").iterdir())
     assert len(roots) == 1 and roots[0].name.startswith("good-")
     log = (roots[0] / "kfp-local.log").read_text()

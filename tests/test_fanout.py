@@ -133,6 +133,7 @@ def test_local_runs_of_several_jobs(run_cli: RunCli, tmp_path: Path) -> None:
     project = make_project(tmp_path, 2)
     result = run_cli(["run", "--all", "--local", "--profile", "toy"], cwd=project)
     assert result.exit_code == 0, result.output
-    assert result.stdout.count("run SUCCEEDED") == 2
+    assert "run job00 SUCCEEDED" in result.stdout and "run job01 SUCCEEDED" in result.stdout
+    assert result.stdout.splitlines()[-1] == "2 of 2 local runs succeeded (exit 0)"
     junit = (project / ".kfp-launch" / "junit.xml").read_text()
     assert junit.count("<testsuite ") == 2  # one set of reports for both runs, as on Kubeflow

@@ -147,7 +147,7 @@ def test_dotenv_of_a_kubeflow_run_hands_run_id_url_and_experiment_to_later_jobs(
         "KFP_RUN_URL": RUN_URL,  # '#' kept: real GitLab keeps it inside a value
         "KFP_EXPERIMENT_ID": "e-42",
         "KFP_EXPERIMENT": "feature-abc-12",
-        "KFP_JOB": "train",
+        "KFP_RUN_JOB": "train",
         "KFP_PIPELINE": "iris-training",
     }
     assert next(iter(variables)) == "KFP_RUN_ID"
@@ -156,7 +156,7 @@ def test_dotenv_of_a_kubeflow_run_hands_run_id_url_and_experiment_to_later_jobs(
 def test_dotenv_of_a_local_run_leaves_out_the_ids_it_does_not_have() -> None:
     variables = parse_gitlab_dotenv(render_dotenv(LOCAL_SUCCEEDED))
 
-    assert variables == {"KFP_RUN_STATE": "SUCCEEDED", "KFP_JOB": "train", "KFP_PIPELINE": "iris-training"}
+    assert variables == {"KFP_RUN_STATE": "SUCCEEDED", "KFP_RUN_JOB": "train", "KFP_PIPELINE": "iris-training"}
 
 
 @pytest.mark.parametrize(
