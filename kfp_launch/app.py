@@ -192,4 +192,7 @@ def make_console(environ: Mapping[str, str]) -> Console:
 
     console = Console(out=sys.stdout, err=sys.stderr, in_gitlab=in_gitlab(environ))
     console.mask(*(environ.get(name) for name in SECRET_VARIABLES))
+    token_file = environ.get("KF_PIPELINES_SA_TOKEN_PATH", "")
+    if token_file and "/" not in token_file:  # the token itself, in a CI/CD variable of type Variable
+        console.mask(token_file)
     return console

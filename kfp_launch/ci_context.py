@@ -154,6 +154,9 @@ class CiContext:
         server_url: ``CI_SERVER_URL``.
         default_branch: ``CI_DEFAULT_BRANCH``.
         user_login, user_name: ``GITLAB_USER_LOGIN``, ``GITLAB_USER_NAME`` (who started the pipeline).
+        fork_path: for a merge request from a fork, the fork's project path
+            (``CI_MERGE_REQUEST_SOURCE_PROJECT_PATH``, when ``CI_MERGE_REQUEST_SOURCE_PROJECT_ID`` differs from
+            ``CI_MERGE_REQUEST_PROJECT_ID``); None otherwise.
         ticket: the JIRA issue key, upper-case, or None (see :func:`~kfp_launch.tickets.detect_ticket`).
         ticket_source: where ``ticket`` was found, or None.
     """
@@ -184,6 +187,7 @@ class CiContext:
     default_branch: str | None = None
     user_login: str | None = None
     user_name: str | None = None
+    fork_path: str | None = None
     ticket: str | None = None
     ticket_source: TicketSource | None = None
 
@@ -240,6 +244,14 @@ class CiContext:
     def is_merge_request(self) -> bool:
         """True in a merge-request pipeline (detached, merged results or merge train)."""
         return self.merge_request_iid is not None
+
+    @property
+    def experiment_ref(self) -> str | None:
+        """The branch (or tag) as experiments name it: ``<fork path>:<branch>`` for a merge request from a
+        fork, so a fork's ``main`` never shares this project's ``main`` experiment."""
+        if self.fork_path and self.ref_kind == "branch" and self.ref:
+            return f"{self.fork_path}:{self.ref}"
+        return self.ref
 
     @property
     def short_sha(self) -> str | None:
@@ -340,7 +352,20 @@ def _context_from_gitlab(environ: Mapping[str, str], branch_override: str | None
         default_branch=_value(environ, "CI_DEFAULT_BRANCH"),
         user_login=_value(environ, "GITLAB_USER_LOGIN"),
         user_name=_value(environ, "GITLAB_USER_NAME"),
+        fork_path=_fork_path(environ),
     )
+
+
+def _fork_path(environ: Mapping[str, str]) -> str | None:
+    """The source project of a merge request from a fork (predefined variables of merge request pipelines:
+    docs.gitlab.com/ci/variables/predefined_variables/#predefined-variables-for-merge-request-pipelines)."""
+    source, target = (
+        _value(environ, "CI_MERGE_REQUEST_SOURCE_PROJECT_ID"),
+        _value(environ, "CI_MERGE_REQUEST_PROJECT_ID"),
+    )
+    if source is None or target is None or source == target:
+        return None
+    return _value(environ, "CI_MERGE_REQUEST_SOURCE_PROJECT_PATH") or f"project-{source}"
 
 
 def _gitlab_ref(environ: Mapping[str, str], branch_override: str | None) -> tuple[RefKind, str | None]:

@@ -18,6 +18,10 @@ docs/kfp-backend-notes.md, 'Client construction' and 'Credentials and TLS'):
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import os
+import tempfile
 import urllib.parse
 import urllib.request
 from collections.abc import Mapping
@@ -43,6 +47,8 @@ class Connection:
         ca_bundle: a PEM file of CA certificates to verify TLS with (None: certifi's bundle).
         proxy: the proxy URL for this host (from ``HTTPS_PROXY``/``HTTP_PROXY`` unless ``NO_PROXY``).
         ui_url: the base URL of the KFP UI for links (default: ``host``).
+        ref_protected: ``CI_COMMIT_REF_PROTECTED`` in CI (None elsewhere): GitLab gives protected CI/CD
+            variables only to jobs on protected branches and tags (docs.gitlab.com/ci/variables/#protect-a-cicd-variable).
         sources: where each non-secret value came from, for the start-up summary.
     """
 
@@ -54,6 +60,7 @@ class Connection:
     ca_bundle: str | None = None
     proxy: str | None = None
     ui_url: str = ""
+    ref_protected: bool | None = None
     sources: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -67,6 +74,22 @@ class Connection:
         if self.cookie:
             kinds.append("session cookie (KFP_COOKIE)")
         return ", ".join(kinds) or "none"
+
+    def auth_hint(self) -> str:
+        """What to do when Kubeflow refuses the credentials (only said after a refusal: single-user Kubeflow
+        needs none)."""
+        if self.auth_kind != "none":
+            return (
+                f"check the credentials ({self.auth_kind}): valid, not expired, and allowed to use namespace "
+                f"{self.namespace or '(single-user)'}."
+            )
+        hint = f"no credentials are set: set KFP_TOKEN (a bearer token), {DEFAULT_TOKEN_FILE_ENV} (a token file) or KFP_COOKIE"
+        if self.ref_protected is False:
+            hint += (
+                ". This ref is not protected, and GitLab gives protected CI/CD variables only to jobs on "
+                "protected branches and tags: unprotect the variable, or run on a protected ref"
+            )
+        return hint + " (README, Connecting to Kubeflow)."
 
     def run_url(self, run_id: str) -> str:
         """The UI link to a run: ``<ui>/#/runs/details/<id>``; behind the central dashboard
@@ -122,12 +145,25 @@ def connection_from(settings: Settings, environ: Mapping[str, str]) -> Connectio
     else:
         problems += _host_problems(host)
     ca_bundle, ca_source = _first(environ, "KFP_CA_BUNDLE", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE")
-    if ca_bundle and not Path(ca_bundle).is_file():
-        problems.append(f"the CA bundle {ca_bundle} (from {ca_source}) does not exist")
+    if ca_bundle and "-----BEGIN" in ca_bundle:  # a CI/CD variable of type Variable holding the PEM itself
+        ca_bundle, ca_source = _private_file(ca_bundle, ".pem"), f"{ca_source} (PEM text, in a private file)"
+    elif ca_bundle and not Path(ca_bundle).is_file():
+        problems.append(
+            f"the CA bundle {_shown(ca_bundle)} (from {ca_source}) is no file and holds no PEM certificate "
+            f"({_FILE_TYPE})"
+        )
     token = _get(environ, "KFP_TOKEN")
+    if token and _is_file(token):
+        problems.append(
+            f"KFP_TOKEN holds the path of a file, not a token (a CI/CD variable of type File): make "
+            f"it of type Variable, or set {DEFAULT_TOKEN_FILE_ENV} to the file instead"
+        )
     token_file = _get(environ, DEFAULT_TOKEN_FILE_ENV)
-    if token_file and not token and not Path(token_file).is_file():
-        problems.append(f"the token file {token_file} (from {DEFAULT_TOKEN_FILE_ENV}) does not exist")
+    if token_file and not token and not _is_file(token_file):
+        if "/" in token_file:
+            problems.append(f"the token file {_shown(token_file)} (from {DEFAULT_TOKEN_FILE_ENV}) does not exist")
+        else:  # the token itself, in a variable of type Variable
+            token_file = _private_file(token_file, ".token")
     if problems:
         raise ConfigError(
             "Cannot connect to Kubeflow: " + "; ".join(problems) + ".",
@@ -144,6 +180,7 @@ def connection_from(settings: Settings, environ: Mapping[str, str]) -> Connectio
         ca_bundle=ca_bundle,
         proxy=proxy,
         ui_url=(settings.ui_url or "").rstrip("/"),
+        ref_protected={"true": True, "false": False}.get((_get(environ, "CI_COMMIT_REF_PROTECTED") or "").lower()),
         sources={
             "host": host_source,
             "namespace": settings.sources.get("namespace", "default"),
@@ -152,6 +189,35 @@ def connection_from(settings: Settings, environ: Mapping[str, str]) -> Connectio
             "ui_url": settings.sources.get("ui_url", "default"),
         },
     )
+
+
+_FILE_TYPE = "make this CI/CD variable of type File, or give the path of a PEM file"
+
+
+def _shown(value: str) -> str:
+    """A value named in a message: a short one-line path as it is, anything else (certificate text) never."""
+    return value if len(value) < 256 and "\n" not in value and "BEGIN" not in value else "(a long value, not shown)"
+
+
+def _is_file(value: str) -> bool:
+    try:
+        return len(value) < 4096 and Path(value).is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def _private_file(text: str, suffix: str) -> str:
+    """TEXT in a file only this user can read (removed when the process ends); its path."""
+    handle, path = tempfile.mkstemp(prefix="kfp-launch-", suffix=suffix)  # mode 0600
+    with os.fdopen(handle, "w", encoding="utf-8") as file:
+        file.write(text if text.endswith("\n") else text + "\n")
+    atexit.register(_remove, path)
+    return path
+
+
+def _remove(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
 
 
 def _host_problems(host: str) -> list[str]:

@@ -121,7 +121,7 @@ def experiment_description(ci: CiContext, *, jira_url: str | None) -> str:
     if ci.ticket:
         link = f" {jira_url.rstrip('/')}/browse/{ci.ticket}" if jira_url else ""
         choices.append([f"JIRA {ci.ticket}{link}", f"JIRA {ci.ticket}"])
-    ref = f"{'tag' if ci.ref_kind == 'tag' else 'branch'} {ci.ref}"
+    ref = f"{'tag' if ci.ref_kind == 'tag' else 'branch'} {ci.experiment_ref}"
     choices.append([ref, ref[:120] + "…"])
     if ci.project_path:
         project = f"project {ci.project_path}"

@@ -55,7 +55,7 @@ def experiment_names(ci: CiContext, settings: Settings) -> ExperimentNames | Non
     written = experiment_for(ci, settings)
     if written is None:
         return None
-    label = f"{'tag' if ci.ref_kind == 'tag' else 'branch'} {ci.ref}"
+    label = f"{'tag' if ci.ref_kind == 'tag' else 'branch'} {ci.experiment_ref}"
     return ExperimentNames(
         written=written, hashed=hashed_experiment_name(settings.experiment_template, ci), ref_label=label
     )

@@ -322,7 +322,10 @@ class KfpApi:
             raw = method(_preload_content=False, _request_timeout=timeout or self._timeout, **kwargs)
             body = bytes(raw.data or b"")  # read inside: a connection cut mid-body is a transport error too
         self.requests_made += 1
-        return json_body(raw, body, what, expect_json=expect_json)
+        try:
+            return json_body(raw, body, what, expect_json=expect_json)
+        except KfpAuthError as exc:  # a login page: say what to set, as for a 401
+            raise KfpAuthError(exc.message, hint=self.connection.auth_hint()) from None
 
     @contextmanager
     def _translated(self, what: str, *, write: bool) -> Iterator[None]:
@@ -377,8 +380,7 @@ def _api_error(exc: Any, what: str, connection: Connection, *, write: bool) -> E
         verb = "refused the credentials" if status == 401 else "denied permission"
         return KfpAuthError(
             f"Kubeflow {verb} to {what}: HTTP {status} {message}".rstrip(),
-            hint=f"check the token/cookie (auth: {connection.auth_kind}) and that it may use namespace "
-            f"{connection.namespace or '(single-user)'}.",
+            hint=connection.auth_hint(),
         )
     kind = classify(status, message)
     if kind == Failure.TRANSIENT:

@@ -105,7 +105,8 @@ def experiment_name(
 
 def experiment_name_for(ci: CiContext, template: str = DEFAULT_EXPERIMENT_TEMPLATE) -> str:
     """:func:`experiment_name` with the fields taken from ``ci``."""
-    return experiment_name(template, branch=ci.branch, ticket=ci.ticket, project=ci.project_path, ref=ci.ref)
+    branch = ci.experiment_ref if ci.branch is not None else None
+    return experiment_name(template, branch=branch, ticket=ci.ticket, project=ci.project_path, ref=ci.experiment_ref)
 
 
 def hashed_experiment_name(template: str, ci: CiContext) -> str:
@@ -113,10 +114,10 @@ def hashed_experiment_name(template: str, ci: CiContext) -> str:
     collides under Kubeflow's case- and accent-insensitive comparison with another branch's experiment, and
     the name kfp-launch 0.1 gave every name with upper-case or non-ASCII letters (so it finds those too)."""
     values = {
-        "branch": ci.branch if ci.branch is not None else (TAG_PREFIX + ci.ref if ci.ref else ""),
+        "branch": ci.experiment_ref if ci.branch is not None else (TAG_PREFIX + ci.ref if ci.ref else ""),
         "ticket": ci.ticket or "",
         "project": ci.project_path or "",
-        "ref": ci.ref or "",
+        "ref": ci.experiment_ref or "",
     }
     return sanitize_display_name(template.format_map(values), suffix=True)
 

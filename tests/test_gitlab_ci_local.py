@@ -223,3 +223,21 @@ def test_toy_component_runs_all_jobs(repo: Path, kfp: FakeKfpServer) -> None:
     result = gcl(repo, kfp, "--variable", "CI_DEFAULT_BRANCH=main")
     assert result.returncode == 0, result.stdout[-3000:]
     assert len(kfp.runs) == 2 and "PASS  kfp-toy-runs" in result.stdout
+
+
+def test_a_second_kfp_launch_job_runs_its_own_pipeline_not_the_first_jobs(repo: Path, kfp: FakeKfpServer) -> None:
+    # GitLab ranks dotenv report variables above a later job's own: the report must not carry an input
+    # (KFP_JOB) of the next kfp-launch job (docs.gitlab.com/ci/variables/#cicd-variable-precedence).
+    pipeline = (
+        "include:\n  - local: ci-templates/kfp-launch.gitlab-ci.yml\n\n"
+        "stages: [train, explore]\n\n"
+        "train:\n  stage: train\n  extends: .kfp-launch\n\n"
+        "explore:\n  stage: explore\n  extends: .kfp-launch\n  needs: [train]\n"
+    )
+    commit(repo, ".gitlab-ci.yml", pipeline)
+    kfp.script_run(["RUNNING", "SUCCEEDED"])
+    kfp.script_run(["RUNNING", "SUCCEEDED"])
+    result = gcl(repo, kfp)
+    assert result.returncode == 0, result.stdout[-3000:]
+    submitted = [r.body["pipeline_spec"]["pipelineInfo"]["name"] for r in kfp.requests_to("POST", r"/apis/v2beta1/runs")]
+    assert submitted == ["iris-train", "iris-explore"]

@@ -743,3 +743,70 @@ def test_an_experiment_named_by_kfp_launch_0_1_is_still_the_branchs(run_cli: Run
     listed = run_cli(["runs", "--json"], cwd=project, env=env_for(kfp))
     assert listed.exit_code == 0, listed.output
     assert json.loads(listed.stdout)["experiment"] == old_name
+
+
+def _sections_balanced(stdout: str) -> bool:
+    return stdout.count("section_start:") == stdout.count("section_end:")
+
+
+def test_a_wrong_job_name_from_gitlab_is_said_outside_any_collapsed_section(run_cli: RunCli, project: Path, kfp: FakeKfpServer) -> None:
+    result = run_cli(["run"], cwd=project, env=env_for(kfp, CI_JOB_NAME="no_such_job"))
+    assert result.exit_code == ExitCode.INVALID_INPUT
+    assert "section_start:" in result.stdout and _sections_balanced(result.stdout)  # opened, and closed before
+    assert "no_such_job" in result.stderr
+
+
+def test_the_outcome_is_the_last_line_after_a_run(run_cli: RunCli, project: Path, kfp: FakeKfpServer) -> None:
+    kfp.script_run(["RUNNING", "SUCCEEDED"])
+    result = launch(run_cli, project, kfp)
+    assert result.exit_code == 0
+    last = re.sub(r"\x1b\[[0-9;]*m", "", result.stdout.rstrip("\n").splitlines()[-1])  # colours: GitLab renders them
+    assert re.fullmatch(r"run SUCCEEDED in \d+s \(exit 0\)", last), last
+    assert _sections_balanced(result.stdout)
+
+
+def test_pem_text_in_kfp_ca_bundle_is_used_from_a_private_file_and_never_printed(
+    run_cli: RunCli, project: Path, kfp: FakeKfpServer, tmp_path: Path
+) -> None:
+    from kfp_launch.connection import connection_from
+    from kfp_launch.settings import load_settings
+
+    pem = "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIUTEST\n-----END CERTIFICATE-----"
+    environ = {"KFP_HOST": "https://kubeflow.example.com/pipeline", "KFP_CA_BUNDLE": pem}
+    connection = connection_from(load_settings({}, environ, tmp_path), environ)
+    bundle = Path(connection.ca_bundle or "")
+    assert bundle.read_text().strip() == pem and oct(bundle.stat().st_mode & 0o777) == "0o600"
+    assert pem not in str(connection.summary_rows())
+    kfp.script_run(["SUCCEEDED"])
+    result = launch(run_cli, project, kfp, KFP_CA_BUNDLE=pem)
+    assert result.exit_code == 0, result.output
+    assert "BEGIN CERTIFICATE" not in result.output and "PEM text, in a private file" in result.stdout
+
+
+def test_a_token_variable_of_type_file_is_refused_with_the_hint(run_cli: RunCli, project: Path, kfp: FakeKfpServer, tmp_path: Path) -> None:
+    token_file = tmp_path / "KFP_TOKEN"
+    token_file.write_text(TOKEN)
+    result = launch(run_cli, project, kfp, KFP_TOKEN=str(token_file))
+    assert result.exit_code == ExitCode.INVALID_INPUT
+    assert "KFP_TOKEN holds the path of a file, not a token" in result.stderr and not kfp.requests
+
+
+def test_no_credentials_on_an_unprotected_ref_exit_4_naming_protected_variables(
+    run_cli: RunCli, project: Path
+) -> None:
+    with FakeKfpServer(accepted_tokens={"only-this"}) as kfp:
+        env = {**env_for(kfp), "KFP_TOKEN": "", "CI_COMMIT_REF_PROTECTED": "false"}
+        result = run_cli(["run", "good"], cwd=project, env=env)
+        assert result.exit_code == ExitCode.AUTH, result.output
+        assert "no credentials are set" in result.stderr
+        assert "protected CI/CD variables only to jobs on protected branches and tags" in result.stderr
+
+
+def test_a_merge_request_from_a_fork_gets_its_own_experiment(run_cli: RunCli, project: Path, kfp: FakeKfpServer) -> None:
+    fork = {"CI_PIPELINE_SOURCE": "merge_request_event", "CI_COMMIT_BRANCH": "", "CI_MERGE_REQUEST_IID": "3",
+            "CI_MERGE_REQUEST_SOURCE_BRANCH_NAME": "main", "CI_MERGE_REQUEST_PROJECT_ID": "10",
+            "CI_MERGE_REQUEST_SOURCE_PROJECT_ID": "42", "CI_MERGE_REQUEST_SOURCE_PROJECT_PATH": "alice/demo"}
+    kfp.script_run(["SUCCEEDED"])
+    result = launch(run_cli, project, kfp, **fork)
+    assert result.exit_code == 0, result.output
+    assert [e["display_name"] for e in kfp.experiments.values()] == ["alice/demo:main"]

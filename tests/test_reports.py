@@ -377,3 +377,29 @@ def test_report_paths_default_to_the_ci_template_locations() -> None:
         junit=Path(".kfp-launch/junit.xml"),
         metrics=Path(".kfp-launch/metrics.txt"),
     )
+
+
+def test_no_report_variable_is_an_input_of_kfp_launch_or_its_templates() -> None:
+    from kfp_launch.reports import dotenv_variables, write_reports_many
+    from kfp_launch.settings import SPECS
+
+    inputs = {v for spec in SPECS.values() for v in spec.env_vars + spec.fallback_env}
+    inputs |= {"KFP_JOB", "KFP_LAUNCH_ARGS", "KFP_TOKEN", "KFP_COOKIE", "KFP_CA_BUNDLE", "KF_PIPELINES_SA_TOKEN_PATH"}
+    outcome = RunOutcome(job="train", pipeline_name="p", state="SUCCEEDED", exit_code=0, run_id="r", run_url="u",
+                         experiment_id="e", experiment="x")
+    names = set(dotenv_variables(outcome))
+    assert names and not names & inputs and not any(n.startswith("KFP_LAUNCH_") for n in names)
+    import tempfile
+
+    from kfp_launch.reports import ReportPaths
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = ReportPaths(dotenv=Path(tmp) / "r.env", junit=Path(tmp) / "j.xml", metrics=Path(tmp) / "m.txt")
+        write_reports_many([outcome, replace_job(outcome, "explore")], paths)
+        many = {line.split("=", 1)[0] for line in paths.dotenv.read_text().splitlines() if "=" in line}
+    assert many and not many & inputs
+
+
+def replace_job(outcome: RunOutcome, job: str) -> RunOutcome:
+    import dataclasses
+
+    return dataclasses.replace(outcome, job=job, run_id=job)
