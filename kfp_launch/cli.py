@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import inspect
 import os
+import shlex
 import signal
+import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -276,6 +278,35 @@ def exit_codes_command() -> None:
         typer.echo(f"{int(code):>3}  {meaning}")
 
 
+ARGS_VARIABLE = "KFP_LAUNCH_ARGS"
+"""Extra arguments of ``kfp-launch run``, split like a shell does (quotes kept): the CI template never expands
+them itself, so ``-p 'source=data/my iris.csv'`` stays one argument."""
+
+
+def with_extra_run_args(argv: list[str], environ: Mapping[str, str]) -> list[str]:
+    """ARGV with ``KFP_LAUNCH_ARGS`` appended when the command is ``run`` (other commands, such as the
+    after_script's ``cancel``, never take run's options).
+
+    Raises:
+        UsageError: the variable's quotes do not match.
+    """
+    extra = environ.get(ARGS_VARIABLE, "").strip()
+    command = next((word for word in argv if not word.startswith("-")), None)
+    if not extra or command != RUN:
+        return argv
+    try:
+        return [*argv, *shlex.split(extra)]
+    except ValueError as exc:
+        raise UsageError(f"{ARGS_VARIABLE} cannot be split into arguments: {exc}.", hint="check its quotes.") from None
+
+
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point: ``KFP_LAUNCH_ARGS`` joins the command line of ``run``."""
+    try:
+        argv = with_extra_run_args(sys.argv[1:], os.environ)
+    except UsageError as exc:
+        from kfp_launch.app import make_console
+
+        make_console(os.environ).error(exc.message, exc.hint)
+        raise SystemExit(int(exc.exit_code)) from None
+    app(args=argv, prog_name="kfp-launch")
