@@ -8,6 +8,7 @@ anywhere means nothing runs (nothing is submitted).
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,7 +122,7 @@ def compile_jobs(app: App, jobs: list[str], *, skip_non_jobs: bool = False) -> l
     """
     from kfp_launch.pipeline_package import compile_job_pipelines
 
-    ready: list[JobPlan] = []
+    compiled_jobs: list[CompiledPipeline] = []
     problems: list[tuple[str, InputError]] = []
     for job in jobs:
         try:
@@ -133,10 +134,20 @@ def compile_jobs(app: App, jobs: list[str], *, skip_non_jobs: bool = False) -> l
                 variants = [compile_pipeline(job, app.settings, app.project_dir)]
             for compiled in variants:
                 warn_if_large(compiled, app.console)
-                params = resolve_run_parameters(compiled, app.settings, app.project_dir)
-                ready.append(JobPlan(compiled=compiled, params=params))
+            compiled_jobs += variants
         except InputError as exc:
             problems.append((job, exc))
+    shared = len(jobs) > 1 or len(compiled_jobs) > 1
+    declared = {param.name for compiled in compiled_jobs for param in compiled.parameters}
+    ready: list[JobPlan] = []
+    for compiled in compiled_jobs:
+        try:
+            params = resolve_run_parameters(
+                compiled, app.settings, app.project_dir, shared_by=declared if shared else None
+            )
+            ready.append(JobPlan(compiled=compiled, params=params))
+        except InputError as exc:
+            problems.append((compiled.job, exc))
     if len(jobs) == 1 and problems:
         raise problems[0][1]
     if problems:
@@ -177,22 +188,46 @@ def compile_pipeline(job: str, settings: Settings, project_dir: Path) -> Compile
     return compile_job(job, project_dir=project_dir, package=settings.pipelines_package)
 
 
-def resolve_run_parameters(compiled: CompiledPipeline, settings: Settings, project_dir: Path) -> ResolvedParameters:
+def resolve_run_parameters(
+    compiled: CompiledPipeline, settings: Settings, project_dir: Path, *, shared_by: set[str] | None = None
+) -> ResolvedParameters:
     """Resolve the run's parameters, lowest precedence first: pipeline defaults < ``param`` in
     pyproject.toml < profile < params file < ``KFP_LAUNCH_PARAM`` < ``--param``.
+
+    Args:
+        shared_by: when one command runs several jobs (``--all``), the parameter names any of them declares:
+            a ``param`` value (pyproject, env, ``--param``) or params-file value goes to the jobs that declare
+            its name, and only a name no job declares is an unknown parameter. The job's own profile stays
+            strict.
 
     Raises:
         ParameterError: unknown profile, unreadable params file, or invalid parameters.
         UsageError / ConfigError: a ``--param`` (or its env/pyproject equivalent) is not KEY=VALUE.
     """
     assignments = {source: _assignments(source, values) for source, values in settings.param_layers}
-    layers = [ParameterLayer(source=s, values=v, raw=True) for s, v in assignments.items() if s == "pyproject.toml"]
+    own = {param.name for param in compiled.parameters}
+
+    def for_this_job(values: Mapping[str, object]) -> dict[str, object]:
+        if shared_by is None:
+            return dict(values)
+        return {name: value for name, value in values.items() if name in own or name not in shared_by}
+
+    layers = [
+        ParameterLayer(source=s, values=for_this_job(v), raw=True)
+        for s, v in assignments.items()
+        if s == "pyproject.toml"
+    ]
     if settings.profile:
         layers.append(ParameterLayer(source=f"profile {settings.profile}", values=_profile(compiled, settings.profile)))
     if settings.params_file:
         path = project_dir / settings.params_file
-        layers.append(ParameterLayer(source=f"params file {settings.params_file}", values=load_params_file(path)))
-    layers += [ParameterLayer(source=s, values=v, raw=True) for s, v in assignments.items() if s != "pyproject.toml"]
+        source = f"params file {settings.params_file}"
+        layers.append(ParameterLayer(source=source, values=for_this_job(load_params_file(path))))
+    layers += [
+        ParameterLayer(source=s, values=for_this_job(v), raw=True)
+        for s, v in assignments.items()
+        if s != "pyproject.toml"
+    ]
     return resolve_parameters(compiled.parameters, layers, job=compiled.job)
 
 

@@ -32,7 +32,7 @@ def test_each_template_installs_this_version_of_kfp_launch(template: Path) -> No
     text = template.read_text()
     pins = re.findall(r'"kfp-launch==([^"]+)"', text)
     assert pins and set(pins) == {_version()}, f"{template.name} pins {pins}, pyproject.toml says {_version()}"
-    examples = re.findall(r"kfp-launch(?:-toy)?@(\S+)|ref: v(\S+)", text)
+    examples = re.findall(r"kfp-launch(?:-toy)?@(\S+)|ref: (\S+)", text)
     assert {a or b for a, b in examples} <= {_version()}
 
 

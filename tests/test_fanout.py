@@ -137,3 +137,24 @@ def test_local_runs_of_several_jobs(run_cli: RunCli, tmp_path: Path) -> None:
     assert result.stdout.splitlines()[-1] == "2 of 2 local runs succeeded (exit 0)"
     junit = (project / ".kfp-launch" / "junit.xml").read_text()
     assert junit.count("<testsuite ") == 2  # one set of reports for both runs, as on Kubeflow
+
+
+def test_a_param_of_several_jobs_goes_to_those_that_declare_it_and_a_typo_is_still_refused(
+    run_cli: RunCli, tmp_path: Path, kfp: FakeKfpServer
+) -> None:
+    import shutil
+
+    from tests.helpers import REPO_ROOT
+
+    iris = tmp_path / "iris"
+    shutil.copytree(REPO_ROOT / "examples" / "iris", iris, ignore=shutil.ignore_patterns(".kfp-launch", "__pycache__"))
+    kfp.script_run(["SUCCEEDED"], advance_on_list=True)
+    kfp.script_run(["SUCCEEDED"], advance_on_list=True)
+    result = run_cli(["run", "--all", "--profile", "toy", "-p", "steps=5"], cwd=iris, env=env_for(kfp))
+    assert result.exit_code == 0, result.output
+    given = sorted((r["display_name"].split()[0], r["runtime_config"]["parameters"]) for r in runs(kfp))
+    assert given == [("explore", {"sample_size": 30}), ("train", {"sample_size": 60, "steps": 5})]
+    typo = run_cli(["run", "--all", "-p", "stepz=5"], cwd=iris, env=env_for(kfp))
+    assert typo.exit_code == ExitCode.INVALID_INPUT
+    assert "2 of 2 jobs cannot run" in typo.stderr and typo.stderr.count('unknown parameter "stepz"') == 2
+    assert len(kfp.runs) == 2  # nothing more was submitted

@@ -76,15 +76,20 @@ def commit(repo: Path, ci_file: str, content: str) -> None:
 
 
 def gcl(repo: Path, server: FakeKfpServer, *args: str, file: str = ".gitlab-ci.yml",
-        variables: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run gitlab-ci-local in REPO with the fake server's connection variables."""
+        variables: dict[str, str] | None = None, python_bin: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run gitlab-ci-local in REPO with the fake server's connection variables. Jobs find this test run's Python
+    (with kfp-launch) on PATH, or with PYTHON_BIN that directory's Python and no kfp-launch at all."""
     variables = {"KFP_HOST": server.url, "KFP_NAMESPACE": "team-a", "KFP_TOKEN": TOKEN,
                  "KFP_LAUNCH_POLL_INTERVAL": "0.05", **(variables or {})}
     command = [str(GCL), "--file", file, "--force-shell-executor", "--json-schema-validation=false"]
     for key, value in variables.items():
         command += ["--variable", f"{key}={value}"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CI", "GITLAB_", "KFP_", "JIRA_"))}
-    env["PATH"] = os.pathsep.join([str(NODE_BIN), str(Path(sys.executable).parent), env.get("PATH", "")])
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CI", "GITLAB_", "KFP_", "JIRA_", "PIP_"))}
+    if python_bin is None:
+        env["PATH"] = os.pathsep.join([str(NODE_BIN), str(Path(sys.executable).parent), env.get("PATH", "")])
+    else:  # a bare runner: no directory on PATH has a kfp-launch
+        rest = [d for d in env.get("PATH", "").split(os.pathsep) if d and not (Path(d) / "kfp-launch").exists()]
+        env["PATH"] = os.pathsep.join([str(NODE_BIN), str(python_bin), *rest])
     # gitlab-ci-local writes job output to stdout and its own summary lines to stderr: read them together.
     # --preview prints YAML on stdout: keep its stderr (warnings) apart.
     stderr = subprocess.PIPE if "--preview" in args else subprocess.STDOUT
@@ -241,3 +246,15 @@ def test_a_second_kfp_launch_job_runs_its_own_pipeline_not_the_first_jobs(repo: 
     assert result.returncode == 0, result.stdout[-3000:]
     submitted = [r.body["pipeline_spec"]["pipelineInfo"]["name"] for r in kfp.requests_to("POST", r"/apis/v2beta1/runs")]
     assert submitted == ["iris-train", "iris-explore"]
+
+
+def test_toy_job_with_its_own_kfp_launch_args_still_runs_every_pipeline(repo: Path, kfp: FakeKfpServer) -> None:
+    toy = readme_snippet("toy") + '  variables:\n    KFP_LAUNCH_ARGS: "-p steps=5"\n'
+    commit(repo, ".gitlab-ci.yml", toy)
+    kfp.script_run(["SUCCEEDED"], advance_on_list=True)
+    kfp.script_run(["SUCCEEDED"], advance_on_list=True)
+    result = gcl(repo, kfp, "--variable", "CI_DEFAULT_BRANCH=main")
+    assert result.returncode == 0, result.stdout[-3000:]
+    runs = sorted((r["display_name"].split()[0], r["runtime_config"]["parameters"]) for r in kfp.runs.values())
+    # -p steps=5 goes to the pipeline that declares steps; explore (no steps parameter) keeps its toy profile
+    assert runs == [("explore", {"sample_size": 30}), ("train", {"sample_size": 60, "steps": 5})]
