@@ -12,7 +12,7 @@ import json
 import re
 
 from kfp_launch.app import App
-from kfp_launch.errors import InputError
+from kfp_launch.errors import InputError, UsageError
 from kfp_launch.experiments import experiment_names, find_experiment
 from kfp_launch.kfp_api import KfpApi
 from kfp_launch.models import RunStatus
@@ -101,10 +101,11 @@ def list_runs(app: App, *, experiment: str | None, job: str | None, limit: int, 
     """Print the newest ``limit`` runs of an experiment (default: the current branch's).
 
     Raises:
-        InputError: no such experiment, or a bad ``--limit``.
+        InputError: no such experiment.
+        UsageError: ``--limit`` out of 1-200.
     """
     if not 1 <= limit <= 200:
-        raise InputError(f"--limit {limit} is out of range.", hint="give 1 to 200.")
+        raise UsageError(f"--limit {limit} is out of range.", hint="give 1 to 200.")
     console = app.console
     api = app.kfp()
     retry = app.retry()

@@ -47,7 +47,8 @@ def run_on_kubeflow(app: App, jobs: list[str], all_jobs: bool) -> ExitCode:
             is left running that we started, except where ``--on-cancel detach`` says so.
     """
     console, settings = app.console, app.settings
-    clear_previous_run_files(app)
+    if app.ci.in_ci:  # the files are an earlier job's artifacts: never let after_script act on them
+        clear_previous_run_files(app)
     ci = app.require_ref()
     plans = plan_jobs(app, jobs, all_jobs)
     names = experiment_names(ci, settings)
@@ -61,6 +62,8 @@ def run_on_kubeflow(app: App, jobs: list[str], all_jobs: bool) -> ExitCode:
     if settings.dry_run:
         return _dry_run(app, app.kfp(connection), names, planned)
     check_time_to_wait(app)
+    if not app.ci.in_ci:  # on a laptop they are the user's own: kept by a dry run or a refused run
+        clear_previous_run_files(app)
     api = app.kfp(connection)
     what = planned[0].plan.compiled.pipeline_name if len(planned) == 1 else f"{len(planned)} runs"
     console.section_start("kfp_launch_submit", f"Submitting {what} to {connection.host}")

@@ -108,6 +108,21 @@ def parse_poll_interval(value: object, where: str) -> timedelta:
     return duration
 
 
+def parse_timeout(value: object, where: str) -> timedelta:
+    """A wait deadline: a duration above zero (``0`` would submit a run only to terminate it at once).
+
+    Raises:
+        ConfigError: not a duration, or zero.
+    """
+    duration = parse_duration_value(value, where)
+    if duration <= timedelta(0):
+        raise ConfigError(
+            f"{where} must be more than zero: a zero deadline would terminate the run as soon as it is submitted.",
+            hint="e.g. 45m; leave it out to wait until the run ends (in CI: until 5 minutes before the job timeout).",
+        )
+    return duration
+
+
 def parse_count(value: object, where: str) -> int:
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return value
@@ -123,3 +138,56 @@ def choice(*options: str) -> Callable[[object, str], str]:
         raise ConfigError(f'{where} must be one of {", ".join(options)}, not "{value}".', hint="")
 
     return parse
+
+
+def parse_experiment_template(value: object, where: str) -> str:
+    """An ``experiment_template``, checked when read (so a flag's bad value exits 2, before anything runs).
+
+    Raises:
+        ConfigError: not a string, or a template :func:`kfp_launch.naming.validate_experiment_template` refuses.
+    """
+    from kfp_launch.naming import validate_experiment_template
+
+    template = parse_str(value, where)
+    validate_experiment_template(template)
+    return template
+
+
+def parse_run_name_template(value: object, where: str) -> str:
+    """A ``run_name_template``, rendered once with sample values to check its fields.
+
+    Raises:
+        ConfigError: not a string, or an unknown field or bad format (see ``submission.run_name``).
+    """
+    from kfp_launch.ci_context import CiContext
+    from kfp_launch.submission import run_name
+
+    template = parse_str(value, where)
+    run_name(template, job="job", ci=CiContext(in_ci=False))
+    return template
+
+
+def parse_ticket_pattern(value: object, where: str) -> str:
+    """A ``ticket_pattern`` regex, compiled when read (see ``tickets.ticket_rules``).
+
+    Raises:
+        ConfigError: not a string, not a regex, or matching the empty string.
+    """
+    from kfp_launch.tickets import ticket_rules
+
+    pattern = parse_str(value, where)
+    ticket_rules(pattern=pattern)
+    return pattern
+
+
+def parse_ticket_projects(value: object, where: str) -> tuple[str, ...]:
+    """``ticket_projects``: JIRA project keys, space-separated (a comma is taken as a separator too).
+
+    Raises:
+        ConfigError: a key not in JIRA's format.
+    """
+    from kfp_launch.tickets import ticket_rules
+
+    keys = tuple(key for word in parse_list(value, where) for key in word.split(",") if key)
+    ticket_rules(projects=keys)
+    return keys

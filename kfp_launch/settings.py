@@ -25,9 +25,14 @@ from kfp_launch.setting_values import (
     parse_bool,
     parse_count,
     parse_duration_value,
+    parse_experiment_template,
     parse_list,
     parse_poll_interval,
+    parse_run_name_template,
     parse_str,
+    parse_ticket_pattern,
+    parse_ticket_projects,
+    parse_timeout,
 )
 
 RUN, WATCH, CANCEL, CONTEXT, JOBS, COMPILE, PARAMS, RUNS, COMPARE = (
@@ -155,6 +160,7 @@ class Settings:
     experiment_template: str = setting(
         "{branch}",
         "Experiment name template: {branch} {ticket} {project} {ref} [default: {branch}]",
+        parse=parse_experiment_template,
         metavar="TEMPLATE",
         commands=_NAMING,
     )
@@ -162,13 +168,14 @@ class Settings:
         None,
         "Regex of a JIRA issue key, matched in any case anywhere; wins over --ticket-projects and the "
         "default (a key in JIRA's format in the branch, or opening a merge request or commit title)",
+        parse=parse_ticket_pattern,
         metavar="REGEX",
         commands={RUN, CONTEXT},
     )
     ticket_projects: tuple[str, ...] = setting(
         (),
         "JIRA project keys (e.g. ML OPS): their issue keys count in any case, anywhere",
-        parse=parse_list,
+        parse=parse_ticket_projects,
         metavar="KEYS",
         commands={RUN, CONTEXT},
     )
@@ -244,7 +251,9 @@ class Settings:
     )
     run_name_template: str = setting(
         "{job} {commit} {pipeline}",
-        "Run name: {job} {commit} {pipeline} {branch} {ticket} {mr} [default: {job} {commit} {pipeline}]",
+        "Run name: {job} {commit} {pipeline} (the GitLab pipeline id) {branch} {ticket} {mr} "
+        "[default: {job} {commit} {pipeline}]",
+        parse=parse_run_name_template,
         metavar="TEMPLATE",
         commands={RUN},
         kubeflow_only=True,
@@ -267,8 +276,8 @@ class Settings:
     )
     timeout: timedelta | None = setting(
         None,
-        "Wait deadline (90s, 45m, 6h) [default in CI: job timeout - 5m]",
-        parse=parse_duration_value,
+        "Wait deadline (90s, 45m, 6h) [default: until the run ends; in CI: job timeout - 5m]",
+        parse=parse_timeout,
         metavar="DURATION",
         commands=_WAIT,
         kubeflow_only=True,

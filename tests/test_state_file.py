@@ -62,3 +62,19 @@ def test_several_runs_of_one_ci_job_are_all_in_the_state_file_for_the_after_scri
     other_job = run_cli(["run", "good", "--no-wait", "-p", "a=4"], cwd=project, env=env_for(kfp, CI_JOB_ID="99"))
     assert other_job.exit_code == 0
     assert len(json.loads((project / ".kfp-launch" / "state.json").read_text())["runs"]) == 1  # not another job's
+
+
+def test_a_dry_run_on_a_laptop_keeps_the_state_file_of_an_earlier_detached_run(
+    run_cli: RunCli, project: Path, kfp: FakeKfpServer
+) -> None:
+    from tests.helpers import TOKEN
+
+    laptop = {"KFP_HOST": kfp.url, "KFP_NAMESPACE": "team-a", "KFP_TOKEN": TOKEN, "KFP_LAUNCH_BRANCH": "feat/x"}
+    detached = run_cli(["run", "good", "--no-wait"], cwd=project, env=laptop)
+    assert detached.exit_code == 0, detached.output
+    state = (project / ".kfp-launch" / "state.json").read_text()
+    for args in (["--dry-run"], ["-p", "nope=1"]):
+        result = run_cli(["run", "good", *args], cwd=project, env=laptop)
+        assert result.exit_code != 0 or "dry run: nothing was changed" in result.stdout
+        assert (project / ".kfp-launch" / "state.json").read_text() == state  # still there for `cancel`
+    assert len(kfp.runs) == 1

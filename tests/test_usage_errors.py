@@ -21,7 +21,9 @@ def test_kubeflow_options_with_local_are_usage_errors(run_cli: RunCli, project: 
 
 @pytest.mark.parametrize(
     ("args", "code"),
-    [(["--poll-interval", "0"], 2), (["--log-lines", "-5"], 2), (["--timeout", "5x"], 2), (["--timeout", "inf"], 2)],
+    [(["--poll-interval", "0"], 2), (["--log-lines", "-5"], 2), (["--timeout", "5x"], 2), (["--timeout", "inf"], 2),
+     (["--timeout", "0"], 2), (["--ticket-pattern", "("], 2), (["--ticket-projects", "1X"], 2),
+     (["--experiment-template", "{nope}"], 2), (["--run-name-template", "{x}"], 2)],
 )
 def test_bad_flag_values_are_usage_errors(run_cli: RunCli, project: Path, args: list[str], code: int) -> None:
     result = run_cli(["run", "good", *args], cwd=project, env={**CI, "KFP_HOST": "http://127.0.0.1:9"})
@@ -32,3 +34,20 @@ def test_bad_flag_values_are_usage_errors(run_cli: RunCli, project: Path, args: 
 def test_a_poll_interval_over_an_hour_is_rejected(run_cli: RunCli, project: Path) -> None:
     result = run_cli(["run", "good", "--poll-interval", "1e10"], cwd=project, env={**CI, "KFP_HOST": "http://127.0.0.1:9"})
     assert result.exit_code == ExitCode.USAGE and "at most 1h" in result.stderr
+
+
+def test_a_zero_timeout_is_refused_before_anything_is_submitted(run_cli: RunCli, project: Path) -> None:
+    from tests.fake_kfp import FakeKfpServer
+    from tests.helpers import env_for
+
+    with FakeKfpServer() as kfp:
+        result = run_cli(["run", "good", "--timeout", "0"], cwd=project, env=env_for(kfp))
+        assert result.exit_code == ExitCode.USAGE
+        assert "--timeout must be more than zero" in result.stderr
+        assert not kfp.requests
+
+
+def test_ticket_projects_separated_by_commas_are_keys(run_cli: RunCli, project: Path) -> None:
+    result = run_cli(["context", "--json", "--ticket-projects", "ML,OPS", "--branch", "fix/ops-12-retry"], cwd=project)
+    assert result.exit_code == 0, result.output
+    assert '"ticket": "OPS-12"' in result.stdout
