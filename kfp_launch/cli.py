@@ -196,14 +196,17 @@ def _reject_kubeflow_flags(wired: App) -> None:
     given = [spec.flag for spec in SPECS.values() if spec.kubeflow_only and wired.flags.get(spec.name) is not None]
     if given:
         raise UsageError(
-            f"{', '.join(given)} only apply to runs on Kubeflow, not to --local runs.",
-            hint="drop them, or drop --local to run on Kubeflow.",
+            f"{', '.join(given)} only appl{'y' if len(given) > 1 else 'ies'} to runs on Kubeflow, not to --local runs.",
+            hint=f"drop {'them' if len(given) > 1 else 'it'}, or drop --local to run on Kubeflow.",
         )
 
 
 @_command(WATCH)
 def watch_command(
-    wired: App, run_id: Annotated[str, typer.Argument(metavar="RUN_ID", help="The KFP run id.")]
+    wired: App,
+    run_id: Annotated[
+        str, typer.Argument(metavar="RUN_ID", help="The KFP run id, or a unique prefix of at least 8 characters.")
+    ],
 ) -> ExitCode:
     """Attach to a run and wait for it, exiting with its outcome's code."""
     from kfp_launch.watch import watch_run
@@ -214,7 +217,10 @@ def watch_command(
 @_command("cancel")
 def cancel_command(
     wired: App,
-    run_id: Annotated[str | None, typer.Argument(metavar="[RUN_ID]", help="The KFP run id.")] = None,
+    run_id: Annotated[
+        str | None,
+        typer.Argument(metavar="[RUN_ID]", help="The KFP run id, or a unique prefix of at least 8 characters."),
+    ] = None,
     state_file: Annotated[
         str | None,
         typer.Option("--state-file", help="Cancel the runs recorded in this file (honours their cancel policy)."),
@@ -261,8 +267,8 @@ def runs_command(
 @_command(COMPARE)
 def compare_command(
     wired: App,
-    run_a: Annotated[str, typer.Argument(metavar="RUN_A", help="A run id.")],
-    run_b: Annotated[str, typer.Argument(metavar="RUN_B", help="Another run id.")],
+    run_a: Annotated[str, typer.Argument(metavar="RUN_A", help="A run id (or a unique 8+ character prefix).")],
+    run_b: Annotated[str, typer.Argument(metavar="RUN_B", help="Another run id (or prefix).")],
     as_json: JsonOpt = False,
 ) -> None:
     """Show two runs' parameters side by side, differences first."""

@@ -145,8 +145,8 @@ def list_runs(app: App, *, experiment: str | None, job: str | None, limit: int, 
     for run in runs:
         duration = _duration(run)
         effective = list(run.effective_parameters.items())
-        given_first = sorted(effective, key=lambda item: item[1][1])  # given values before defaults
-        params = ", ".join(f"{k}={_cell(run.effective_parameters, k)}" for k, _ in given_first[:4])
+        given_first = sorted(effective, key=lambda item: (item[1][1], item[0]))  # given before defaults, by name
+        params = ", ".join(f"{k}={_cell(run.effective_parameters, k)}" for k, _ in given_first)
         rows.append(
             [
                 run.run_id,  # whole: watch, compare and cancel take it (or a unique 8-character prefix)
@@ -201,7 +201,7 @@ def compare_runs(app: App, run_a: str, run_b: str, *, as_json: bool) -> None:
         ["  job", run_job(a), run_job(b)],
         ["  commit", run_commit(a), run_commit(b)],
     ]
-    console.table(["parameter", f"{a.name or a.run_id[:8]}", f"{b.name or b.run_id[:8]}"], rows)
+    console.table(["parameter", _column(a), _column(b)], rows)
     console.line(f"{len(differing)} of {len(names)} parameters differ")
     console.line(METRICS_NOTE, style="dim")
 
@@ -212,3 +212,8 @@ def _cell(values: dict[str, tuple[object, bool]], name: str) -> str:
         return MISSING
     value, default = values[name]
     return json.dumps(value) + (" (default)" if default else "")
+
+
+def _column(run: RunStatus) -> str:
+    """A compare column's header: the run's name and its id prefix (two runs may share a name)."""
+    return f"{run.name} ({run.run_id[:8]})" if run.name else run.run_id[:8]

@@ -8,6 +8,7 @@ same road.
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 from kfp_launch import interrupts
@@ -50,12 +51,12 @@ def run_on_kubeflow(app: App, jobs: list[str], all_jobs: bool) -> ExitCode:
     if app.ci.in_ci:  # the files are an earlier job's artifacts: never let after_script act on them
         clear_previous_run_files(app)
     ci = app.require_ref()
+    connection = app.connection()  # a missing or malformed host is said before the plan is printed
     plans = plan_jobs(app, jobs, all_jobs)
     names = experiment_names(ci, settings)
     assert names is not None  # require_ref: there is a branch or tag
     planned = plan_runs(app, plans)
     print_plan(plans, ci, names.written, console, local=False)
-    connection = app.connection()
     console.table(["Kubeflow", "value", "from"], [list(row) for row in connection.summary_rows()])
     for variable in environ_experiment_overrides(app.environ):
         console.warn(f"{variable} is ignored: kfp-launch resolves the experiment itself and passes its id")
@@ -146,7 +147,8 @@ def _dry_run(app: App, api: KfpApi, names: ExperimentNames, planned: list[Planne
         state = f"exists ({experiment.experiment_id}{archived})"
     console.line(f'dry run: experiment "{name}" {state}')
     for p in planned:
-        arguments = p.plan.params.arguments() or "defaults"
+        given = p.plan.params.arguments()
+        arguments = ", ".join(f"{k}={json.dumps(v)}" for k, v in given.items()) if given else "the defaults"
         console.line(f'dry run: would submit run "{p.name}" of {p.plan.compiled.pipeline_name} with {arguments}')
     console.line("dry run: nothing was changed")
     return ExitCode.SUCCESS

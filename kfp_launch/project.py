@@ -75,7 +75,14 @@ def list_jobs(app: App, *, as_json: bool) -> ExitCode:
             f"No jobs found in {project_dir / package}.",
             hint=f"add a module {package}/<job>.py that defines a @dsl.pipeline, or run from your project's root.",
         )
-    return ExitCode.INVALID_INPUT if any("error" in r for r in rows) else ExitCode.SUCCESS
+    broken = [str(r["job"]) for r in rows if "error" in r]
+    if broken:
+        console.error(
+            f"{len(broken)} of {len(rows)} job modules cannot be imported or compiled: {', '.join(broken)}.",
+            f"kfp-launch compile {broken[0]} shows the whole error.",
+        )
+        return ExitCode.INVALID_INPUT
+    return ExitCode.SUCCESS
 
 
 def _job_row(compiled: CompiledPipeline) -> dict[str, object]:

@@ -6,7 +6,7 @@ Reference: https://docs.gitlab.com/ci/yaml/artifacts_reports/ and docs/gitlab-no
 * a **dotenv** report (``KFP_RUN_ID=...`` lines) that later jobs receive as variables;
 * a **JUnit XML** report: one test case per pipeline task, shown in the merge request's test summary and the
   pipeline's Tests tab;
-* an **OpenMetrics** text report (``name{labels} value`` lines) for the merge request's metrics widget.
+* a **metrics** report (Prometheus-style ``name{labels} value`` lines, as GitLab parses them) for the merge request's metrics widget.
 
 The formats are written for GitLab's own parsers, which are stricter or looser than their specs in places;
 each writer says which rule it follows. No vendor SDK here: plain ``xml.etree.ElementTree`` and strings.
@@ -48,7 +48,7 @@ class ReportPaths:
     Attributes:
         dotenv: the dotenv report.
         junit: the JUnit XML report.
-        metrics: the OpenMetrics text report.
+        metrics: the metrics report.
     """
 
     dotenv: Path = Path(".kfp-launch/run.env")
@@ -334,10 +334,12 @@ def _seconds(value: float) -> str:
 
 
 def render_metrics(outcome: RunOutcome) -> str:
-    """The metrics report: OpenMetrics/Prometheus text lines ``name{labels} value``, ending in ``# EOF``.
+    """The metrics report: GitLab metrics-report lines ``name{labels} value`` (Prometheus text style, with
+    ``#`` comments GitLab ignores; not strict OpenMetrics), ending in ``# EOF``.
 
-    ``kfp_run_duration_seconds`` when the duration is known; then, when ``outcome.metrics_available``,
-    one line per :class:`MetricValue`: ``kfp_<name>{task="<task>"} <value>`` (plus ``artifact="..."``
+    ``kfp_run_duration_seconds{job="<job>"}`` when the duration is known; then, when
+    ``outcome.metrics_available``, one line per :class:`MetricValue`: ``kfp_<name>{job="<job>",task="<task>"} <value>``
+    (every line carries the job, so the runs of ``run --all`` stay apart) (plus ``artifact="..."``
     when the same task logs the same name in two artifacts). On Kubeflow the v2beta1 API exposes no metric
     values, so only a ``#`` comment says so: values are never invented.
 
@@ -350,23 +352,25 @@ def render_metrics(outcome: RunOutcome) -> str:
     header = f"kfp-launch {outcome.job}: run {outcome.run_id or '(local)'} {outcome.state}"
     lines = ["# " + " ".join(plain_text(header).split())]
     if outcome.duration_s is not None:
-        lines.append(f"kfp_run_duration_seconds {_metric_number(outcome.duration_s)}")
+        lines.append(
+            f'kfp_run_duration_seconds{{job="{_label_value(outcome.job)}"}} {_metric_number(outcome.duration_s)}'
+        )
     if not outcome.metrics_available:
         lines.append(f"# {_METRICS_UNAVAILABLE}")
     else:
-        lines.extend(_metric_lines(outcome.metrics))
+        lines.extend(_metric_lines(outcome.job, outcome.metrics))
     lines.append("# EOF")
     return "\n".join(lines) + "\n"
 
 
-def _metric_lines(metrics: Iterable[MetricValue]) -> list[str]:
+def _metric_lines(job: str, metrics: Iterable[MetricValue]) -> list[str]:
     metrics = list(metrics)
     artifacts: dict[tuple[str, str], set[str]] = {}
     for metric in metrics:
         artifacts.setdefault((metric.task, metric.name), set()).add(metric.artifact)
     values: dict[str, str] = {}
     for metric in metrics:
-        labels = {"task": metric.task}
+        labels = {"job": job, "task": metric.task}
         if len(artifacts[(metric.task, metric.name)]) > 1:
             labels["artifact"] = metric.artifact
         label_text = ",".join(f'{key}="{_label_value(value)}"' for key, value in labels.items())

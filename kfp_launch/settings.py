@@ -318,7 +318,7 @@ class Settings:
     # Report files for GitLab's artifacts:reports (docs.gitlab.com/ci/yaml/artifacts_reports): env and pyproject only.
     dotenv_report: str = setting(".kfp-launch/run.env", "The dotenv report")
     junit_report: str = setting(".kfp-launch/junit.xml", "The JUnit XML report")
-    metrics_report: str = setting(".kfp-launch/metrics.txt", "The OpenMetrics report")
+    metrics_report: str = setting(".kfp-launch/metrics.txt", "The metrics report (GitLab metrics format)")
     param_layers: tuple[tuple[str, tuple[str, ...]], ...] = ()
     sources: Mapping[str, str] = field(default_factory=dict)
 

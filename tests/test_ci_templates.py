@@ -79,7 +79,7 @@ def test_a_quoted_value_in_kfp_launch_args_reaches_the_pipeline_as_one_value(kfp
     result = subprocess.run([sys.executable, "-m", "kfp_launch", "run", "explore"], cwd=REPO_ROOT / "examples" / "iris",
                             env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "'source': 'data/my iris.csv'" in result.stdout, result.stdout
+    assert 'with source="data/my iris.csv"' in result.stdout, result.stdout
     assert "dry run: nothing was changed" in result.stdout
     assert kfp.runs == {}
     unclosed = subprocess.run([sys.executable, "-m", "kfp_launch", "run", "explore"], cwd=REPO_ROOT / "examples" / "iris",

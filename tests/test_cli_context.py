@@ -78,10 +78,15 @@ def test_jira_ticket_variable_is_labelled_as_such(run_cli: RunCli, tmp_path: Pat
     assert (data["ticket"], data["ticket_source"]) == ("ML-5", "JIRA_TICKET")
 
 
-def test_unknown_template_field_is_exit_3(run_cli: RunCli, tmp_path: Path) -> None:
+def test_unknown_template_field_is_exit_2_as_a_flag_and_exit_3_from_the_environment(
+    run_cli: RunCli, tmp_path: Path
+) -> None:
     result = run_cli(["context", "--experiment-template", "{user}"], cwd=tmp_path, env=MR_PIPELINE)
-    assert result.exit_code == ExitCode.INVALID_INPUT
+    assert result.exit_code == ExitCode.USAGE
     assert "experiment_template" in result.stderr and "{branch}" in result.stderr
+    from_env = run_cli(["context"], cwd=tmp_path, env={**MR_PIPELINE, "KFP_LAUNCH_EXPERIMENT_TEMPLATE": "{user}"})
+    assert from_env.exit_code == ExitCode.INVALID_INPUT
+    assert "experiment_template" in from_env.stderr and "{branch}" in from_env.stderr
 
 
 def test_no_git_outside_ci_asks_for_branch_and_branch_fixes_it(run_cli: RunCli, tmp_path: Path) -> None:

@@ -53,6 +53,14 @@ def test_jobs_lists_jobs_with_parameters_and_broken_modules(run_cli: RunCli, pro
     assert result.exit_code == ExitCode.INVALID_INPUT  # a broken module is reported
 
 
+def test_jobs_with_broken_modules_lists_them_and_says_so_on_stderr(run_cli: RunCli, project: Path) -> None:
+    result = run_cli(["jobs"], cwd=project)
+    assert result.exit_code == 3
+    assert "good-pipeline" in result.stdout
+    assert "job modules cannot be imported or compiled: broken, missing_dep, syntax." in result.stderr
+    assert "kfp-launch compile broken shows the whole error" in result.stderr
+
+
 def test_jobs_in_a_clean_project_exits_0(run_cli: RunCli, project: Path) -> None:
     for name in ("broken", "missing_dep", "syntax"):
         (project / "pipelines" / f"{name}.py").unlink()

@@ -55,6 +55,7 @@ def test_compare_shows_parameter_differences_side_by_side(run_cli: RunCli, proje
     assert [r["state"] for r in data["runs"]] == ["SUCCEEDED", "FAILED"]
     table = run_cli(["compare", first, second], cwd=project, env=env_for(kfp))
     assert "≠ a" in table.stdout and "2 of 7 parameters differ" in table.stdout
+    assert f"({first[:8]})" in table.stdout and f"({second[:8]})" in table.stdout  # same name: told apart by id
     assert '"007" (default)' in table.stdout and "3 (default)" in table.stdout and "(unset)" not in table.stdout
 
 

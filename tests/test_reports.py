@@ -311,9 +311,9 @@ def test_metrics_of_a_local_run_has_one_line_per_value_and_the_duration() -> Non
     metrics = parse_metrics(render_metrics(LOCAL_SUCCEEDED))
 
     assert metrics == {
-        "kfp_run_duration_seconds": "3.5",
-        'kfp_accuracy{task="evaluate-model"}': "0.955556",
-        'kfp_val_loss_epoch{task="evaluate-model"}': "0.12",
+        'kfp_run_duration_seconds{job="train"}': "3.5",
+        'kfp_accuracy{job="train",task="evaluate-model"}': "0.955556",
+        'kfp_val_loss_epoch{job="train",task="evaluate-model"}': "0.12",
     }
 
 
@@ -322,7 +322,7 @@ def test_metrics_of_a_kubeflow_run_say_they_are_unavailable_and_invent_nothing()
         replace(KUBEFLOW_FAILED, metrics=(MetricValue(task="t", artifact="m", name="x", value=1),))
     )
 
-    assert parse_metrics(text) == {"kfp_run_duration_seconds": "60.0"}
+    assert parse_metrics(text) == {'kfp_run_duration_seconds{job="train"}': "60.0"}
     assert "# metrics not available: the KFP v2beta1 API exposes no metric values" in text
 
 
@@ -340,9 +340,9 @@ def test_metrics_sanitize_names_and_labels_and_separate_artifacts() -> None:
     metrics = parse_metrics(render_metrics(outcome))
 
     assert metrics == {
-        'kfp_acc{task="ev_al__1",artifact="a"}': "NaN",
-        'kfp_acc{task="ev_al__1",artifact="b"}': "+Inf",
-        'kfp_1st_m_trique{task="t"}': "-2.0",
+        'kfp_acc{job="train",task="ev_al__1",artifact="a"}': "NaN",
+        'kfp_acc{job="train",task="ev_al__1",artifact="b"}': "+Inf",
+        'kfp_1st_m_trique{job="train",task="t"}': "-2.0",
     }
 
 
@@ -368,7 +368,7 @@ def test_write_reports_writes_the_three_files_and_creates_directories(tmp_path: 
         parse_gitlab_dotenv(paths.dotenv.read_text(encoding="utf-8"))["KFP_RUN_ID"] == KUBEFLOW_FAILED.run_id
     )
     assert parse_junit(paths.junit.read_text(encoding="utf-8")).get("failures") == "1"
-    assert "kfp_run_duration_seconds 60.0" in paths.metrics.read_text(encoding="utf-8")
+    assert 'kfp_run_duration_seconds{job="train"} 60.0' in paths.metrics.read_text(encoding="utf-8")
 
 
 def test_report_paths_default_to_the_ci_template_locations() -> None:

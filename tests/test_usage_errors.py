@@ -15,7 +15,7 @@ from tests.helpers import CI, RunCli
 def test_kubeflow_options_with_local_are_usage_errors(run_cli: RunCli, project: Path, args: list[str]) -> None:
     result = run_cli(["run", "good", "--local", *args], cwd=project)
     assert result.exit_code == ExitCode.USAGE
-    assert "only apply to runs on Kubeflow" in result.stderr
+    assert "only applies to runs on Kubeflow" in result.stderr and "drop it," in result.stderr
     assert not (project / ".kfp-launch").exists()
 
 
@@ -51,3 +51,10 @@ def test_ticket_projects_separated_by_commas_are_keys(run_cli: RunCli, project: 
     result = run_cli(["context", "--json", "--ticket-projects", "ML,OPS", "--branch", "fix/ops-12-retry"], cwd=project)
     assert result.exit_code == 0, result.output
     assert '"ticket": "OPS-12"' in result.stdout
+
+
+def test_a_missing_host_is_said_before_the_plan_is_printed(run_cli: RunCli, project: Path) -> None:
+    result = run_cli(["run", "good"], cwd=project, env=CI)
+    assert result.exit_code == ExitCode.INVALID_INPUT
+    assert "no Kubeflow host: set KFP_HOST" in result.stderr
+    assert result.stdout == ""  # no plan, no compile section: the first thing said is what to fix
