@@ -154,7 +154,7 @@ class Console:
                 longest = max((len(row[index]) for row in rows), default=0)
                 table.add_column(column, no_wrap=True, min_width=max(longest, len(column)))
             else:
-                table.add_column(column)
+                table.add_column(column, overflow="fold")  # wrapped, never cut: every value stays readable
         for row in rows:
             table.add_row(*(escape(self._clean(cell)) for cell in row))
         self._out.print(table)

@@ -34,6 +34,11 @@ def test_runs_lists_the_branchs_runs_with_state_commit_and_parameters(run_cli: R
     table = run_cli(["runs", "--job", "good", "--limit", "1"], cwd=project, env=env_for(kfp))
     assert table.exit_code == 0 and "not available from the KFP v2beta1 API" in table.stdout
     assert table.stdout.count("good ") >= 1
+    # every effective parameter is listed (given first), none dropped; narrow columns wrap instead of cutting
+    flat = "".join(ch for ch in table.stdout if ch not in " \n│┃━─╇┡┩")
+    for name in ("a=", "label=", "b=3", "flag=", "rate=0.5", "weights=", "extra="):  # all 7
+        assert name in flat, name
+    assert "…" not in table.stdout
 
 
 def test_runs_of_another_job_or_unknown_experiment(run_cli: RunCli, project: Path, kfp: FakeKfpServer) -> None:
