@@ -139,6 +139,8 @@ def compile_jobs(app: App, jobs: list[str], *, skip_non_jobs: bool = False) -> l
             problems.append((job, exc))
     shared = len(jobs) > 1 or len(compiled_jobs) > 1
     declared = {param.name for compiled in compiled_jobs for param in compiled.parameters}
+    if problems:  # a job that did not compile may declare any given name: say its own error, not "unknown"
+        declared |= _given_names(app.settings, app.project_dir)
     ready: list[JobPlan] = []
     for compiled in compiled_jobs:
         try:
@@ -229,6 +231,23 @@ def resolve_run_parameters(
         if s != "pyproject.toml"
     ]
     return resolve_parameters(compiled.parameters, layers, job=compiled.job)
+
+
+def _given_names(settings: Settings, project_dir: Path) -> set[str]:
+    """Every parameter name a ``param`` layer or the params file gives (unreadable sources give none here: they
+    are reported when each job resolves its parameters)."""
+    names: set[str] = set()
+    for source, values in settings.param_layers:
+        try:
+            names |= set(_assignments(source, values))
+        except (InputError, UsageError):
+            pass
+    if settings.params_file:
+        try:
+            names |= set(load_params_file(project_dir / settings.params_file))
+        except InputError:
+            pass
+    return names
 
 
 def _assignments(source: str, values: tuple[str, ...]) -> dict[str, str]:

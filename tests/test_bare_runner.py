@@ -11,17 +11,20 @@ import os
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 
 from tests.fake_kfp import FakeKfpServer, RunStep
 from tests.helpers import REPO_ROOT
+from tests.package_index import package_index
 from tests.test_gitlab_ci_local import _require_tools, commit, gcl, job_log, readme_snippet, repo
 
 __all__ = ["_require_tools", "repo"]  # fixtures shared with test_gitlab_ci_local
 
 WHEELHOUSE = REPO_ROOT / ".ci" / "wheelhouse"
+VERSION = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["version"]
 pytestmark = pytest.mark.timeout(300)
 
 
@@ -52,6 +55,26 @@ def index(tmp_path_factory: pytest.TempPathFactory) -> Path:
         '[project]\nname = "iris-features"\nversion = "1.0"\n[tool.setuptools]\npy-modules = ["iris_features"]\n')
     (features / "iris_features.py").write_text('"""A project requirement the test pipeline imports."""\nSCALE = 1.0\n')
     _offline_pip("wheel", "--no-deps", "--wheel-dir", str(dest), ".", cwd=features)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def squatted(tmp_path_factory: pytest.TempPathFactory, index: Path) -> Path:
+    """A directory with a wheel named kfp-launch, same version and tags as ours, that someone else published on a
+    public index: its `kfp-launch` prints SQUATTED and submits nothing."""
+    source = tmp_path_factory.mktemp("squatter")
+    (source / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["setuptools>=68"]\nbuild-backend = "setuptools.build_meta"\n'
+        f'[project]\nname = "kfp-launch"\nversion = "{VERSION}"\n'
+        '[project.scripts]\nkfp-launch = "kfp_launch_squatted:main"\n'
+        '[tool.setuptools]\npy-modules = ["kfp_launch_squatted"]\n')
+    (source / "kfp_launch_squatted.py").write_text('def main():\n    print("SQUATTED")\n')
+    dest = tmp_path_factory.mktemp("squatted")
+    _offline_pip("wheel", "--no-deps", "--wheel-dir", str(dest), ".", cwd=source)
+    # A more specific tag than our py3-none-any: among equal versions, pip prefers it wherever both are candidates.
+    [wheel] = dest.glob("*.whl")
+    tag = f"py{sys.version_info.major}{sys.version_info.minor}"
+    wheel.rename(dest / wheel.name.replace("-py3-none-any.whl", f"-{tag}-none-any.whl"))
     return dest
 
 
@@ -103,3 +126,41 @@ def test_a_bare_runner_job_fails_with_exit_6_when_the_run_fails(
     assert result.returncode == 1
     assert "FAIL 6" in result.stdout and "train" in result.stdout
     assert "run FAILED" in job_log(repo, "train")
+
+
+@pytest.mark.parametrize("snippet", ["day-one", "day-one-component"])
+def test_kfp_launch_comes_from_its_registry_alone_never_from_a_mirror_holding_a_squatter(
+        snippet: str, repo: Path, kfp: FakeKfpServer, index: Path, squatted: Path, bare_python: Path,
+        tmp_path: Path) -> None:
+    # The team's PyPI mirror (PIP_INDEX_URL) has the dependencies, the project requirement and a squatted
+    # kfp-launch; the kfp-launch project's package registry (KFP_LAUNCH_INDEX_URL) has the real one.
+    mirror, registry = tmp_path / "mirror", tmp_path / "registry"
+    mirror.mkdir()
+    registry.mkdir()
+    for wheel in index.glob("kfp_launch-*.whl"):
+        shutil.copy(wheel, registry)
+    shutil.copy(next(index.glob("iris_features-*.whl")), mirror)
+    _project_needing_a_requirement(repo)
+    commit(repo, ".gitlab-ci.yml", readme_snippet(snippet))
+    kfp.script_run(["SUCCEEDED"])
+    with package_index(mirror, WHEELHOUSE, squatted) as mirror_url, package_index(registry) as registry_url:
+        variables = {"PIP_INDEX_URL": f"{mirror_url}/simple/", "PIP_CONFIG_FILE": os.devnull,
+                     "PIP_DISABLE_PIP_VERSION_CHECK": "1", "KFP_LAUNCH_INDEX_URL": f"{registry_url}/simple/"}
+        result = gcl(repo, kfp, variables=variables, python_bin=bare_python)
+    assert result.returncode == 0, result.stdout[-4000:]
+    assert "SQUATTED" not in result.stdout
+    assert len(kfp.runs) == 1  # the real kfp-launch ran
+    assert not (bare_python.parent / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" /
+                "site-packages" / "kfp_launch_squatted.py").exists()
+
+
+def test_with_no_index_configured_the_job_stops_before_asking_pypi_org(
+        repo: Path, kfp: FakeKfpServer, bare_python: Path) -> None:
+    commit(repo, ".gitlab-ci.yml", readme_snippet("day-one"))
+    variables = {"PIP_CONFIG_FILE": os.devnull, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    result = gcl(repo, kfp, variables=variables, python_bin=bare_python)
+    assert result.returncode == 1
+    assert "FAIL 3" in result.stdout
+    assert "kfp-launch is not on pypi.org and no index is configured for it" in result.stdout
+    assert "KFP_LAUNCH_INDEX_URL" in result.stdout
+    assert not kfp.requests

@@ -36,6 +36,13 @@ def test_each_template_installs_this_version_of_kfp_launch(template: Path) -> No
     assert {a or b for a, b in examples} <= {_version()}
 
 
+def test_the_readme_names_this_version_wherever_it_names_one() -> None:
+    readme = (REPO_ROOT / "README.md").read_text()
+    named = re.findall(r"kfp-launch==(\d[\w.]*)|mlops/kfp-launch/kfp-launch(?:-toy)?@(\S+?)[`\s]|ref: (\d\S*)", readme)
+    versions = {a or b or c for a, b, c in named}
+    assert len(named) >= 6 and versions == {_version()}, versions
+
+
 @pytest.mark.parametrize("template", TEMPLATES, ids=lambda p: p.name)
 def test_no_template_expands_kfp_launch_args_or_sets_empty_job_variables(template: Path) -> None:
     text = template.read_text()
@@ -44,8 +51,11 @@ def test_no_template_expands_kfp_launch_args_or_sets_empty_job_variables(templat
     jobs = documents[-1]
     for name, job in jobs.items():
         assert "before_script" not in job, name  # the install is in script: a user's before_script adds to it
-        if template.parent.name == "ci-templates":  # a component's inputs are its interface, not shadowing
-            assert all(value != "" for value in (job.get("variables") or {}).values()), name
+        variables = job.get("variables") or {}
+        if template.parent.name == "ci-templates":
+            assert all(value != "" for value in variables.values()), name
+        else:  # a component's inputs, under their own names: an empty input hides no project variable
+            assert all(key.startswith("KFP_LAUNCH_INPUT_") for key in variables), (name, sorted(variables))
         assert not any(re.search(r"\$\{?KFP_JOB\b(?!:-)", line) for line in _lines(job.get("script", []))), name
 
 

@@ -158,3 +158,13 @@ def test_a_param_of_several_jobs_goes_to_those_that_declare_it_and_a_typo_is_sti
     assert typo.exit_code == ExitCode.INVALID_INPUT
     assert "2 of 2 jobs cannot run" in typo.stderr and typo.stderr.count('unknown parameter "stepz"') == 2
     assert len(kfp.runs) == 2  # nothing more was submitted
+
+
+def test_a_param_for_a_job_that_does_not_compile_is_not_called_unknown_in_the_others(
+    run_cli: RunCli, project: Path, kfp: FakeKfpServer
+) -> None:
+    result = run_cli(["run", "--all", "-p", "only_broken_knows=1"], cwd=project, env=env_for(kfp))
+    assert result.exit_code == ExitCode.INVALID_INPUT
+    assert "broken: Importing pipelines.broken failed" in result.stderr
+    assert "unknown parameter" not in result.stderr  # the compile errors are the cause to fix first
+    assert not kfp.requests

@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from xml.etree import ElementTree
 
@@ -46,12 +47,23 @@ def _require_tools() -> None:
         pytest.skip(missing)
 
 
+VERSION = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["version"]
+PUBLISHED_TEMPLATE = f"  - project: mlops/kfp-launch\n    ref: {VERSION}\n    file: ci-templates/kfp-launch.gitlab-ci.yml\n"
+PUBLISHED_COMPONENT = re.compile(rf"\$CI_SERVER_FQDN/mlops/kfp-launch/(kfp-launch(?:-toy)?)@{re.escape(VERSION)}")
+
+
 def readme_snippet(name: str) -> str:
-    """The YAML block after `<!-- e2e: NAME -->` in README.md: the tests run what the README shows."""
+    """The YAML block after `<!-- e2e: NAME -->` in README.md: the tests run what the README shows, with the
+    published template and components (mlops/kfp-launch at this version) taken from this working tree, the
+    only form that resolves offline."""
     text = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
     match = re.search(rf"<!-- e2e: {re.escape(name)} -->\s*```yaml\n(.*?)```", text, re.DOTALL)
     assert match, f"README.md has no snippet {name}"
-    return match.group(1)
+    snippet = match.group(1)
+    local = snippet.replace(PUBLISHED_TEMPLATE, "  - local: ci-templates/kfp-launch.gitlab-ci.yml\n")
+    local = PUBLISHED_COMPONENT.sub(r"$CI_SERVER_FQDN/$CI_PROJECT_PATH/\1@$CI_COMMIT_SHA", local)
+    assert local != snippet, f"snippet {name} includes neither mlops/kfp-launch@{VERSION} form"
+    return local
 
 
 @pytest.fixture
@@ -168,8 +180,8 @@ def test_component_included_twice_gives_two_independent_jobs(repo: Path, kfp: Fa
     commit(repo, ".gitlab-ci.yml", two)
     result = gcl(repo, kfp, "--preview")
     expanded = yaml.safe_load(result.stdout)
-    assert expanded["train"]["variables"]["KFP_JOB"] == ""
-    assert expanded["explore-data"]["variables"]["KFP_JOB"] == "explore"
+    assert expanded["train"]["variables"]["KFP_LAUNCH_INPUT_JOB"] == ""  # empty: hides no project KFP_JOB
+    assert expanded["explore-data"]["variables"]["KFP_LAUNCH_INPUT_JOB"] == "explore"
 
 
 def test_templates_are_valid_gitlab_ci(repo: Path, kfp: FakeKfpServer, tmp_path: Path) -> None:

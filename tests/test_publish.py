@@ -1,15 +1,14 @@
 """The project's own .gitlab-ci.yml under gitlab-ci-local: on a version tag, its build job makes the wheel and sdist
 and its publish job uploads them with twine to a package index; here a local pypiserver on 127.0.0.1 stands in for
 the GitLab package registry's PyPI API (same upload protocol: docs.gitlab.com/user/packages/pypi_repository). The
-release job (release-cli image, CI/CD catalog) is validated as YAML only."""
+release job (CI/CD catalog) is validated as YAML only, and so are the publish job's own registry URL and job-token
+credentials: the test points twine at the local index through variables (GitLab ranks them above the job's)."""
 
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import sys
-import time
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ import yaml
 
 from tests.fake_kfp import FakeKfpServer
 from tests.helpers import REPO_ROOT
+from tests.package_index import package_index
 from tests.test_bare_runner import _pip_variables, bare_python, index
 from tests.test_gitlab_ci_local import _require_tools, commit, gcl
 
@@ -29,27 +29,12 @@ VERSION = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["
 
 
 @pytest.fixture
-def package_index(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """A pypiserver on 127.0.0.1 that takes uploads without authentication: (its URL, its packages directory)."""
+def upload_index(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A package index that takes uploads: (its URL, its packages directory)."""
     packages = tmp_path / "packages"
     packages.mkdir()
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen([str(Path(sys.executable).parent / "pypi-server"), "run", "--host", "127.0.0.1",
-                               "--port", str(port), "--authenticate", ".", "--passwords", ".", str(packages)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(200):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.05)  # the server process is starting: there is no event to wait on
-        yield f"http://127.0.0.1:{port}", packages
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
+    with package_index(packages) as url:
+        yield url, packages
 
 
 @pytest.fixture
@@ -66,9 +51,9 @@ def project_repo(tmp_path: Path) -> Path:
 
 
 def test_a_version_tag_builds_and_uploads_the_wheel_and_sdist(
-        project_repo: Path, package_index: tuple[str, Path], kfp: FakeKfpServer, index: Path,
+        project_repo: Path, upload_index: tuple[str, Path], kfp: FakeKfpServer, index: Path,
         bare_python: Path) -> None:
-    url, packages = package_index
+    url, packages = upload_index
     variables = {**_pip_variables(index), "CI_COMMIT_TAG": VERSION, "TWINE_REPOSITORY_URL": url,
                  "TWINE_USERNAME": "nobody", "TWINE_PASSWORD": "unused"}
     result = gcl(project_repo, kfp, "build", "publish", variables=variables, python_bin=bare_python)
@@ -83,9 +68,9 @@ def test_a_version_tag_builds_and_uploads_the_wheel_and_sdist(
 
 
 def test_a_tag_that_is_not_the_version_uploads_nothing(
-        project_repo: Path, package_index: tuple[str, Path], kfp: FakeKfpServer, index: Path,
+        project_repo: Path, upload_index: tuple[str, Path], kfp: FakeKfpServer, index: Path,
         bare_python: Path) -> None:
-    url, packages = package_index
+    url, packages = upload_index
     variables = {**_pip_variables(index), "CI_COMMIT_TAG": "9.9.9", "TWINE_REPOSITORY_URL": url}
     result = gcl(project_repo, kfp, "build", "publish", variables=variables, python_bin=bare_python)
     assert result.returncode == 1
