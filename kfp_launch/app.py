@@ -190,7 +190,8 @@ def make_console(environ: Mapping[str, str]) -> Console:
     rich is imported here, not at module level: ``kfp-launch --help`` does not need it."""
     from kfp_launch.console import Console
 
-    console = Console(out=sys.stdout, err=sys.stderr, in_gitlab=in_gitlab(environ))
+    no_color = environ.get("NO_COLOR", "") != ""  # no-color.org: wins over colour in GitLab's log too
+    console = Console(out=sys.stdout, err=sys.stderr, in_gitlab=in_gitlab(environ), color=False if no_color else None)
     console.mask(*(environ.get(name) for name in SECRET_VARIABLES))
     token_file = environ.get("KF_PIPELINES_SA_TOKEN_PATH", "")
     if token_file and "/" not in token_file:  # the token itself, in a CI/CD variable of type Variable

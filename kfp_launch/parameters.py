@@ -216,7 +216,11 @@ def _yaml_text(value: object) -> str:
 def load_params_file(path: Path) -> dict[str, object]:
     """Read a params file: a YAML or JSON mapping of parameter name -> value.
 
-    ``.json`` files are read as JSON; anything else as YAML (a superset of JSON).
+    ``.json`` files are read as JSON; anything else as YAML (a superset of JSON). A YAML value written without
+    quotes (a plain scalar) is returned as its text, so the parameter's type decides what it means, as for
+    ``-p``: ``steps: 010`` is 10 for an integer and ``"010"`` for a string, ``source: NO`` stays ``"NO"`` (YAML 1.1,
+    which PyYAML follows, would read them as octal 8 and false); ``~``/``null`` stays None (the default).
+    A name given twice is an error, in YAML and JSON.
 
     Raises:
         ParameterError: the file is missing, unreadable, not valid YAML/JSON, or not a mapping.
@@ -236,11 +240,13 @@ def load_params_file(path: Path) -> dict[str, object]:
             hint="save it as UTF-8 YAML or JSON.",
         ) from None
     try:
-        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        data = (
+            json.loads(text, object_pairs_hook=_no_duplicates) if path.suffix.lower() == ".json" else _load_yaml(text)
+        )
+    except (json.JSONDecodeError, yaml.YAMLError, _DuplicateKey) as exc:
         raise ParameterError(
             f"The params file {path} is not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'}: {exc}",
-            hint="fix the file; it must be a mapping of parameter name to value.",
+            hint="fix the file; it must be a mapping of parameter name to value, each name once.",
         ) from None
     if data is None:
         return {}
@@ -249,4 +255,48 @@ def load_params_file(path: Path) -> dict[str, object]:
             f"The params file {path} must hold a mapping of parameter name to value, not {type(data).__name__}.",
             hint='write it as `steps: 100` lines (YAML) or {"steps": 100} (JSON).',
         )
+    return data
+
+
+class _DuplicateKey(ValueError):
+    """A params file names one parameter twice."""
+
+
+def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    """``json.loads`` hook: a mapping, refusing a key given twice (JSON itself allows it, last wins)."""
+    data: dict[str, object] = {}
+    for key, value in pairs:
+        if key in data:
+            raise _DuplicateKey(f'"{key}" is given twice')
+        data[key] = value
+    return data
+
+
+def _load_yaml(text: str) -> object:
+    """Load YAML with PyYAML's safe loader, refusing duplicate keys, keeping top-level plain scalars as text."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[object, object]:
+            seen: set[object] = set()
+            for key_node, _value in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen:
+                    raise _DuplicateKey(f'"{key}" is given twice (again on line {key_node.start_mark.line + 1})')
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    loader = Loader(text)
+    try:
+        root = loader.get_single_node()
+        if root is None:
+            return None
+        data = loader.construct_document(root)
+    finally:
+        loader.dispose()
+    if isinstance(root, yaml.MappingNode) and isinstance(data, dict):
+        for (key, _), (_, value_node) in zip(list(data.items()), root.value, strict=True):
+            plain = isinstance(value_node, yaml.ScalarNode) and value_node.style is None
+            if plain and value_node.tag != "tag:yaml.org,2002:null":
+                data[key] = value_node.value
     return data

@@ -15,7 +15,7 @@ from pathlib import Path
 from kfp_launch.app import App
 from kfp_launch.ci_context import CiContext
 from kfp_launch.console import Console
-from kfp_launch.errors import ConfigError, InputError, ParameterError, UsageError
+from kfp_launch.errors import ConfigError, InputError, JobNotFoundError, ParameterError, UsageError
 from kfp_launch.models import CompiledPipeline, ResolvedParameters
 from kfp_launch.parameters import ParameterLayer, load_params_file, parse_param_assignments, resolve_parameters
 from kfp_launch.settings import Settings
@@ -59,7 +59,10 @@ def plan_jobs(app: App, jobs: list[str], all_jobs: bool) -> list[JobPlan]:
     names = jobs_to_run(app, jobs, all_jobs)
     label = f"job {names[0]}" if len(names) == 1 else f"{len(names)} jobs"
     app.console.section_start("kfp_launch_compile", f"Compiling {label}", collapsed=True, announce=False)
-    plans = compile_jobs(app, names, skip_non_jobs=all_jobs)
+    try:
+        plans = compile_jobs(app, names, skip_non_jobs=all_jobs)
+    except JobNotFoundError as exc:  # one job: say where its name came from and how to name another
+        raise JobNotFoundError(f"{exc.message} {job_name_origin(app, jobs)}", hint=_JOB_NAME_WAYS) from None
     app.console.section_end("kfp_launch_compile")
     if len(plans) > MAX_RUNS:
         raise InputError(
@@ -92,6 +95,22 @@ def jobs_to_run(app: App, jobs: list[str], all_jobs: bool) -> list[str]:
             hint="add modules pipelines/<job>.py that define a @dsl.pipeline.",
         )
     return found
+
+
+_JOB_NAME_WAYS = (
+    "name the job with its module's name: as the argument (kfp-launch run train), as the KFP_JOB variable of "
+    "the GitLab job, or as the GitLab job's own name (train:); kfp-launch jobs lists them."
+)
+
+
+def job_name_origin(app: App, jobs: list[str]) -> str:
+    """Where the one job name of a ``run`` came from, said for an error: the JOB argument, the ``KFP_JOB``
+    variable (the CI template passes it as the argument), or ``CI_JOB_NAME`` without its parallel/matrix suffix."""
+    if not jobs:
+        return f'The name is the GitLab job\'s name (CI_JOB_NAME "{app.ci.job_name or ""}").'
+    if app.environ.get("KFP_JOB", "").strip() == jobs[0]:
+        return "The name comes from the KFP_JOB variable."
+    return "The name is the JOB argument."
 
 
 def job_from_ci(ci: CiContext) -> str:

@@ -154,7 +154,7 @@ def test_optional_parameter_without_default_may_stay_unset() -> None:
 def test_params_file_yaml_and_json(tmp_path: Path) -> None:
     (tmp_path / "p.yaml").write_text("steps: 5\nname: '007'\n")
     (tmp_path / "p.json").write_text('{"steps": 6, "name": "x"}')
-    assert load_params_file(tmp_path / "p.yaml") == {"steps": 5, "name": "007"}
+    assert load_params_file(tmp_path / "p.yaml") == {"steps": "5", "name": "007"}  # plain: text, typed later
     assert load_params_file(tmp_path / "p.json") == {"steps": 6, "name": "x"}
 
 
@@ -178,9 +178,26 @@ def test_missing_params_file_is_an_input_error(tmp_path: Path) -> None:
         load_params_file(tmp_path / "nope.yaml")
 
 
-def test_yaml_number_for_a_string_parameter_says_to_quote_it(tmp_path: Path) -> None:
-    (tmp_path / "p.yaml").write_text("name: 007\n")
+def test_a_yaml_params_file_is_read_as_written_for_each_parameters_type(tmp_path: Path) -> None:
+    # PyYAML follows YAML 1.1: unquoted 007 is int 7, 010 octal 8, NO false. Plain values are taken as text and
+    # coerced by the parameter's type, like -p: what the user wrote is what the run gets.
+    (tmp_path / "p.yaml").write_text("name: 007\nsteps: 010\n")
+    values = load_params_file(tmp_path / "p.yaml")
+    resolved = resolve_parameters(PARAMS, [ParameterLayer(source="params file p.yaml", values=values)], job="j")
+    assert resolved.as_dict()["name"] == "007" and resolved.as_dict()["steps"] == 10
+
+
+def test_a_yaml_value_that_is_not_of_the_parameters_type_is_refused_with_the_users_text(tmp_path: Path) -> None:
+    (tmp_path / "p.yaml").write_text("steps: 1:30\n")  # YAML 1.1 sexagesimal: 90
     values = load_params_file(tmp_path / "p.yaml")
     with pytest.raises(ParameterError) as info:
         resolve_parameters(PARAMS, [ParameterLayer(source="params file p.yaml", values=values)], job="j")
-    assert "name (from params file p.yaml): expected a string, got int 7; quote it" in info.value.message
+    assert 'steps (from params file p.yaml): "1:30" is not an integer' in info.value.message
+
+
+@pytest.mark.parametrize(("filename", "content"), [("d.yaml", "steps: 1\nsteps: 2\n"), ("d.json", '{"steps": 1, "steps": 2}')])
+def test_a_name_given_twice_in_a_params_file_is_refused(tmp_path: Path, filename: str, content: str) -> None:
+    (tmp_path / filename).write_text(content)
+    with pytest.raises(ParameterError) as info:
+        load_params_file(tmp_path / filename)
+    assert '"steps" is given twice' in info.value.message

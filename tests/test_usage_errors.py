@@ -58,3 +58,34 @@ def test_a_missing_host_is_said_before_the_plan_is_printed(run_cli: RunCli, proj
     assert result.exit_code == ExitCode.INVALID_INPUT
     assert "no Kubeflow host: set KFP_HOST" in result.stderr
     assert result.stdout == ""  # no plan, no compile section: the first thing said is what to fix
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "origin"),
+    [
+        ([], {"CI_JOB_NAME": "train-model 1/2"}, 'The name is the GitLab job\'s name (CI_JOB_NAME "train-model 1/2").'),
+        (["train_model"], {"KFP_JOB": "train_model"}, "The name comes from the KFP_JOB variable."),
+        (["train_model"], {}, "The name is the JOB argument."),
+    ],
+)
+def test_a_wrong_job_name_says_where_it_came_from_and_the_ways_to_set_it(
+    run_cli: RunCli, project: Path, args: list[str], env: dict[str, str], origin: str
+) -> None:
+    result = run_cli(["run", *args], cwd=project, env={**CI, "KFP_HOST": "http://127.0.0.1:9", **env})
+    assert result.exit_code == ExitCode.INVALID_INPUT, result.output
+    assert origin in result.stderr
+    assert "as the argument (kfp-launch run train), as the KFP_JOB variable" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_no_color_wins_in_a_gitlab_job_and_the_section_markers_stay(run_cli: RunCli, project: Path) -> None:
+    from tests.fake_kfp import FakeKfpServer
+    from tests.helpers import env_for
+
+    with FakeKfpServer() as kfp:
+        coloured = run_cli(["run", "good", "--dry-run"], cwd=project, env=env_for(kfp))
+        plain = run_cli(["run", "good", "--dry-run"], cwd=project, env={**env_for(kfp), "NO_COLOR": "1"})
+    assert coloured.exit_code == plain.exit_code == 0, plain.output
+    assert "\x1b[1m" in coloured.stdout  # bold headers in GitLab's log, unless NO_COLOR
+    assert "\x1b[1m" not in plain.output and "\x1b[3" not in plain.output
+    assert "section_start:" in plain.stdout and "\x1b[0K" in plain.stdout
