@@ -65,6 +65,8 @@ class App:
         project_dir: the project (the working directory).
         console: the one console of the process (masks :data:`SECRET_VARIABLES`' values).
         runtime: time and the KFP adapter factory.
+        results: what ``--json`` prints, filled as runs end: one dict per run (see
+            :func:`kfp_launch.reporting.outcome_document`) or per cancelled run.
     """
 
     settings: Settings
@@ -73,6 +75,7 @@ class App:
     project_dir: Path
     console: Console
     runtime: Runtime = field(default_factory=Runtime)
+    results: list[dict[str, object]] = field(default_factory=list)
 
     @cached_property
     def ci(self) -> CiContext:
@@ -184,14 +187,16 @@ def in_gitlab(environ: Mapping[str, str]) -> bool:
     return environ.get("GITLAB_CI", "") == "true" or bool(environ.get("CI_JOB_ID") and environ.get("CI_SERVER_URL"))
 
 
-def make_console(environ: Mapping[str, str]) -> Console:
-    """The console of this process (GitLab job or not), masking the values of :data:`SECRET_VARIABLES`.
+def make_console(environ: Mapping[str, str], *, human_to_stderr: bool = False) -> Console:
+    """The console of this process (GitLab job or not), masking the values of :data:`SECRET_VARIABLES`;
+    with ``human_to_stderr`` (``--json``) everything it prints goes to stderr, leaving stdout to the document.
 
     rich is imported here, not at module level: ``kfp-launch --help`` does not need it."""
     from kfp_launch.console import Console
 
     no_color = environ.get("NO_COLOR", "") != ""  # no-color.org: wins over colour in GitLab's log too
-    console = Console(out=sys.stdout, err=sys.stderr, in_gitlab=in_gitlab(environ), color=False if no_color else None)
+    out = sys.stderr if human_to_stderr else sys.stdout
+    console = Console(out=out, err=sys.stderr, in_gitlab=in_gitlab(environ), color=False if no_color else None)
     console.mask(*(environ.get(name) for name in SECRET_VARIABLES))
     token_file = environ.get("KF_PIPELINES_SA_TOKEN_PATH", "")
     if token_file and "/" not in token_file:  # the token itself, in a CI/CD variable of type Variable

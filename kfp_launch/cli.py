@@ -18,7 +18,7 @@ import sys
 import traceback
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -41,6 +41,9 @@ from kfp_launch.settings import (
     specs_for,
 )
 
+if TYPE_CHECKING:
+    from kfp_launch.console import Console
+
 app = typer.Typer(
     name="kfp-launch",
     help="Launch Kubeflow Pipelines runs from GitLab CI or a laptop, and wait for their outcome.",
@@ -55,21 +58,68 @@ app = typer.Typer(
 UseCase = Callable[..., ExitCode | None]
 
 
-def _run_guarded(command: str, flags: dict[str, object], use_case: Callable[[App], ExitCode | None]) -> ExitCode:
+def _run_guarded(
+    command: str, flags: dict[str, object], use_case: Callable[[App], ExitCode | None], *, json_result: bool = False
+) -> ExitCode:
     """The error boundary: build the process's one :class:`App` and run the use case, translating errors
-    and signals into exit codes."""
+    and signals into exit codes. With ``json_result`` (``--json`` of run, watch, cancel) all human output goes
+    to stderr and stdout gets exactly one JSON document, also on failure (see :func:`_print_result`)."""
     from kfp_launch.app import make_console
 
     environ = dict(os.environ)
-    console = make_console(environ)
+    console = make_console(environ, human_to_stderr=json_result)
+    results: list[dict[str, object]] = []
+    errors: list[str] = []
+    code = ExitCode.INTERNAL
+    try:
+        code = _guarded(command, flags, use_case, environ, console, results, errors)
+        return code
+    finally:
+        if json_result:
+            _print_result(results, code, errors)
+
+
+def _print_result(results: list[dict[str, object]], code: ExitCode, errors: list[str]) -> None:
+    """The ``--json`` document on stdout: an object for one run, a list for several, and without runs (an error
+    before any) an object ``{"exit_code": N, "error": "..."}``."""
+    import json
+
+    document: object
+    if len(results) == 1:
+        document = results[0]
+    elif results:
+        document = results
+    else:
+        document = {"exit_code": int(code), "error": errors[-1] if errors else ""}
+    sys.stdout.write(json.dumps(document, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def _guarded(
+    command: str,
+    flags: dict[str, object],
+    use_case: Callable[[App], ExitCode | None],
+    environ: dict[str, str],
+    console: Console,
+    results: list[dict[str, object]],
+    errors: list[str],
+) -> ExitCode:
     try:
         with interrupts.raising():
             project_dir = Path.cwd()
             settings = load_settings(flags, environ, project_dir, command=command)
-            wired = App(settings=settings, flags=flags, environ=environ, project_dir=project_dir, console=console)
+            wired = App(
+                settings=settings,
+                flags=flags,
+                environ=environ,
+                project_dir=project_dir,
+                console=console,
+                results=results,
+            )
             return use_case(wired) or ExitCode.SUCCESS
     except KfpLaunchError as exc:
         console.error(exc.message, exc.hint)
+        errors.append(console.redact(exc.message))
         return exc.exit_code
     except KeyboardInterrupt:
         console.error("interrupted by SIGINT")
@@ -108,7 +158,8 @@ def _command(name: str) -> Callable[[UseCase], UseCase]:
 
         def command(**values: Any) -> None:
             flags = {spec.name: values.pop(spec.name) for spec in specs}
-            code = _run_guarded(name, flags, lambda wired: function(wired, **values))
+            json_result = bool(values.pop("json_result", False))
+            code = _run_guarded(name, flags, lambda wired: function(wired, **values), json_result=json_result)
             raise typer.Exit(int(code))
 
         command.__signature__ = inspect.Signature([*own, *(_setting_option(spec, name) for spec in specs)])  # type: ignore[attr-defined]
@@ -125,16 +176,45 @@ def _version_callback(value: bool) -> None:
         raise typer.Exit()
 
 
+def _change_directory(directory: str | None) -> str | None:
+    """``-C DIR``: work as if started in DIR (like ``git -C``): pyproject.toml, pipelines/, .kfp-launch/ and
+    relative paths are all DIR's. A missing directory is a usage error (exit 2) before anything runs."""
+    if directory is None:
+        return None
+    try:
+        os.chdir(directory)
+    except OSError as exc:
+        raise typer.BadParameter(f"cannot work in {directory!r}: {exc.strerror or exc}.") from None
+    return directory
+
+
 @app.callback()
 def _root(
     version: Annotated[
         bool, typer.Option("--version", callback=_version_callback, is_eager=True, help="Show the version and exit.")
     ] = False,
+    directory: Annotated[
+        str | None,
+        typer.Option(
+            "-C",
+            metavar="DIR",
+            callback=_change_directory,
+            help="Run as if kfp-launch was started in DIR (a project in a monorepo), like git -C.",
+        ),
+    ] = None,
 ) -> None:
     """Launch Kubeflow Pipelines runs from GitLab CI or a laptop, and wait for their outcome."""
 
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+JsonResultOpt = Annotated[
+    bool,
+    typer.Option(
+        "--json",
+        help="Print the result as one JSON document on stdout (an object per run: job, run_id, url, state, "
+        "exit_code, duration_s, experiment, parameters; a list for several), also on failure; the log goes to stderr.",
+    ),
+]
 JobArg = Annotated[str, typer.Argument(metavar="JOB", help="The job: JOB or JOB:function.")]
 
 
@@ -180,6 +260,7 @@ def run_command(
         bool, typer.Option("--all", help="Run every job of the project (e.g. with --profile toy).")
     ] = False,
     local: Annotated[bool, typer.Option("--local", help="Run on this machine with kfp.local (no cluster).")] = False,
+    json_result: JsonResultOpt = False,
 ) -> ExitCode:
     """Compile JOB and run it, then exit with a code that says how the run ended."""
     if local:
@@ -207,6 +288,7 @@ def watch_command(
     run_id: Annotated[
         str, typer.Argument(metavar="RUN_ID", help="The KFP run id, or a unique prefix of at least 8 characters.")
     ],
+    json_result: JsonResultOpt = False,
 ) -> ExitCode:
     """Attach to a run and wait for it, exiting with its outcome's code."""
     from kfp_launch.watch import watch_run
@@ -223,8 +305,11 @@ def cancel_command(
     ] = None,
     state_file: Annotated[
         str | None,
-        typer.Option("--state-file", help="Cancel the runs recorded in this file (honours their cancel policy)."),
+        typer.Option(
+            "--state-file", metavar="FILE", help="Cancel the runs recorded in this file (honours their cancel policy)."
+        ),
     ] = None,
+    json_result: JsonResultOpt = False,
 ) -> ExitCode:
     """Terminate a run (or the runs of a state file); exits 0 if already finished."""
     from kfp_launch.watch import cancel_runs
@@ -297,7 +382,14 @@ def with_extra_run_args(argv: list[str], environ: Mapping[str, str]) -> list[str
         UsageError: the variable's quotes do not match.
     """
     extra = environ.get(ARGS_VARIABLE, "").strip()
-    command = next((word for word in argv if not word.startswith("-")), None)
+    words = iter(argv)
+    command = None
+    for word in words:
+        if word == "-C":
+            next(words, None)  # its DIR
+        elif not word.startswith("-"):
+            command = word
+            break
     if not extra or command != RUN:
         return argv
     try:

@@ -36,6 +36,7 @@ class Reporting:
             metrics=project_dir / settings.metrics_report,
         )
         self._console = app.console
+        self._results = app.results
         self._note_jobs = frozenset(note_jobs)
         self._notes: MergeRequestNotes | None = None
         if note_jobs and (app.ci.in_ci or app.gitlab.token):
@@ -54,6 +55,7 @@ class Reporting:
         from kfp_launch.reports import write_reports_many
 
         masked = [self._masked(o) for o in outcomes]
+        self._results.extend(outcome_document(o) for o in masked)
         try:
             written = write_reports_many(masked, self._paths)
             self._console.line("reports: " + ", ".join(str(p) for p in written))
@@ -72,6 +74,26 @@ class Reporting:
         )
         parameters = {name: _redacted(value, redact) for name, value in outcome.parameters.items()}
         return replace(outcome, message=redact(outcome.message), tasks=tasks, parameters=parameters)
+
+
+def outcome_document(outcome: RunOutcome) -> dict[str, object]:
+    """One run's ``--json`` result: ``job``, ``pipeline``, ``run_id``, ``url`` ('' for local runs), ``state``,
+    ``exit_code`` (int), ``duration_s`` (seconds or None), ``experiment``, ``experiment_id``, ``parameters``
+    (name -> value), ``message`` ('' on success), ``local`` (bool)."""
+    return {
+        "job": outcome.job,
+        "pipeline": outcome.pipeline_name,
+        "run_id": outcome.run_id,
+        "url": outcome.run_url,
+        "state": str(outcome.state),
+        "exit_code": int(outcome.exit_code),
+        "duration_s": outcome.duration_s,
+        "experiment": outcome.experiment,
+        "experiment_id": outcome.experiment_id,
+        "parameters": dict(outcome.parameters),
+        "message": outcome.message,
+        "local": outcome.local,
+    }
 
 
 def _redacted(value: object, redact: Callable[[str], str]) -> object:

@@ -14,6 +14,7 @@ from kfp_launch.errors import ExitCode, KfpLaunchError, UsageError
 from kfp_launch.history import resolve_run_id
 from kfp_launch.models import RunOutcome
 from kfp_launch.polling import PREFLIGHT_OUTAGE_S
+from kfp_launch.reporting import outcome_document
 from kfp_launch.state_file import StateEntry, read_state
 from kfp_launch.states import OutcomeState, RunState
 from kfp_launch.submission import find_by_key
@@ -44,6 +45,7 @@ def watch_run(app: App, run_id: str) -> ExitCode:
         parameters=run.parameters,
     )
     [outcome] = wait_and_report(app, api, [Tracked(base=base, status=run)], reporting=None, state_path=None)
+    app.results.append(outcome_document(outcome))
     return outcome.exit_code
 
 
@@ -81,25 +83,31 @@ def cancel_runs(app: App, run_id: str | None, state_file: str | None) -> ExitCod
     codes = []
     for entry in entries:  # each on its own: one failure must not spare the others
         try:
-            codes.append(_cancel_one(app, entry))
+            code, result = _cancel_one(app, entry)
         except KfpLaunchError as exc:
             app.console.error(f"run {entry.run_id or entry.run_key}: {exc.message}", exc.hint)
-            codes.append(exc.exit_code)
+            code, result = exc.exit_code, f"error: {exc.message}"
+        codes.append(code)
+        app.results.append(
+            {"job": entry.job, "run_id": entry.run_id, "url": entry.url, "result": result, "exit_code": int(code)}
+        )
     return next((code for code in codes if code != ExitCode.SUCCESS), ExitCode.SUCCESS)
 
 
-def _cancel_one(app: App, entry: StateEntry) -> ExitCode:
+def _cancel_one(app: App, entry: StateEntry) -> tuple[ExitCode, str]:
+    """Cancel one recorded run: its exit code and what happened (``terminating``, ``already finished: STATE``,
+    ``already CANCELING``, ``detached``, ``another job's``, ``not created``)."""
     console = app.console
     if entry.cancel_policy == "detach":
         console.line(f"run {entry.run_id}: cancel policy is detach, leaving it running")
-        return ExitCode.SUCCESS
+        return ExitCode.SUCCESS, "detached"
     current_job = app.environ.get("CI_JOB_ID", "").strip()
     if entry.ci_job_id and current_job and entry.ci_job_id != current_job:
         # A state file from an earlier job's artifacts: its runs are not this job's to terminate.
         console.line(
             f"run {entry.run_id}: recorded by CI job {entry.ci_job_id}, not this one ({current_job}); leaving it"
         )
-        return ExitCode.SUCCESS
+        return ExitCode.SUCCESS, "another job's"
     # The run lives where the state file says, whatever the current settings say.
     settings = app.settings
     connection = app.connection(
@@ -111,17 +119,17 @@ def _cancel_one(app: App, entry: StateEntry) -> ExitCode:
         found = retry(lambda: find_by_key(api, entry.experiment_id, entry.run_name, entry.run_key))
         if found is None:
             console.line(f"job {entry.job}: no run was created (key {entry.run_key})")
-            return ExitCode.SUCCESS
+            return ExitCode.SUCCESS, "not created"
         entry = replace(entry, run_id=found.run_id)
     run = retry(lambda: api.get_run(entry.run_id))
     if run.is_terminal:
         console.line(f"run {entry.run_id} already finished: {run.state}")
-        return ExitCode.SUCCESS
+        return ExitCode.SUCCESS, f"already finished: {run.state}"
     if run.state == RunState.CANCELING:
         console.line(f"run {entry.run_id} is already being terminated (CANCELING)")
-        return ExitCode.SUCCESS
+        return ExitCode.SUCCESS, "already CANCELING"
     failed = terminate_runs(api, [entry.run_id], console, why=f"cancel ({run.state} -> CANCELING)", retry=retry)
     if entry.run_id in failed:
         raise failed[entry.run_id]  # reported by cancel_runs with its hint
     console.url("run", entry.url or connection.run_url(entry.run_id))
-    return ExitCode.SUCCESS
+    return ExitCode.SUCCESS, "terminating"

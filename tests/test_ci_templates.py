@@ -76,6 +76,8 @@ def test_kfp_launch_args_join_the_run_command_line_split_like_a_shell() -> None:
     assert with_extra_run_args(["run", "train"], env) == ["run", "train", "-p", "layers=[64, 32]", "-p", "note=a b",
                                                          "--no-cache"]
     assert with_extra_run_args(["--version"], env) == ["--version"]
+    assert with_extra_run_args(["-C", "run", "run"], env)[3:] == ["-p", "layers=[64, 32]", "-p", "note=a b", "--no-cache"]
+    assert with_extra_run_args(["-C", "run", "jobs"], env) == ["-C", "run", "jobs"]  # a directory named run
     assert with_extra_run_args(["cancel", "--state-file", "s.json"], env) == ["cancel", "--state-file", "s.json"]
     assert with_extra_run_args(["run"], {"KFP_LAUNCH_ARGS": "  "}) == ["run"]
     with pytest.raises(UsageError, match="KFP_LAUNCH_ARGS cannot be split"):

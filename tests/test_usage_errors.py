@@ -89,3 +89,18 @@ def test_no_color_wins_in_a_gitlab_job_and_the_section_markers_stay(run_cli: Run
     assert "\x1b[1m" in coloured.stdout  # bold headers in GitLab's log, unless NO_COLOR
     assert "\x1b[1m" not in plain.output and "\x1b[3" not in plain.output
     assert "section_start:" in plain.stdout and "\x1b[0K" in plain.stdout
+
+
+def test_dash_c_runs_a_command_in_another_directory_like_git(run_cli: RunCli, project: Path, tmp_path: Path) -> None:
+    import json
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    result = run_cli(["-C", str(project), "jobs", "--json"], cwd=elsewhere)
+    assert result.exit_code == 3  # the fixture project holds broken modules on purpose
+    assert "good" in [job["job"] for job in json.loads(result.stdout)]
+    local = run_cli(["-C", str(project), "run", "good", "--local"], cwd=elsewhere)
+    assert local.exit_code == 0, local.output
+    assert (project / ".kfp-launch").is_dir() and not (elsewhere / ".kfp-launch").exists()
+    missing = run_cli(["-C", str(tmp_path / "nope"), "jobs"], cwd=elsewhere)
+    assert missing.exit_code == 2 and "cannot work in" in missing.output
