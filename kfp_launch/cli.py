@@ -44,6 +44,17 @@ from kfp_launch.settings import (
 if TYPE_CHECKING:
     from kfp_launch.console import Console
 
+_typer_make_metavar = typer.core.TyperArgument.make_metavar
+
+
+def _plain_metavar(self: typer.core.TyperArgument, ctx: Any, *, usage: bool = False) -> str:
+    """Usage lines as git and pip write them (``RUN_ID``, not typer's ``{RUN_ID}`` for a required argument)."""
+    text = _typer_make_metavar(self, ctx, usage=usage)
+    return text[1:-1] if text.startswith("{") and text.endswith("}") else text
+
+
+typer.core.TyperArgument.make_metavar = _plain_metavar  # type: ignore[method-assign]
+
 app = typer.Typer(
     name="kfp-launch",
     help="Launch Kubeflow Pipelines runs from GitLab CI or a laptop, and wait for their outcome.",
@@ -240,7 +251,12 @@ def compile_command(
     job: JobArg,
     output: Annotated[
         str | None,
-        typer.Option("--output", "-o", help="Where to write the YAML package ('-' for stdout) [default: JOB.yaml]."),
+        typer.Option(
+            "--output",
+            "-o",
+            metavar="FILE",
+            help="Where to write the YAML package ('-' for stdout) [default: JOB.yaml].",
+        ),
     ] = None,
 ) -> None:
     """Compile a job's pipeline to a KFP pipeline package (YAML)."""
@@ -262,7 +278,13 @@ def run_command(
     local: Annotated[bool, typer.Option("--local", help="Run on this machine with kfp.local (no cluster).")] = False,
     json_result: JsonResultOpt = False,
 ) -> ExitCode:
-    """Compile JOB and run it, then exit with a code that says how the run ended."""
+    """Compile JOB and run it, then exit with a code that says how the run ended.
+
+    Kubeflow is KFP_HOST (and KFP_NAMESPACE); credentials: KFP_TOKEN (a bearer token), else
+    KF_PIPELINES_SA_TOKEN_PATH (a service-account token file); KFP_COOKIE (a logged-in browser's session
+    cookie) behind Dex or oauth2-proxy. In GitLab, set them as masked CI/CD variables. kfp-launch exit-codes
+    lists the exit codes.
+    """
     if local:
         from kfp_launch.local import run_local_jobs
 
@@ -274,12 +296,23 @@ def run_command(
 
 
 def _reject_kubeflow_flags(wired: App) -> None:
-    given = [spec.flag for spec in SPECS.values() if spec.kubeflow_only and wired.flags.get(spec.name) is not None]
+    given = [
+        _as_given(spec, wired.flags[spec.name])
+        for spec in SPECS.values()
+        if spec.kubeflow_only and wired.flags.get(spec.name) is not None
+    ]
     if given:
         raise UsageError(
             f"{', '.join(given)} only appl{'y' if len(given) > 1 else 'ies'} to runs on Kubeflow, not to --local runs.",
             hint=f"drop {'them' if len(given) > 1 else 'it'}, or drop --local to run on Kubeflow.",
         )
+
+
+def _as_given(spec: SettingSpec, value: object) -> str:
+    """The flag as the user typed it: ``--no-wait`` for a ``--wait/--no-wait`` switch given False."""
+    if spec.flags and "/" in spec.flags[0] and value is False:
+        return spec.flags[0].split("/", 1)[1]
+    return spec.flag
 
 
 @_command(WATCH)
@@ -335,10 +368,11 @@ def params_command(
 def runs_command(
     wired: App,
     experiment: Annotated[
-        str | None, typer.Option("--experiment", help="An experiment by name (instead of the branch's).")
+        str | None,
+        typer.Option("--experiment", metavar="NAME", help="An experiment by name (instead of the branch's)."),
     ] = None,
-    job: Annotated[str | None, typer.Option("--job", help="Only runs of this job.")] = None,
-    limit: Annotated[int, typer.Option("--limit", help="How many runs, newest first (1-200).")] = 20,
+    job: Annotated[str | None, typer.Option("--job", metavar="JOB", help="Only runs of this job.")] = None,
+    limit: Annotated[int, typer.Option("--limit", metavar="N", help="How many runs, newest first (1-200).")] = 20,
     as_json: JsonOpt = False,
 ) -> None:
     """List the runs of this branch's experiment: state, start, duration, commit, parameters."""

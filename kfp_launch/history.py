@@ -158,7 +158,7 @@ def list_runs(app: App, *, experiment: str | None, job: str | None, limit: int, 
                 params,
             ]
         )
-    console.line(f'experiment "{name}" ({found.experiment_id}): {len(runs)} runs')
+    console.line(f'experiment "{name}" ({found.experiment_id}): {len(runs)} run{"" if len(runs) == 1 else "s"}')
     console.table(["run", "job", "state", "started (UTC)", "duration", "commit", "parameters"], rows, whole=["run"])
     console.line(METRICS_NOTE, style="dim")
 

@@ -297,11 +297,14 @@ def print_plan(plans: list[JobPlan], ci: CiContext, experiment: str | None, cons
     else:
         c = plans[0].compiled
         console.line(f"job: {c.job} ({c.module}:{c.function}, pipeline {c.pipeline_name})")
-    console.line(f"experiment{' (on Kubeflow)' if local else ''}: {experiment or '(none)'}  [{where}]")
+    if local:  # no Kubeflow, no experiment: only where the code comes from
+        console.line(f"ref: {where}")
+    else:
+        console.line(f"experiment: {experiment or '(none)'}  [{where}]")
     if ci.ticket:
         console.line(f"ticket: {ci.ticket} (from {ci.ticket_source})")
     else:
-        console.line("ticket: none found (set --ticket or JIRA_TICKET to tag the experiment)")
+        console.line("ticket: none found" + ("" if local else " (set --ticket or JIRA_TICKET to tag the experiment)"))
     if len(plans) == 1 and plans[0].params.values:
         rows = [[v.name, json.dumps(v.value), v.source] for v in plans[0].params.values]
         console.table(["parameter", "value", "from"], rows)

@@ -39,7 +39,7 @@ class Reporting:
         self._results = app.results
         self._note_jobs = frozenset(note_jobs)
         self._notes: MergeRequestNotes | None = None
-        if note_jobs and (app.ci.in_ci or app.gitlab.token):
+        if note_jobs and (app.ci.in_ci or app.gitlab.token) and _may_have_merge_request(app):
             from kfp_launch.gitlab_notes import MergeRequestNotes
 
             self._notes = MergeRequestNotes(app.gitlab, app.ci, app.console, several=len(self._note_jobs) > 1)
@@ -74,6 +74,14 @@ class Reporting:
         )
         parameters = {name: _redacted(value, redact) for name, value in outcome.parameters.items()}
         return replace(outcome, message=redact(outcome.message), tasks=tasks, parameters=parameters)
+
+
+def _may_have_merge_request(app: App) -> bool:
+    """Whether a merge request may belong to this run: outside CI, or in a merge request pipeline, or a branch
+    pipeline whose branch has open merge requests (GitLab's ``CI_OPEN_MERGE_REQUESTS``, set in branch and merge
+    request pipelines when there are any: docs.gitlab.com/ci/variables/predefined_variables). A push pipeline
+    without one says nothing about notes."""
+    return not app.ci.in_ci or app.ci.merge_request_iid is not None or bool(app.environ.get("CI_OPEN_MERGE_REQUESTS"))
 
 
 def outcome_document(outcome: RunOutcome) -> dict[str, object]:

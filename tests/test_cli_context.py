@@ -111,7 +111,7 @@ def test_run_without_job_in_ci_runs_the_gitlab_jobs_pipeline(run_cli: RunCli, pr
     result = run_cli(["run", "--local"], cwd=project, env=BRANCH_PIPELINE)
     assert result.exit_code == 0, result.output
     assert "job: good (pipelines.good:pipeline" in result.stdout
-    assert "experiment (on Kubeflow): feature/ML-42-better-model" in result.stdout
+    assert "ref: branch feature/ML-42-better-model" in result.stdout and "experiment" not in result.stdout
     assert "ticket: ML-42 (from branch)" in result.stdout
 
 
@@ -124,7 +124,7 @@ def test_run_without_job_outside_ci_is_usage_error(run_cli: RunCli, project: Pat
 def test_local_run_outside_git_still_works_and_says_there_is_no_branch(run_cli: RunCli, project: Path) -> None:
     result = run_cli(["run", "good", "--local"], cwd=project)
     assert result.exit_code == 0, result.output
-    assert "experiment (on Kubeflow): (none)" in result.stdout
+    assert "ref: no branch (not a git checkout; --branch sets one)" in result.stdout and "experiment" not in result.stdout
 
 
 @pytest.mark.parametrize(

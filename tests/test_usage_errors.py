@@ -104,3 +104,31 @@ def test_dash_c_runs_a_command_in_another_directory_like_git(run_cli: RunCli, pr
     assert (project / ".kfp-launch").is_dir() and not (elsewhere / ".kfp-launch").exists()
     missing = run_cli(["-C", str(tmp_path / "nope"), "jobs"], cwd=elsewhere)
     assert missing.exit_code == 2 and "cannot work in" in missing.output
+
+
+@pytest.mark.parametrize("command", ["run", "watch", "cancel", "runs", "compare", "compile", "params", "jobs", "context"])
+def test_help_reads_like_git_and_pip(run_cli: RunCli, project: Path, command: str) -> None:
+    text = run_cli([command, "--help"], cwd=project).stdout
+    usage = text.splitlines()[0]
+    assert "{" not in usage and "<str>" not in text and "<int>" not in text, text
+
+
+def test_run_help_says_how_to_authenticate(run_cli: RunCli, project: Path) -> None:
+    text = " ".join(run_cli(["run", "--help"], cwd=project).stdout.split())
+    for variable in ("KFP_HOST", "KFP_TOKEN", "KF_PIPELINES_SA_TOKEN_PATH", "KFP_COOKIE"):
+        assert variable in text
+
+
+def test_a_push_pipeline_without_merge_requests_says_nothing_of_notes(run_cli: RunCli, project: Path) -> None:
+    from tests.fake_kfp import FakeKfpServer
+    from tests.helpers import env_for
+
+    with FakeKfpServer() as kfp:
+        kfp.script_run(["SUCCEEDED"])
+        kfp.script_run(["SUCCEEDED"])
+        quiet = run_cli(["run", "good"], cwd=project, env=env_for(kfp))
+        with_mr = run_cli(["run", "good", "-p", "a=9"], cwd=project,
+                          env={**env_for(kfp), "CI_OPEN_MERGE_REQUESTS": "mlops/demo!4"})
+    assert quiet.exit_code == with_mr.exit_code == 0, quiet.output + with_mr.output
+    assert "merge request" not in quiet.output
+    assert "merge request note: skipped (set GITLAB_TOKEN to write one)" in with_mr.output
