@@ -63,3 +63,23 @@ def test_a_missing_data_file_fails_the_run_with_exit_6(iris: Path) -> None:
     result = kfp_launch(["run", "explore", "--local", "-p", "source=data/nope.csv"], iris)
     assert result.returncode == 6
     assert "fetch-dataset" in result.stderr and "FileNotFoundError" in result.stderr
+
+
+def test_the_example_runs_anywhere_its_spec_names_no_local_path(iris: Path, tmp_path: Path) -> None:
+    shutil.rmtree(iris / "data")  # a cluster's container has no data/ either
+    result = kfp_launch(["run", "explore", "--local", "-p", "sample_size=30"], iris)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Output = 30" in result.stdout
+    spec = tmp_path / "train.yaml"
+    compiled = kfp_launch(["compile", "train", "-o", str(spec)], iris)
+    assert compiled.returncode == 0, compiled.stdout + compiled.stderr
+    text = spec.read_text()
+    assert "data/iris.csv" not in text and "default: data" not in text
+    assert "5.1,3.5,1.4,0.2,iris-setosa" in text  # the data travels with the pipeline
+
+
+def test_the_compiled_in_data_is_data_iris_csv() -> None:
+    import runpy
+
+    embedded = runpy.run_path(str(EXAMPLE / "pipelines" / "_iris_data.py"))["IRIS_CSV"]
+    assert embedded == (EXAMPLE / "data" / "iris.csv").read_text(encoding="utf-8")

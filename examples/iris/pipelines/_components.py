@@ -12,11 +12,12 @@ BASE_IMAGE = "python:3.11-slim"
 
 
 @dsl.component(base_image=BASE_IMAGE)
-def fetch_dataset(source: str, sample_size: int, seed: int, data: Output[Dataset]):
-    """Read the iris CSV from SOURCE (a path, or an http(s) URL) and keep a seeded sample of SAMPLE_SIZE rows.
+def fetch_dataset(source: str, embedded: str, sample_size: int, seed: int, data: Output[Dataset]):
+    """Read the iris CSV and keep a seeded sample of SAMPLE_SIZE rows.
 
-    A relative path is resolved against the working directory: the project directory when run with
-    ``kfp-launch run ... --local``. On a cluster that path does not exist, so pass an ``https://`` URL.
+    SOURCE empty means EMBEDDED, the copy compiled into the pipeline (runs anywhere); else an http(s) URL, or a
+    path resolved against the working directory (the project directory with ``kfp-launch run ... --local``; on
+    a cluster a local path does not exist).
     """
     import csv
     import io
@@ -24,7 +25,9 @@ def fetch_dataset(source: str, sample_size: int, seed: int, data: Output[Dataset
     import random
     import urllib.request
 
-    if source.startswith(("http://", "https://")):
+    if not source:
+        text, source = embedded, "the iris data compiled into the pipeline"
+    elif source.startswith(("http://", "https://")):
         with urllib.request.urlopen(source, timeout=60) as response:
             text = response.read().decode("utf-8")
     elif os.path.isfile(source):
@@ -32,8 +35,8 @@ def fetch_dataset(source: str, sample_size: int, seed: int, data: Output[Dataset
             text = handle.read()
     else:
         raise FileNotFoundError(
-            f"dataset {source!r} not found (cwd {os.getcwd()}); pass source=<path> relative to the "
-            "project directory when running locally, or an http(s):// URL on a cluster"
+            f"dataset {source!r} not found (cwd {os.getcwd()}); leave source empty for the compiled-in copy, "
+            "pass source=<path> relative to the project directory when running locally, or an http(s):// URL"
         )
     rows = list(csv.DictReader(io.StringIO(text)))
     if not rows or "species" not in rows[0]:
@@ -83,8 +86,7 @@ def describe_dataset(data: Input[Dataset], summary: Output[Markdown]) -> int:
         values = [float(row[name]) for row in rows]
         stdev = statistics.stdev(values) if len(values) > 1 else 0.0
         lines.append(
-            f"| {name} | {min(values):.2f} | {statistics.fmean(values):.2f} | "
-            f"{max(values):.2f} | {stdev:.2f} |"
+            f"| {name} | {min(values):.2f} | {statistics.fmean(values):.2f} | {max(values):.2f} | {stdev:.2f} |"
         )
     lines += [
         "",
@@ -150,10 +152,7 @@ def build_and_fit(
     raw = [[float(row[name]) for name in features] for row in train]
     targets = [classes.index(row["species"]) for row in train]
     mean = [sum(column) / len(column) for column in zip(*raw)]
-    std = [
-        math.sqrt(sum((v - m) ** 2 for v in column) / len(column)) or 1.0
-        for column, m in zip(zip(*raw), mean)
-    ]
+    std = [math.sqrt(sum((v - m) ** 2 for v in column) / len(column)) or 1.0 for column, m in zip(zip(*raw), mean)]
     xs = [[(v - m) / s for v, m, s in zip(x, mean, std)] for x in raw]
     weights = [[0.0] * len(features) for _ in classes]
     bias = [0.0] * len(classes)
@@ -238,10 +237,7 @@ def evaluate_model(
     classes = params["classes"]
 
     def predict(row):
-        x = [
-            (float(row[name]) - m) / s
-            for name, m, s in zip(params["features"], params["mean"], params["std"])
-        ]
+        x = [(float(row[name]) - m) / s for name, m, s in zip(params["features"], params["mean"], params["std"])]
         scores = [sum(w * v for w, v in zip(ws, x)) + b for ws, b in zip(params["weights"], params["bias"])]
         return scores.index(max(scores))
 

@@ -7,6 +7,7 @@ kfp-launch run train --local --profile toy    # a few seconds, on 60 rows and 20
 from kfp import dsl
 
 from ._components import build_and_fit, evaluate_model, fetch_dataset, report
+from ._iris_data import IRIS_CSV
 
 # Named parameter sets, selected with `--profile NAME`; values override the pipeline defaults below.
 PROFILES: dict[str, dict[str, object]] = {
@@ -17,20 +18,17 @@ PROFILES: dict[str, dict[str, object]] = {
 
 @dsl.pipeline(name="iris-train", description="Train and evaluate a softmax classifier on Fisher's iris data.")
 def pipeline(
-    source: str = "data/iris.csv",
+    source: str = "",
     sample_size: int = 150,
     steps: int = 300,
     learning_rate: float = 0.5,
     test_fraction: float = 0.3,
     seed: int = 42,
 ) -> float:
-    """SOURCE is a path relative to the project directory (local runs) or an http(s) URL (cluster runs)."""
-    data = fetch_dataset(source=source, sample_size=sample_size, seed=seed).outputs["data"]
-    fit = build_and_fit(
-        data=data, steps=steps, learning_rate=learning_rate, test_fraction=test_fraction, seed=seed
-    )
+    """SOURCE empty: the iris data compiled into the pipeline (runs anywhere); else an http(s) URL, or a path
+    relative to the project directory (local runs)."""
+    data = fetch_dataset(source=source, embedded=IRIS_CSV, sample_size=sample_size, seed=seed).outputs["data"]
+    fit = build_and_fit(data=data, steps=steps, learning_rate=learning_rate, test_fraction=test_fraction, seed=seed)
     scored = evaluate_model(model=fit.outputs["model"], test_data=fit.outputs["test_data"])
-    report(
-        model=fit.outputs["model"], metrics=scored.outputs["metrics"], confusion=scored.outputs["confusion"]
-    )
+    report(model=fit.outputs["model"], metrics=scored.outputs["metrics"], confusion=scored.outputs["confusion"])
     return scored.outputs["Output"]
