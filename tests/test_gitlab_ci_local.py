@@ -270,3 +270,56 @@ def test_toy_job_with_its_own_kfp_launch_args_still_runs_every_pipeline(repo: Pa
     runs = sorted((r["display_name"].split()[0], r["runtime_config"]["parameters"]) for r in kfp.runs.values())
     # -p steps=5 goes to the pipeline that declares steps; explore (no steps parameter) keeps its toy profile
     assert runs == [("explore", {"sample_size": 30}), ("train", {"sample_size": 60, "steps": 5})]
+
+
+MONOREPO = (
+    "include:\n  - local: ci-templates/kfp-launch.gitlab-ci.yml\n\n"
+    "train:\n  extends: .kfp-launch\n  variables:\n    KFP_LAUNCH_PROJECT_DIR: ml/iris\n\n"
+    "evaluate:\n  needs: [train]\n  script:\n    - echo \"the training run was $KFP_RUN_ID\"\n"
+)
+
+
+@pytest.fixture
+def monorepo(tmp_path: Path) -> Path:
+    """A repository whose ML project lives in ml/iris, with this project's templates at the root."""
+    dest = tmp_path / "monorepo"
+    shutil.copytree(REPO_ROOT / "examples" / "iris", dest / "ml" / "iris",
+                    ignore=shutil.ignore_patterns(".kfp-launch", "__pycache__", "local_outputs"))
+    shutil.copytree(REPO_ROOT / "ci-templates", dest / "ci-templates")
+    (dest / ".gitignore").write_text(".gitlab-ci-local/\n.kfp-launch/\n__pycache__/\n")
+    return dest
+
+
+def test_a_project_in_a_subdirectory_runs_and_its_reports_are_the_jobs_artifacts(
+        monorepo: Path, kfp: FakeKfpServer) -> None:
+    commit(monorepo, ".gitlab-ci.yml", MONOREPO)
+    kfp.script_run(["RUNNING", "SUCCEEDED"])
+    result = gcl(monorepo, kfp)
+    assert result.returncode == 0, result.stdout[-3000:]
+    run_id = next(iter(kfp.runs))
+    assert f"the training run was {run_id}" in result.stdout  # the dotenv report reached the next job
+    assert (monorepo / "ml" / "iris" / ".kfp-launch" / "run.env").exists()
+    assert (monorepo / ".gitlab-ci-local" / "artifacts" / "train" / ".kfp-launch" / "junit.xml").exists()
+
+
+def test_a_failed_run_of_a_project_in_a_subdirectory_fails_with_6_and_keeps_its_junit(
+        monorepo: Path, kfp: FakeKfpServer) -> None:
+    commit(monorepo, ".gitlab-ci.yml", MONOREPO)
+    kfp.script_run(["RUNNING", "FAILED"])
+    result = gcl(monorepo, kfp, "train")
+    assert result.returncode == 1 and "FAIL 6" in result.stdout
+    assert "already finished: FAILED" in result.stdout  # the after_script looked in ml/iris/.kfp-launch
+    junit = monorepo / ".gitlab-ci-local" / "artifacts" / "train" / ".kfp-launch" / "junit.xml"
+    assert "failures=\"1\"" in junit.read_text() or "<failure" in junit.read_text()
+
+
+def test_the_component_takes_the_project_directory_as_an_input(monorepo: Path, kfp: FakeKfpServer) -> None:
+    shutil.copytree(REPO_ROOT / "templates", monorepo / "templates")
+    component = ("include:\n  - component: $CI_SERVER_FQDN/$CI_PROJECT_PATH/kfp-launch@$CI_COMMIT_SHA\n"
+                 "    inputs: {job-name: train, project-dir: ml/iris}\n")
+    commit(monorepo, ".gitlab-ci.yml", component)
+    kfp.script_run(["SUCCEEDED"])
+    result = gcl(monorepo, kfp)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert len(kfp.runs) == 1
+    assert (monorepo / ".gitlab-ci-local" / "artifacts" / "train" / ".kfp-launch" / "run.env").exists()
