@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -83,3 +84,9 @@ def test_the_compiled_in_data_is_data_iris_csv() -> None:
 
     embedded = runpy.run_path(str(EXAMPLE / "pipelines" / "_iris_data.py"))["IRIS_CSV"]
     assert embedded == (EXAMPLE / "data" / "iris.csv").read_text(encoding="utf-8")
+
+
+def test_dash_c_lists_the_example_jobs_from_the_repository_root() -> None:
+    result = kfp_launch(["-C", "examples/iris", "jobs", "--json"], REPO_ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert sorted(job["job"] for job in json.loads(result.stdout)) == ["explore", "train"]
