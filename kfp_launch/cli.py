@@ -134,15 +134,18 @@ def _guarded(
         return exc.exit_code
     except KeyboardInterrupt:
         console.error("interrupted by SIGINT")
+        errors.append("interrupted by SIGINT")
         return ExitCode.SIGINT
     except Interrupted as exc:
         console.error(f"interrupted by {signal.Signals(exc.signum).name}")
+        errors.append(f"interrupted by {signal.Signals(exc.signum).name}")
         return ExitCode(128 + exc.signum)
     except Exception as exc:  # noqa: BLE001 - the one boundary: a bug must not print a raw traceback
         console.error(
             f"internal error (a bug in kfp-launch): {type(exc).__name__}: {exc}",
             "please report it with the command you ran; set KFP_LAUNCH_DEBUG=1 to see the traceback.",
         )
+        errors.append(console.redact(f"internal error (a bug in kfp-launch): {type(exc).__name__}: {exc}"))
         if environ.get("KFP_LAUNCH_DEBUG"):
             traceback.print_exc()
         return ExitCode.INTERNAL
