@@ -51,8 +51,8 @@ def run_on_kubeflow(app: App, jobs: list[str], all_jobs: bool) -> ExitCode:
     if app.ci.in_ci:  # the files are an earlier job's artifacts: never let after_script act on them
         clear_previous_run_files(app)
     ci = app.require_ref()
-    connection = app.connection()  # a missing or malformed host is said before the plan is printed
-    plans = plan_jobs(app, jobs, all_jobs)
+    plans = plan_jobs(app, jobs, all_jobs)  # the project's own mistakes (jobs, parameters) first
+    connection = app.connection()  # then a missing or malformed host, before the plan is printed
     names = experiment_names(ci, settings)
     assert names is not None  # require_ref: there is a branch or tag
     planned = plan_runs(app, plans)

@@ -57,7 +57,7 @@ def test_a_missing_host_is_said_before_the_plan_is_printed(run_cli: RunCli, proj
     result = run_cli(["run", "good"], cwd=project, env=CI)
     assert result.exit_code == ExitCode.INVALID_INPUT
     assert "no Kubeflow host: set KFP_HOST" in result.stderr
-    assert result.stdout == ""  # no plan, no compile section: the first thing said is what to fix
+    assert "job: good" not in result.stdout and "parameter" not in result.stdout  # no plan printed first
 
 
 @pytest.mark.parametrize(
@@ -132,3 +132,10 @@ def test_a_push_pipeline_without_merge_requests_says_nothing_of_notes(run_cli: R
     assert quiet.exit_code == with_mr.exit_code == 0, quiet.output + with_mr.output
     assert "merge request" not in quiet.output
     assert "merge request note: skipped (set GITLAB_TOKEN to write one)" in with_mr.output
+
+
+def test_a_params_file_mistake_is_said_before_a_missing_host(run_cli: RunCli, project: Path) -> None:
+    (project / "p.yaml").write_text("a: 1\na: 2\n")
+    result = run_cli(["run", "good", "--params-file", "p.yaml"], cwd=project, env=CI)
+    assert result.exit_code == ExitCode.INVALID_INPUT
+    assert '"a" is given twice' in result.stderr and "no Kubeflow host" not in result.stderr
