@@ -27,19 +27,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from markdown_table import table  # benchmarks/ is sys.path[0] when run as a script
+
 from tests.fake_kfp import PATH_RUN, PATH_RUNS, FakeKfpServer
 
 BIN = Path(sys.executable).parent
 EPOCH0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
-
-
-def table(title: str, header: list[str], rows: list[list[object]]) -> None:
-    print(f"\n### {title}\n")
-    print("| " + " | ".join(header) + " |")
-    print("|" + "|".join("---" for _ in header) + "|")
-    for row in rows:
-        print("| " + " | ".join(str(c) for c in row) + " |")
-    sys.stdout.flush()
 
 
 # -- start-up ---------------------------------------------------------------------------------------------

@@ -35,6 +35,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from markdown_table import table  # benchmarks/ is sys.path[0] when run as a script
+
 HERE_ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 RESULT_MARK = "CODE-SHAPE-RESULT "
@@ -63,15 +65,6 @@ MR_PIPELINE_ENV = {
     "CI_PROJECT_URL": "https://gitlab.example.com/mlops/demo",
     "GITLAB_USER_LOGIN": "alice",
 }
-
-
-def table(title: str, header: list[str], rows: list[list[object]]) -> None:
-    print(f"\n### {title}\n")
-    print("| " + " | ".join(header) + " |")
-    print("|" + "|".join("---" for _ in header) + "|")
-    for row in rows:
-        print("| " + " | ".join(str(c) for c in row) + " |")
-    sys.stdout.flush()
 
 
 def ambient_free(env: dict[str, str]) -> dict[str, str]:
