@@ -47,16 +47,23 @@ def wait_for_polls(kfp: FakeKfpServer, jobs: list[str], polls: int = 1) -> None:
     raise AssertionError("the wait never polled")
 
 
+def merge_request_seven(gitlab: FakeGitLab, *, token: str) -> tuple[dict, dict[str, str]]:
+    """Project mlops/demo with merge request !7 from the CI branch on GITLAB, and the CI variables of a job of
+    that merge request's pipeline holding TOKEN."""
+    gl_project = gitlab.add_project("mlops/demo")
+    gitlab.add_merge_request(gl_project["id"], iid=7, source_branch="feature/ML-42-faster")
+    env = {"CI_MERGE_REQUEST_IID": "7", "CI_SERVER_URL": gitlab.url, "CI_PROJECT_ID": str(gl_project["id"]),
+           "GITLAB_TOKEN": token}
+    return gl_project, env
+
+
 @WAYS
 def test_the_merge_request_note_of_each_job_is_written_when_its_run_starts(
     run_cli: RunCli, tmp_path: Path, kfp: FakeKfpServer, jobs: list[str]
 ) -> None:
     project = make_project(tmp_path, 2)
     with FakeGitLab(access_tokens={"glpat-n0te-s3cret": "kfp-bot"}) as gitlab:
-        gl_project = gitlab.add_project("mlops/demo")
-        gitlab.add_merge_request(gl_project["id"], iid=7, source_branch="feature/ML-42-faster")
-        env = {"CI_MERGE_REQUEST_IID": "7", "CI_SERVER_URL": gitlab.url, "CI_PROJECT_ID": str(gl_project["id"]),
-               "GITLAB_TOKEN": "glpat-n0te-s3cret"}
+        gl_project, env = merge_request_seven(gitlab, token="glpat-n0te-s3cret")
         for _ in jobs:
             kfp.script_run(["RUNNING", "SUCCEEDED"], advance_on_list=True)
         result = run_cli(["run", *jobs], cwd=project, env=env_for(kfp, **env))
@@ -157,10 +164,7 @@ def test_several_jobs_share_one_gitlab_client_so_a_refused_token_warns_once(
 ) -> None:
     project = make_project(tmp_path, 2)
     with FakeGitLab(access_tokens={"glpat-g00d": "kfp-bot"}) as gitlab:
-        gl_project = gitlab.add_project("mlops/demo")
-        gitlab.add_merge_request(gl_project["id"], iid=7, source_branch="feature/ML-42-faster")
-        env = {"CI_MERGE_REQUEST_IID": "7", "CI_SERVER_URL": gitlab.url, "CI_PROJECT_ID": str(gl_project["id"]),
-               "GITLAB_TOKEN": "glpat-wr0ng"}
+        gl_project, env = merge_request_seven(gitlab, token="glpat-wr0ng")
         for _ in TWO:
             kfp.script_run(["RUNNING", "SUCCEEDED"], advance_on_list=True)
         result = run_cli(["run", *TWO], cwd=project, env=env_for(kfp, **env))
