@@ -161,3 +161,14 @@ def make_project(tmp_path: Path, jobs: int, *, without_toy: tuple[int, ...] = ()
             source = source.replace('PROFILES = {"toy": {"a": 1}}', 'PROFILES = {"big": {"a": 100}}')
         (project / "pipelines" / f"job{n:02d}.py").write_text(source)
     return project
+
+
+EVERYDAY_BRANCHES = (
+    "chore/bump-kfp-2",
+    "feature/gpt-4-prompts",
+    "fix/sha-256-checksum",
+    "renovate/python-3.12",
+    "dependabot/pip/numpy-2.1.0",
+    "feature/resnet-50",
+)
+"""Branch names with a word, a dash and a number that are not JIRA issue keys (keys are upper-case): no ticket."""

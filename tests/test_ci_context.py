@@ -23,6 +23,7 @@ from kfp_launch.ci_context import (
 )
 from kfp_launch.errors import ConfigError, ContextError, ExitCode
 from kfp_launch.tickets import Ticket, detect_ticket, ticket_rules
+from tests.helpers import EVERYDAY_BRANCHES
 
 SHA = "a" * 40
 SOURCE_SHA = "5" * 40
@@ -526,12 +527,7 @@ def test_missing_git_executable_is_a_context_error_fixed_by_branch_override(tmp_
         ("ABC-12 and DEF-34", "ABC-12"),
         ("OPS_2-7", "OPS_2-7"),
         # ordinary branches are not tickets: JIRA keys are upper-case
-        ("chore/bump-kfp-2", None),
-        ("feature/gpt-4-prompts", None),
-        ("fix/sha-256-checksum", None),
-        ("renovate/python-3.12", None),
-        ("dependabot/pip/numpy-2.1.0", None),
-        ("feature/resnet-50", None),
+        *((branch, None) for branch in EVERYDAY_BRANCHES),
         ("feature/abc-12-thing", None),
         ("A-1", None),  # one letter is not a project key
         ("ABC-12x", None),

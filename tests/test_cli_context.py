@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from kfp_launch.errors import ExitCode
-from tests.helpers import RunCli
+from tests.helpers import EVERYDAY_BRANCHES, RunCli
 
 BRANCH_PIPELINE = {
     "CI": "true",
@@ -159,15 +159,7 @@ def test_unknown_profile_lists_the_jobs_profiles(run_cli: RunCli, project: Path)
 
 @pytest.mark.parametrize(
     ("branch", "ticket"),
-    [
-        ("chore/bump-kfp-2", None),
-        ("feature/gpt-4-prompts", None),
-        ("fix/sha-256-checksum", None),
-        ("renovate/python-3.12", None),
-        ("dependabot/pip/numpy-2.1.0", None),
-        ("feature/resnet-50", None),
-        ("feature/ML-42-x", "ML-42"),
-    ],
+    [*((branch, None) for branch in EVERYDAY_BRANCHES), ("feature/ML-42-x", "ML-42")],
 )
 def test_only_jira_style_keys_in_a_branch_are_tickets(run_cli: RunCli, tmp_path: Path, branch: str, ticket: str | None) -> None:
     result = run_cli(["context", "--branch", branch, "--json"], cwd=tmp_path)
