@@ -15,7 +15,7 @@ from pathlib import Path
 from kfp_launch.app import App
 from kfp_launch.ci_context import CiContext
 from kfp_launch.console import Console
-from kfp_launch.errors import ConfigError, InputError, JobNotFoundError, ParameterError, UsageError
+from kfp_launch.errors import InputError, JobNotFoundError, ParameterError, UsageError
 from kfp_launch.models import CompiledPipeline, ResolvedParameters
 from kfp_launch.parameters import ParameterLayer, load_params_file, parse_param_assignments, resolve_parameters
 from kfp_launch.settings import Settings
@@ -223,9 +223,10 @@ def resolve_run_parameters(
 
     Raises:
         ParameterError: unknown profile, unreadable params file, or invalid parameters.
-        UsageError / ConfigError: a ``--param`` (or its env/pyproject equivalent) is not KEY=VALUE.
+        (KEY=VALUE syntax is checked when the settings are loaded: see ``settings.load_settings``.)
     """
-    assignments = {source: _assignments(source, values) for source, values in settings.param_layers}
+    # Every layer was checked as KEY=VALUE words when the settings were loaded (flags exit 2, others 3).
+    assignments = {source: parse_param_assignments(values, origin=source) for source, values in settings.param_layers}
     own = {param.name for param in compiled.parameters}
 
     def for_this_job(values: Mapping[str, object]) -> dict[str, object]:
@@ -253,29 +254,17 @@ def resolve_run_parameters(
 
 
 def _given_names(settings: Settings, project_dir: Path) -> set[str]:
-    """Every parameter name a ``param`` layer or the params file gives (unreadable sources give none here: they
-    are reported when each job resolves its parameters)."""
+    """Every parameter name a ``param`` layer or the params file gives (an unreadable params file gives none here:
+    it is reported when each job resolves its parameters)."""
     names: set[str] = set()
     for source, values in settings.param_layers:
-        try:
-            names |= set(_assignments(source, values))
-        except (InputError, UsageError):
-            pass
+        names |= set(parse_param_assignments(values, origin=source))
     if settings.params_file:
         try:
             names |= set(load_params_file(project_dir / settings.params_file))
         except InputError:
             pass
     return names
-
-
-def _assignments(source: str, values: tuple[str, ...]) -> dict[str, str]:
-    try:
-        return parse_param_assignments(values, origin=source)
-    except UsageError as exc:
-        if source == "--param":
-            raise
-        raise ConfigError(exc.message, hint=exc.hint) from None
 
 
 def _profile(compiled: CompiledPipeline, name: str) -> dict[str, object]:
