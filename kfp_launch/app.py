@@ -152,6 +152,14 @@ class App:
         return self.runtime.api_factory(connection or self.connection())
 
     @property
+    def log_mode(self) -> str:
+        """``--logs``: ``live``, ``failed`` or ``none``; by default ``live`` in CI and on a terminal (where
+        someone reads the log as it comes), else ``failed`` (a pipe or a file keeps only what explains)."""
+        if self.settings.logs is not None:
+            return self.settings.logs
+        return "live" if self.ci.in_ci or self.console.is_interactive else "failed"
+
+    @property
     def poll_policy(self) -> PollPolicy:
         """The poll policy from ``--poll-interval`` and ``--max-outage``."""
         from kfp_launch.polling import PollPolicy

@@ -43,13 +43,15 @@ def explain_failure(
     log_lines: int,
     job: str = "",
     time_left: Callable[[], float | None] = lambda: None,
+    shown_live: Callable[[str, str], bool] | None = None,
 ) -> RunStatus:
     """Name the failing tasks with their errors and print the last ``log_lines`` lines of each one's log
     (:func:`log_pods` says which pod). Best effort: a log that cannot be read is a warning (a 403 too:
     newer backends check a separate ``readLog`` permission), never an error.
 
     ``time_left`` (seconds until the wait deadline, None: no deadline) bounds every request; when it is
-    spent, the logs not read yet are skipped, saying so.
+    spent, the logs not read yet are skipped, saying so. ``shown_live(run_id, pod)`` is True for a log the
+    live logs printed whole: its tail is still read for the reports, but not printed twice.
 
     Returns:
         ``status`` with each failed task's ``log_tail`` and ``log_source`` filled in, for the reports.
@@ -70,7 +72,7 @@ def explain_failure(
     explained = {}
     for task in failing:
         console.line(f"{prefix}task {task.name} FAILED" + (f": {task.error}" if task.error else ""), style="red")
-        explained[task.name] = _with_log(api, status.run_id, task, console, log_lines, time_left)
+        explained[task.name] = _with_log(api, status.run_id, task, console, log_lines, time_left, shown_live)
     return replace(
         status, tasks=tuple(explained.get(t.name, t) if t.state == RunState.FAILED else t for t in status.tasks)
     )
@@ -83,6 +85,7 @@ def _with_log(
     console: Console,
     log_lines: int,
     time_left: Callable[[], float | None],
+    shown_live: Callable[[str, str], bool] | None = None,
 ) -> TaskResult:
     if log_lines <= 0:
         return task
@@ -96,6 +99,9 @@ def _with_log(
             lines = _tail(api, run_id, pod, console, log_lines, left)
             if not lines:
                 continue
+            if shown_live is not None and shown_live(run_id, pod):
+                console.line(f"  (its log, {pod}, is printed whole above)", style="dim")
+                return replace(task, log_tail=tuple(lines), log_source=pod)
             if fallback:
                 console.line(f"  (no executor log: the lines below are the driver's, {pod})", style="dim")
             console.line(f"  last {len(lines)} lines of {pod}:")

@@ -258,9 +258,23 @@ class KfpApi:
     def task_log(self, run_id: str, node_id: str, *, timeout_s: float | None = None) -> str:
         """A task's log as text (``GET /apis/v1alpha1/runs/{run}/nodes/{node}/log``: kubeflow/pipelines
         backend/src/apiserver/server/run_log_server.go (2.17.0), ``ReadRunLogV1``): the ``main`` container
-        of the pod named ``node_id`` (backend ``ResourceManager.ReadLog``)."""
+        of the pod named ``node_id`` (backend ``ResourceManager.ReadLog``), whole: the handler reads ``follow``
+        from the path variables, where the route has none, so it is never set.
+
+        Up to 2.17 the handler writes status 200 before reading the log, so a log it cannot read (a pod not
+        created yet, or gone with no log archive) is a 200 whose body is the JSON ``api.Error``
+        (``{"error_message": ..., "error_details": ...}``); that body is an error here, not log text.
+        Backends with kubeflow/pipelines#13684 (after 2.17) authorize the read first: HTTP 403.
+
+        Raises:
+            KfpApiError: the log cannot be read (an error body, or a 404). KfpAuthError: 401/403.
+            TransientKfpError: 5xx, timeouts, dropped connections.
+        """
         path = f"/apis/v1alpha1/runs/{run_id}/nodes/{node_id}/log"
         body = self._get_raw(path, f"read the log of {node_id}", "text/plain", timeout_s=timeout_s)
+        error = _log_error(body)
+        if error is not None:
+            raise KfpApiError(f"Kubeflow could not read the log of {node_id}: {error}")
         return body.decode("utf-8", errors="replace")
 
     def workflow_terminated(self, run_id: str, *, timeout_s: float | None = None) -> bool | None:
@@ -423,3 +437,17 @@ def _transport_error(exc: Exception, what: str, connection: Connection, *, write
     return TransientKfpError(
         f"Could not reach Kubeflow at {connection.host} to {what}: {name}", hint=hint, maybe_applied=write
     )
+
+
+def _log_error(body: bytes) -> str | None:
+    """The message of an ``api.Error`` JSON body the log endpoint answered with status 200 (KFP <= 2.17,
+    backend/src/apiserver/server/run_log_server.go ``writeErrorToResponse``), or None for log text."""
+    if not body.startswith(b'{"error_'):
+        return None
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(document, dict) or not set(document) <= {"error_message", "error_details"}:
+        return None
+    return str(document.get("error_message") or "unknown error")

@@ -300,6 +300,15 @@ class Settings:
         kubeflow_only=True,
         command_defaults={WATCH: "detach"},
     )
+    logs: str | None = setting(
+        None,
+        "live|failed|none: print the running tasks' new log lines as they come, or only the failing tasks' "
+        "last lines, or no log at all [default: live in CI and on a terminal, else failed]",
+        parse=choice("live", "failed", "none"),
+        metavar="live|failed|none",
+        commands=_WAIT,
+        kubeflow_only=True,
+    )
     log_lines: int = setting(
         50,
         "Log lines shown per failing task [default: 50]",

@@ -19,6 +19,7 @@ from kfp_launch.errors import ExitCode, InputError, Interrupted, KfpLaunchError,
 from kfp_launch.failure_logs import explain_failure
 from kfp_launch.failures import while_waiting
 from kfp_launch.kfp_api import KfpApi
+from kfp_launch.live_logs import LiveLogs
 from kfp_launch.models import RunOutcome, RunStatus
 from kfp_launch.polling import WaitResult, read_runs, wait_for_runs
 from kfp_launch.progress import progress_for
@@ -104,8 +105,9 @@ def wait_and_report(
     seen: dict[str, RunStatus] = {t.base.run_id: t.status for t in tracked}
     canceling: set[str] = set()  # runs seen CANCELING: KFP records no history of it (run_store.go, TerminateRun)
     started = clock()
+    live = _live_logs(app, api, tracked, deadline)
     try:
-        result = _poll(app, api, tracked, seen, canceling, deadline)
+        result = _poll(app, api, tracked, seen, canceling, deadline, live)
     except (Interrupted, KeyboardInterrupt) as exc:
         with interrupts.deferred():
             active = [run_id for run_id, status in seen.items() if not status.is_terminal]
@@ -128,7 +130,9 @@ def wait_and_report(
             outcomes = _at_deadline(app, api, outcomes, deadline_source)
         if state_path is not None:
             mark_detached(state_path, [o.run_id for o in outcomes if _left_running(o, settings.on_timeout)])
-        outcomes = [_explained(app, api, o, seen[o.run_id], time_left, several=len(outcomes) > 1) for o in outcomes]
+        outcomes = [
+            _explained(app, api, o, seen[o.run_id], time_left, live, several=len(outcomes) > 1) for o in outcomes
+        ]
     except (Interrupted, KeyboardInterrupt):
         with interrupts.deferred():
             _report(reporting, outcomes)  # the runs ended: report how, even if the explanation was cut short
@@ -145,9 +149,11 @@ def _poll(
     seen: dict[str, RunStatus],
     canceling: set[str],
     deadline: float | None,
+    live: LiveLogs | None,
 ) -> WaitResult:
-    """The poll loop of a wait, in its own log section, with the progress display; ``seen`` is kept up to
-    date with every run's last status, ``canceling`` with the runs ever seen CANCELING."""
+    """The poll loop of a wait, in its own log section, with the progress display and the live task logs
+    (read after each successful status read, so never more often than the runs are polled); ``seen`` is
+    kept up to date with every run's last status, ``canceling`` with the runs ever seen CANCELING."""
     console, ids = app.console, [t.base.run_id for t in tracked]
     now = app.runtime.wall_clock()
     age = max(((now - t.status.created_at).total_seconds() for t in tracked if t.status.created_at), default=0.0)
@@ -167,9 +173,11 @@ def _poll(
                 seen.update(statuses)
                 canceling.update(run_id for run_id, status in statuses.items() if status.state == RunState.CANCELING)
                 progress.update(statuses)
+                if live is not None:
+                    live.tick(statuses)
                 return statuses
 
-            return wait_for_runs(
+            result = wait_for_runs(
                 fetch,
                 policy=app.poll_policy,
                 on_transient=lambda exc, outage: progress.note(f"{exc.message}; retrying (outage {outage:.0f}s)"),
@@ -178,8 +186,28 @@ def _poll(
                 clock=app.runtime.clock,
                 sleep=app.runtime.sleep,
             )
+            if live is not None:
+                live.finish()
+            return result
     finally:
         console.section_end("kfp_launch_wait")
+
+
+def _live_logs(app: App, api: KfpApi, tracked: Sequence[Tracked], deadline: float | None) -> LiveLogs | None:
+    """The live task logs of this wait (``--logs live``), or None."""
+    if app.log_mode != "live":
+        return None
+
+    def left() -> float | None:
+        return None if deadline is None else deadline - app.runtime.clock()
+
+    return LiveLogs(
+        api=api,
+        console=app.console,
+        runs={t.base.run_id: (t.base.job, t.base.run_url) for t in tracked},
+        time_left=left,
+        before={t.base.run_id: t.status for t in tracked},
+    )
 
 
 def _left_running(outcome: RunOutcome, on_timeout: str) -> bool:
@@ -284,15 +312,23 @@ def _explained(
     outcome: RunOutcome,
     status: RunStatus,
     time_left: Callable[[], float | None],
+    live: LiveLogs | None,
     *,
     several: bool,
 ) -> RunOutcome:
-    """A FAILED outcome with its failing tasks' log tails (printed now, carried to JUnit and the note)."""
+    """A FAILED outcome with its failing tasks' log tails (printed now unless the live log showed them
+    whole, carried to JUnit and the note); none with ``--logs none``."""
     if outcome.state != OutcomeState.FAILED:
         return outcome
     job = outcome.job if several else ""
     explained = explain_failure(
-        api, status, app.console, log_lines=app.settings.log_lines, job=job, time_left=time_left
+        api,
+        status,
+        app.console,
+        log_lines=0 if app.log_mode == "none" else app.settings.log_lines,
+        job=job,
+        time_left=time_left,
+        shown_live=live.shown_in_full if live is not None else None,
     )
     return replace(outcome, tasks=explained.tasks or outcome.tasks)
 

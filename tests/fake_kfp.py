@@ -25,7 +25,8 @@ Modeled (v2beta1 unless noted):
   ``pipeline_versions`` (400 for the server's parameter checks, 404 for an unknown experiment, new run
   PENDING), get, list (by experiment_id or namespace, filter, pages), ``:terminate`` (CANCELING, then
   ``terminated_state``, FAILED by default like KFP 2.17);
-* ``GET /apis/v1alpha1/runs/{run_id}/nodes/{node_id}/log`` (text/plain; ``follow`` ignored);
+* ``GET /apis/v1alpha1/runs/{run_id}/nodes/{node_id}/log`` (text/plain, the whole log; errors are a 200
+  with a JSON ``api.Error`` body, as up to 2.17; logs grow with ``RunStep.logs``);
 * filters decoded twice like ``parseAPIFilter``; operations EQUALS, NOT_EQUALS, GREATER_THAN(_EQUALS),
   LESS_THAN(_EQUALS), IN, IS_SUBSTRING on the keys of the server's APIToModelFieldMap;
 * multi-user (default) or single-user namespace rules; gRPC error bodies with the gateway's HTTP mapping.
@@ -216,11 +217,14 @@ class RunStep:
         error: a google.rpc.Status dict (``{"code": 2, "message": "..."}``) stored with the
             ``state_history`` entry of this state, where the real server keeps failure detail
             (server/api_converter.go, toApiRun; docs/kfp-backend-notes.md, 'Where a failed run says why').
+        logs: pod name -> text the pod writes when this step applies, appended to that pod's log of this
+            run (a task's log grows while it runs; the text may end mid-line, as a real log read can).
     """
 
     state: str
     task_details: Sequence[Mapping[str, Any]] | None = None
     error: Mapping[str, Any] | None = None
+    logs: Mapping[str, str] | None = None
 
 
 @dataclass
@@ -1276,13 +1280,23 @@ class FakeKfpServer(LoopbackServer):
                 "spec": {"entrypoint": "entrypoint", "serviceAccountName": self.service_account}, "status": {}}
 
     def _read_task_log(self, request: RecordedRequest, run_id: str, node_id: str) -> _Response:
-        """Plain-text log of a task's node (run_log_server.go); JSON error if the run or node is unknown."""
-        self._run_or_404(run_id, "Failed to read run log")
+        """The whole log of a pod, as text (``ReadRunLogV1``, backend/src/apiserver/server/run_log_server.go
+        at 2.17.0; ``follow`` comes from the route's path variables, so it is never set).
+
+        The handler writes status 200 before ``ResourceManager.ReadLog`` runs, so when the run or the pod is
+        unknown (a pod not created yet, or deleted with no log archive) the answer is still 200, its body
+        the JSON ``api.Error`` ``{"error_message": ..., "error_details": ...}`` (``writeErrorToResponse``:
+        the second WriteHeader is ignored). Backends after 2.17 authorize first (kubeflow/pipelines#13684):
+        inject that 403 with ``fail(403, path=PATH_TASK_LOG)``.
+        """
         text = self.task_logs.get((run_id, node_id), self.task_logs.get(("*", node_id)))
-        if text is None:
-            raise _not_found("Node", node_id, "Failed to read run log",
-                             f"Failed to read logs of run {run_id}")
-        return _Response(200, text.encode(), "text/plain")
+        if run_id not in self.runs or text is None:
+            cause = (f"Failed to read logs from pod {node_id} due to error opening log stream: "
+                     f'pods "{node_id}" not found') if run_id in self.runs else f"Run {run_id} not found"
+            message = f"Failed to read logs for run {run_id}: {cause}"
+            body = json.dumps({"error_message": message, "error_details": message}, separators=(",", ":"))
+            return _Response(200, body.encode(), "text/plain; charset=utf-8")
+        return _Response(200, text.encode(), "text/plain; charset=utf-8")
 
     # ---- state helpers (called under the lock) -------------------------------------------------------------
 
@@ -1405,6 +1419,9 @@ class FakeKfpServer(LoopbackServer):
 
     def _apply_step(self, run: dict[str, Any], step: RunStep) -> None:
         self._set_state(run, step.state, step.error)
+        for pod, text in (step.logs or {}).items():
+            key = (run["run_id"], pod)
+            self.task_logs[key] = self.task_logs.get(key, "") + text
         if step.task_details is not None:
             tasks = [_omit_empty({"run_id": run["run_id"], **task}) for task in step.task_details]
             details = run.setdefault("run_details", {})

@@ -303,7 +303,7 @@ def test_failing_run_names_the_task_and_prints_its_log_tail(run_cli: RunCli, pro
     log = "\n".join(f"line {i}" for i in range(100)) + "\nValueError: bad input\n"
     kfp.set_task_log("*", EXECUTOR, log)
     kfp.set_task_log("*", DRIVER, "driver for score: ok\n")
-    result = launch(run_cli, project, kfp, "--log-lines", "5")
+    result = launch(run_cli, project, kfp, "--log-lines", "5", "--logs", "failed")
     assert result.exit_code == ExitCode.RUN_FAILED
     out = result.stdout
     assert "task score FAILED: Error (exit code 1)" in out
