@@ -326,7 +326,19 @@ def bench_compile() -> None:
     )
 
 
-SECTIONS = {"startup": bench_startup, "polling": bench_polling, "fanout": bench_fanout, "compile": bench_compile}
+def bench_logs() -> None:
+    from log_economy import bench_logs as measure_logs  # benchmarks/log_economy.py
+
+    measure_logs()
+
+
+SECTIONS = {
+    "startup": bench_startup,
+    "polling": bench_polling,
+    "fanout": bench_fanout,
+    "compile": bench_compile,
+    "logs": bench_logs,
+}
 
 if __name__ == "__main__":
     chosen = sys.argv[1:] or list(SECTIONS)

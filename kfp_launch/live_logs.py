@@ -14,7 +14,9 @@ Facts this relies on (docs/kfp-backend-notes.md, 'Task logs'):
 Rules, so a chatty task cannot flood the job log or the API server:
 
 - reads happen only on a poll tick (after the runs' statuses were read), at most one per task per tick,
-  and for at most :attr:`LogBudget.tasks_at_once` tasks per tick: a task keeps its place until it ends;
+  and for at most :attr:`LogBudget.tasks_at_once` tasks per tick: ended tasks first (their last lines),
+  then the tasks read least recently, so with more running tasks than that (``--all``, a ParallelFor)
+  each is read in turn and its lines come a few polls late, none lost;
 - a task is read while RUNNING, and once more when it has ended, for the lines written between the
   last read and its end; a task that ran entirely between two ticks is read once, after it ended; a
   task already ended when the wait began (``watch`` of an old run) is not read;
@@ -104,6 +106,7 @@ class _Task:
     over_budget: bool = False
     done: bool = False
     shown_in_full: bool = False
+    last_read: int = -1
 
 
 @dataclass
@@ -128,7 +131,7 @@ class LiveLogs:
     time_left: Callable[[], float | None] = lambda: None
     before: Mapping[str, RunStatus] = field(default_factory=dict)
     _tasks: dict[tuple[str, str], _Task] = field(default_factory=dict, init=False)
-    _slots: list[tuple[str, str]] = field(default_factory=list, init=False)
+    _ticks: int = field(default=0, init=False)
     _off: bool = field(default=False, init=False)
     _requests: int = field(default=0, init=False)
     _bytes_read: int = field(default=0, init=False)
@@ -158,17 +161,14 @@ class LiveLogs:
             return
         for run_id, status in statuses.items():
             self._discover(run_id, status)
-        reads = 0
-        for key in list(self._slots):  # the tasks already followed keep their place
-            reads += self._read(self._tasks[key])
-        waiting = [
-            k for k, t in self._tasks.items() if not t.done and (t.ended or not t.over_budget) and k not in self._slots
-        ]
-        for key in waiting:
-            if self._off or reads >= self.budget.tasks_at_once or len(self._slots) >= self.budget.tasks_at_once:
-                break
-            self._slots.append(key)
-            reads += self._read(self._tasks[key])
+        self._ticks += 1
+        due = [t for t in self._tasks.values() if not t.done and (t.ended or not t.over_budget)]
+        due.sort(key=lambda t: (0, 0) if t.ended else (1, t.last_read))  # stable: else in discovery order
+        for task in due[: self.budget.tasks_at_once]:
+            if self._off:
+                return
+            self._read(task)
+            task.last_read = self._ticks
 
     def finish(self) -> None:
         """After the wait: the last read of each ended task not read to its end yet (one at a time)."""
@@ -200,14 +200,11 @@ class LiveLogs:
                 known = self._tasks[key] = _Task(run_id, pod, f"{job}/{label}" if len(self.runs) > 1 else label)
             known.ended = task.state.is_terminal
 
-    def _read(self, task: _Task) -> int:
-        """One read of ``task``'s log (1 request, or 0 when nothing is to be read); prints what is new."""
-        if task.over_budget and not task.ended:
-            self._release(task)
-            return 0
+    def _read(self, task: _Task) -> None:
+        """One read of ``task``'s log; prints what is new."""
         left = self.time_left()
         if left is not None and left <= 0:
-            return 0
+            return
         try:
             text = self.api.task_log(task.run_id, task.pod, timeout_s=min(READ_TIMEOUT_S, left or READ_TIMEOUT_S))
         except KfpAuthError as exc:
@@ -218,18 +215,16 @@ class LiveLogs:
                 "goes on and its outcome is unchanged. Newer Kubeflow Pipelines check a separate `readLog` "
                 "permission; ask for it, or set --logs failed."
             )
-            return 1
+            return
         except KfpLaunchError:
             self._requests += 1
-            return 1  # not readable yet (pod not created) or a passing failure: the next tick tries again
+            return  # not readable yet (pod not created) or a passing failure: the next tick tries again
         self._requests += 1
         self._bytes_read += len(text.encode("utf-8", errors="replace"))
         self._take(task, text)
         if task.ended:
             task.done = True
             task.shown_in_full = task.skipped == 0 and not task.over_budget
-            self._release(task)
-        return 1
 
     def _take(self, task: _Task, text: str) -> None:
         lines = text.split("\n")
@@ -290,11 +285,6 @@ class LiveLogs:
     def _skip(self, task: _Task, count: int) -> None:
         task.skipped += count
         self._lines_skipped += count
-
-    def _release(self, task: _Task) -> None:
-        key = (task.run_id, task.pod)
-        if key in self._slots:
-            self._slots.remove(key)
 
 
 _ENDED = (RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELED)

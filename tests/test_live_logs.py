@@ -246,10 +246,12 @@ def test_fan_out_reads_a_bounded_number_of_tasks_per_poll_and_loses_no_ended_tas
     live = LiveLogs(api=api, console=Console(out=out, err=out),
                     runs={run_id: (f"job{i}", "") for i, run_id in enumerate(ids)}, budget=LogBudget(tasks_at_once=4))
     reads_per_poll = []
-    for _ in range(3):
+    for poll in range(3):
         before = len(kfp.requests_to("GET", PATH_TASK_LOG))
         live.tick({run_id: api.get_run(run_id) for run_id in ids})
         reads_per_poll.append(len(kfp.requests_to("GET", PATH_TASK_LOG)) - before)
+        if poll == 1:  # the running tasks are read in turn, not the same four again
+            assert len({r.path for r in kfp.requests_to("GET", PATH_TASK_LOG)}) == 8
     live.finish()
     assert max(reads_per_poll) <= 4
     for i in range(10):
