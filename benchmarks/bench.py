@@ -332,12 +332,19 @@ def bench_logs() -> None:
     measure_logs()
 
 
+def bench_gate() -> None:
+    from gate_economy import bench_gate as measure_gate  # benchmarks/gate_economy.py
+
+    measure_gate()
+
+
 SECTIONS = {
     "startup": bench_startup,
     "polling": bench_polling,
     "fanout": bench_fanout,
     "compile": bench_compile,
     "logs": bench_logs,
+    "gate": bench_gate,
 }
 
 if __name__ == "__main__":

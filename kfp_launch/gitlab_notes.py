@@ -222,16 +222,8 @@ class MergeRequestNotes:
 
     def _project_api(self) -> Project:
         if self._project is None:
-            import gitlab  # lazily: importing it takes ~0.3 s
-
             config = self._config
-            client = gitlab.Gitlab(
-                config.url,
-                private_token=config.token,
-                timeout=config.timeout_s,
-                retry_transient_errors=True,
-                user_agent=f"kfp-launch (python-gitlab/{gitlab.__version__})",
-            )
+            client = gitlab_client(config)
             project = str(config.project)
             project_id: int | str = int(project) if project.isdigit() else project
             self._project = client.projects.get(project_id, lazy=True)
@@ -331,6 +323,25 @@ class MergeRequestNotes:
         if self._config.token:
             text = text.replace(self._config.token, "[MASKED]")
         return re.sub(r"//[^/@\s]+@", "//[MASKED]@", text)
+
+
+def gitlab_client(config: GitLabReportConfig) -> Any:
+    """A ``gitlab.Gitlab`` for ``config`` (URL, ``GITLAB_TOKEN`` as ``PRIVATE-TOKEN``, timeout), making no
+    request; transient errors of idempotent requests are retried (see :data:`DEFAULT_MAX_RETRIES`)."""
+    import gitlab  # lazily: importing it takes ~0.3 s
+
+    return gitlab.Gitlab(
+        config.url,
+        private_token=config.token,
+        timeout=config.timeout_s,
+        retry_transient_errors=True,
+        user_agent=f"kfp-launch (python-gitlab/{gitlab.__version__})",
+    )
+
+
+def describe_gitlab_error(error: Exception) -> str:
+    """``HTTP 404 Project Not Found``, or a transport error and its cause (a long one keeps its end)."""
+    return MergeRequestNotes._describe(error)
 
 
 def _status(error: Exception) -> int | None:

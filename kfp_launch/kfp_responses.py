@@ -15,6 +15,7 @@ from typing import Any
 from kfp_launch.errors import KfpApiError, KfpAuthError
 from kfp_launch.models import Experiment, RunStatus, TaskResult
 from kfp_launch.states import RunState
+from kfp_launch.status_wrapper import target_from_spec
 
 _EPOCH_PREFIX = "1970-01-01T00:00:00"
 
@@ -97,6 +98,7 @@ def parse_run(data: Mapping[str, Any]) -> RunStatus:
         tasks=tuple(_task(t) for t in details.get("task_details") or []),
         parameters=dict((data.get("runtime_config") or {}).get("parameters") or {}),
         parameter_defaults=_parameter_defaults(data.get("pipeline_spec")),
+        status_target=target_from_spec(data.get("pipeline_spec")),
     )
 
 

@@ -15,7 +15,7 @@ from kfp_launch import interrupts
 from kfp_launch.app import App
 from kfp_launch.console import Console
 from kfp_launch.descriptions import experiment_description
-from kfp_launch.errors import ExitCode, Interrupted, worst_exit_code
+from kfp_launch.errors import ExitCode, Interrupted, KfpLaunchError, worst_exit_code
 from kfp_launch.experiments import ExperimentNames, ensure_experiment, experiment_names, find_experiment
 from kfp_launch.kfp_api import KfpApi
 from kfp_launch.models import Experiment, RunOutcome
@@ -24,6 +24,7 @@ from kfp_launch.polling import PREFLIGHT_OUTAGE_S
 from kfp_launch.reporting import Reporting
 from kfp_launch.state_file import recorded_by_this_job
 from kfp_launch.states import OutcomeState, exit_code_for
+from kfp_launch.status_gate import StatusGate
 from kfp_launch.submission import (
     PlannedRun,
     SubmittedRun,
@@ -53,6 +54,9 @@ def run_on_kubeflow(app: App, jobs: list[str], all_jobs: bool) -> ExitCode:
     ci = app.require_ref()
     plans = plan_jobs(app, jobs, all_jobs)  # the project's own mistakes (jobs, parameters) first
     connection = app.connection()  # then a missing or malformed host, before the plan is printed
+    gate = StatusGate(app, plans, run_url_prefix=connection.run_url("")) if settings.report_status else None
+    if gate is not None:  # the same pipelines, inside the exit handler that reports their final state
+        plans = gate.wrapped(plans)
     names = experiment_names(ci, settings)
     assert names is not None  # require_ref: there is a branch or tag
     planned = plan_runs(app, plans)
@@ -67,14 +71,24 @@ def run_on_kubeflow(app: App, jobs: list[str], all_jobs: bool) -> ExitCode:
         clear_previous_run_files(app)
     api = app.kfp(connection)
     what = planned[0].plan.compiled.pipeline_name if len(planned) == 1 else f"{len(planned)} runs"
+    if gate is not None:
+        gate.open()  # GITLAB_TOKEN may post statuses, or exit 3 before anything is submitted
     console.section_start("kfp_launch_submit", f"Submitting {what} to {connection.host}")
     description = experiment_description(ci, jira_url=app.jira_url)
-    experiment = app.retry(max_outage_s=PREFLIGHT_OUTAGE_S)(
-        lambda: ensure_experiment(api, names, description, say=console.line)
-    )
-    submitted = submit_recorded(app, api, experiment, planned)
+    try:
+        experiment = app.retry(max_outage_s=PREFLIGHT_OUTAGE_S)(
+            lambda: ensure_experiment(api, names, description, say=console.line)
+        )
+        submitted = submit_recorded(app, api, experiment, planned)
+    except (KfpLaunchError, Interrupted, KeyboardInterrupt) as exc:
+        if gate is not None:
+            with interrupts.deferred():
+                gate.abandon(f"kfp-launch could not submit the run: {getattr(exc, 'message', 'interrupted')}")
+        raise
     console.section_end("kfp_launch_submit")
     tracked = [_tracked(s, experiment) for s in submitted]
+    if gate is not None:
+        _gate_started(gate, tracked)
     reporting = Reporting(app, note_jobs=[t.base.job for t in tracked])
     try:
         reporting.started([t.base for t in tracked])
@@ -109,6 +123,18 @@ def _tracked(submitted: SubmittedRun, experiment: Experiment) -> Tracked:
         parameters=submitted.plan.params.as_dict(),
     )
     return Tracked(base=base, status=submitted.run)
+
+
+def _gate_started(gate: StatusGate, tracked: list[Tracked]) -> None:
+    """``running`` with each run's link; a run this CI job attached to that has already ended is reported
+    as it ended (its exit task reported to the earlier attempt's status)."""
+    for t in tracked:
+        if not t.status.is_terminal:
+            gate.running(t.base.job, t.base.run_url)
+            continue
+        outcome = ended_outcome(t.base, t.status, 0.0)
+        state = {OutcomeState.SUCCEEDED: "success", OutcomeState.SKIPPED: "success", OutcomeState.CANCELED: "canceled"}
+        gate.final(t.base.job, state.get(outcome.state, "failed"), outcome.message or f"the run {outcome.state}")
 
 
 def _not_waited(tracked: Tracked, console: Console) -> RunOutcome:

@@ -10,15 +10,17 @@ from __future__ import annotations
 import json
 import signal
 
+from kfp_launch import interrupts
 from kfp_launch.app import App
 from kfp_launch.console import Console
-from kfp_launch.errors import ExitCode, LocalRunError, PipelineError, worst_exit_code
+from kfp_launch.errors import ExitCode, Interrupted, KfpLaunchError, LocalRunError, PipelineError, worst_exit_code
 from kfp_launch.local_checks import check_optional_parameters, check_packages
 from kfp_launch.models import LocalRunOutcome, RunOutcome, TaskResult
 from kfp_launch.naming import experiment_for
 from kfp_launch.plan import JobPlan, plan_jobs, print_plan
 from kfp_launch.reporting import Reporting
 from kfp_launch.states import OutcomeState, RunState, exit_code_for
+from kfp_launch.status_gate import StatusGate
 
 
 def run_local_jobs(app: App, jobs: list[str], all_jobs: bool) -> ExitCode:
@@ -31,13 +33,18 @@ def run_local_jobs(app: App, jobs: list[str], all_jobs: bool) -> ExitCode:
         KfpLaunchError: compile or parameter errors (nothing runs); the worker died (exit 6).
     """
     plans = plan_jobs(app, jobs, all_jobs)
+    gate = StatusGate(app, plans, run_url_prefix="") if app.settings.report_status else None
+    if gate is not None:  # the same pipelines, inside the exit handler that reports their final state
+        plans = gate.wrapped(plans)
     for plan in plans:  # before anything runs: nothing kfp.local would install or choke on
         check_packages(plan.compiled)
         check_optional_parameters(plan.compiled, plan.params)
+    if gate is not None:
+        gate.open()
     ran: list[tuple[RunOutcome, LocalRunOutcome]] = []
     try:
         for plan in plans:
-            ran.append(run_locally(app, plan))
+            ran.append(_run_gated(app, plan, gate) if gate is not None else run_locally(app, plan))
     finally:
         if ran:  # one set of report files for every run that ended, as on Kubeflow
             Reporting(app).finished([outcome for outcome, _ in ran])
@@ -54,8 +61,28 @@ def run_local_jobs(app: App, jobs: list[str], all_jobs: bool) -> ExitCode:
     return code
 
 
-def run_locally(app: App, plan: JobPlan) -> tuple[RunOutcome, LocalRunOutcome]:
-    """Run one compiled job with kfp.local; print how it went.
+def _run_gated(app: App, plan: JobPlan, gate: StatusGate) -> tuple[RunOutcome, LocalRunOutcome]:
+    """A wrapped job: ``running`` now, its exit task alone gets ``GITLAB_TOKEN`` to post the final state; a
+    run that could not finish (its exit task may not have run) is reported ``failed`` here."""
+    from kfp_launch.status_wrapper import EXECUTOR, TOKEN_ENV
+
+    gate.running(plan.job, "", description="the run is running locally with kfp.local")
+    try:
+        return run_locally(app, plan, executor_env={EXECUTOR: {TOKEN_ENV: str(app.gitlab.token)}})
+    except KfpLaunchError as exc:
+        gate.final(plan.job, "failed", f"the local run did not finish: {exc.message}")
+        raise
+    except (Interrupted, KeyboardInterrupt):
+        with interrupts.deferred():
+            gate.final(plan.job, "canceled", "the local run was interrupted")
+        raise
+
+
+def run_locally(
+    app: App, plan: JobPlan, *, executor_env: dict[str, dict[str, str]] | None = None
+) -> tuple[RunOutcome, LocalRunOutcome]:
+    """Run one compiled job with kfp.local; print how it went (``executor_env``: see
+    :func:`local_runner.run_local`).
 
     Raises:
         PipelineError: kfp.local cannot run it (exit 3). LocalRunError: the worker died (exit 6).
@@ -83,6 +110,7 @@ def run_locally(app: App, plan: JobPlan) -> tuple[RunOutcome, LocalRunOutcome]:
             secrets=console.secrets,
             on_task=lambda task: _print_task(task, console),
             echo=app.settings.verbose,
+            executor_env=executor_env,
         )
     except UnsupportedLocallyError as exc:
         raise PipelineError(

@@ -88,6 +88,7 @@ def run_local(
     echo: bool = False,
     clock: Callable[[], float] = time.monotonic,
     kill_grace_s: float = 5.0,
+    executor_env: Mapping[str, Mapping[str, str]] | None = None,
 ) -> LocalRunOutcome:
     """Run ``pipeline`` with kfp.local in a worker process and report how it ended.
 
@@ -108,6 +109,9 @@ def run_local(
         echo: also copy kfp.local's own output (task logs) to this process's stderr, live.
         clock: monotonic clock in seconds, for the run's duration.
         kill_grace_s: seconds between SIGTERM and SIGKILL when the run is interrupted.
+        executor_env: executor label (``exec-…``) -> variables only that executor's task gets: kfp.local
+            passes a container's ``env`` to its task's process alone (kfp/local/task_dispatcher.py,
+            ``_extract_container_env_vars``). Added to the package sent to the worker's standard input only.
 
     Returns:
         The outcome; a failed task is a result (state FAILED), not an exception.
@@ -121,7 +125,7 @@ def run_local(
     pipeline_root.mkdir(parents=True, exist_ok=True)
     log_path = pipeline_root / "kfp-local.log"
     request = {
-        "package_yaml": pipeline.package_yaml,
+        "package_yaml": with_executor_env(pipeline.package_yaml, executor_env or {}),
         "arguments": dict(arguments),
         "pipeline_root": str(pipeline_root),
         "log_path": str(log_path),
@@ -168,6 +172,20 @@ def run_local(
         log_path=str(log_path),
         duration_s=clock() - started,
     )
+
+
+def with_executor_env(package_yaml: str, executor_env: Mapping[str, Mapping[str, str]]) -> str:
+    """``package_yaml`` with ``executor_env``'s variables in those executors' container ``env``."""
+    if not executor_env:
+        return package_yaml
+    import yaml
+
+    documents = list(yaml.safe_load_all(package_yaml))
+    executors = documents[0]["deploymentSpec"]["executors"]
+    for label, variables in executor_env.items():
+        container = executors[label]["container"]
+        container["env"] = [*container.get("env", []), *({"name": k, "value": v} for k, v in variables.items())]
+    return yaml.safe_dump_all(documents, sort_keys=False)
 
 
 def _read_events(

@@ -181,6 +181,42 @@ class TaskResult:
 
 
 @dataclass(frozen=True, kw_only=True)
+class StatusTarget:
+    """Where a run's state goes as a GitLab commit status (``--report-status``), captured at submission.
+
+    GitLab's ``POST /projects/:id/statuses/:sha`` (docs.gitlab.com/api/commits, 'Set the pipeline status of
+    a commit') takes these; with ``pipeline_id`` the status is a job of that pipeline, so it gates the merge
+    request like any job.
+
+    Attributes:
+        gitlab_url: GitLab's base URL (``CI_SERVER_URL``), e.g. ``https://gitlab.example.com``.
+        project: the project id or ``group/project`` path (``CI_PROJECT_ID``).
+        sha: the pipeline's commit (``CI_COMMIT_SHA``: GitLab requires the pipeline's own sha).
+        pipeline_id: the GitLab pipeline (``CI_PIPELINE_ID``), '' on a laptop (GitLab then picks or creates
+            one for the commit).
+        name: the status's name, ``kfp: <job>`` plus the CI job's parallel/matrix suffix.
+        run_url_prefix: the KFP UI's run link without the run id ('' for a local run).
+        fallback_url: the link when there is no run page (a local run: the CI job, ``CI_JOB_URL``), or ''.
+        ca_bundle: PEM text of the CA that signs GitLab's certificate ('' : the image's own CAs).
+        proxy: the HTTPS proxy to reach GitLab through ('' : none).
+        secret: the Kubernetes secret (key ``token``) that gives the exit task its GitLab token.
+        image: the exit task's container image.
+    """
+
+    gitlab_url: str
+    project: str
+    sha: str
+    pipeline_id: str
+    name: str
+    run_url_prefix: str = ""
+    fallback_url: str = ""
+    ca_bundle: str = ""
+    proxy: str = ""
+    secret: str = "kfp-launch-gitlab"
+    image: str = "python:3.11"
+
+
+@dataclass(frozen=True, kw_only=True)
 class MetricValue:
     """One scalar logged to a ``Metrics`` artifact (``metrics.log_metric(name, value)``).
 
@@ -308,6 +344,8 @@ class RunStatus:
         parameters: the runtime parameters (the values the run was given).
         parameter_defaults: the pipeline's defaults, from the run's pipeline spec (empty for runs of a
             pipeline version, whose spec the run does not carry).
+        status_target: where a run submitted with ``--report-status`` reports its state (read back from its
+            exit task in the pipeline spec), or None.
     """
 
     run_id: str
@@ -322,6 +360,7 @@ class RunStatus:
     tasks: tuple[TaskResult, ...] = ()
     parameters: Mapping[str, object] = field(default_factory=dict)
     parameter_defaults: Mapping[str, object] = field(default_factory=dict)
+    status_target: StatusTarget | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "state", RunState.parse(self.state))  # a plain string becomes the enum

@@ -236,6 +236,28 @@ class Settings:
         pyproject=False,
         kubeflow_only=True,
     )
+    report_status: bool = setting(
+        False,
+        "Gate the merge request on the run: a GitLab commit status `kfp: JOB`, running now, set to the run's "
+        "final state by its exit task; implies --no-wait unless --wait is given (needs GITLAB_TOKEN)",
+        parse=parse_bool,
+        commands={RUN},
+    )
+    status_secret: str = setting(
+        "kfp-launch-gitlab",
+        "Kubernetes secret (key `token`) giving --report-status's exit task its GitLab token "
+        "[default: kfp-launch-gitlab]",
+        metavar="NAME",
+        commands={RUN},
+        kubeflow_only=True,
+    )
+    status_image: str = setting(
+        "python:3.11",
+        "Container image of --report-status's exit task (Python 3, standard library only) [default: python:3.11]",
+        metavar="IMAGE",
+        commands={RUN},
+        kubeflow_only=True,
+    )
     no_cache: bool = setting(
         False, "Turn execution caching off for this run", parse=parse_bool, commands={RUN}, kubeflow_only=True
     )
@@ -408,6 +430,9 @@ def load_settings(
     sources: dict[str, str] = {}
     for name, spec in SPECS.items():
         values[name], sources[name] = _resolve_one(spec, flags.get(name), environ, table, command)
+    if command == RUN and values["report_status"] and sources["wait"] == "default":
+        # The mode exists so that no runner waits: the run's exit task reports its end. --wait still waits.
+        values["wait"], sources["wait"] = False, "--report-status"
     return Settings(**values, param_layers=_param_layers(flags, environ, table), sources=sources)  # type: ignore[arg-type]  # values typed per SPECS
 
 

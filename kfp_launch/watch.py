@@ -17,6 +17,7 @@ from kfp_launch.polling import PREFLIGHT_OUTAGE_S
 from kfp_launch.reporting import outcome_document
 from kfp_launch.state_file import StateEntry, read_state
 from kfp_launch.states import OutcomeState, RunState
+from kfp_launch.status_gate import settle_canceled
 from kfp_launch.submission import find_by_key
 from kfp_launch.termination import terminate_runs
 from kfp_launch.waiting import Tracked, wait_and_report
@@ -122,14 +123,24 @@ def _cancel_one(app: App, entry: StateEntry) -> tuple[ExitCode, str]:
             return ExitCode.SUCCESS, "not created"
         entry = replace(entry, run_id=found.run_id)
     run = retry(lambda: api.get_run(entry.run_id))
+    url = entry.url or connection.run_url(entry.run_id)
     if run.is_terminal:
         console.line(f"run {entry.run_id} already finished: {run.state}")
-        return ExitCode.SUCCESS, f"already finished: {run.state}"
-    if run.state == RunState.CANCELING:
+        result = f"already finished: {run.state}"
+    elif run.state == RunState.CANCELING:
         console.line(f"run {entry.run_id} is already being terminated (CANCELING)")
-        return ExitCode.SUCCESS, "already CANCELING"
-    failed = terminate_runs(api, [entry.run_id], console, why=f"cancel ({run.state} -> CANCELING)", retry=retry)
-    if entry.run_id in failed:
-        raise failed[entry.run_id]  # reported by cancel_runs with its hint
-    console.url("run", entry.url or connection.run_url(entry.run_id))
-    return ExitCode.SUCCESS, "terminating"
+        result = "already CANCELING"
+    else:
+        failed = terminate_runs(api, [entry.run_id], console, why=f"cancel ({run.state} -> CANCELING)", retry=retry)
+        if entry.run_id in failed:
+            raise failed[entry.run_id]  # reported by cancel_runs with its hint
+        console.url("run", url)
+        result = "terminating"
+    if run.status_target is not None:  # --report-status: its exit task may not run once KFP ends the workflow
+        why = (
+            "terminated with kfp-launch cancel"
+            if result == "terminating"
+            else f"run {run.state.lower()}, ended without reporting"
+        )
+        settle_canceled(app, run.status_target, url, why)
+    return ExitCode.SUCCESS, result

@@ -23,6 +23,10 @@ Modeled:
   ``GET /user``, ``GET /projects/:id``) answers ``job_token_denied_status`` (403 ``{"message":"403 Forbidden"}``
   by default). Real GitLab seems to ignore a job token on routes that do not allow one and answer 401 instead
   (reports in Nikita-Filonov/ai-review#12 and #51); set ``job_token_denied_status=401`` to model that;
+* commit statuses (external jobs, ``Ci::CreateCommitStatusService`` and ``API::CommitStatuses``):
+  ``POST /api/v4/projects/:id/statuses/:sha`` and ``GET .../repository/commits/:sha/statuses``; see
+  :meth:`FakeGitLab._create_status` for the rules kept (commit and pipeline look-up, GitLab's state machine,
+  a name another job of the pipeline has, ``target_url`` length);
 * fault injection: ``fail`` (answer an HTTP status) and ``drop`` (close the connection without an answer)
   on the next N requests that match a method and a path regex.
 
@@ -54,11 +58,13 @@ from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 from tests.loopback import LoopbackHandler, LoopbackServer
 
 __all__ = [
+    "PATH_COMMIT_STATUSES",
     "PATH_MERGE_REQUEST",
     "PATH_MERGE_REQUESTS",
     "PATH_NOTE",
     "PATH_NOTES",
     "PATH_PROJECT",
+    "PATH_STATUSES",
     "PATH_USER",
     "FakeGitLab",
     "Fault",
@@ -73,6 +79,8 @@ PATH_MERGE_REQUESTS = r"/api/v4/projects/[^/]+/merge_requests"
 PATH_MERGE_REQUEST = r"/api/v4/projects/[^/]+/merge_requests/\d+"
 PATH_NOTES = r"/api/v4/projects/[^/]+/merge_requests/\d+/notes"
 PATH_NOTE = r"/api/v4/projects/[^/]+/merge_requests/\d+/notes/\d+"
+PATH_STATUSES = r"/api/v4/projects/[^/]+/statuses/[0-9a-f]+"
+PATH_COMMIT_STATUSES = r"/api/v4/projects/[^/]+/repository/commits/[0-9a-f]+/statuses"
 
 _DEFAULT_PER_PAGE, _MAX_PER_PAGE = 20, 100  # GitLab's offset pagination (doc/api/rest/_index.md)
 _MAX_NOTE_LENGTH = 1_000_000  # Note::MAX_NOTE_LENGTH
@@ -165,7 +173,7 @@ class Fault:
 
 
 class _HttpError(Exception):
-    def __init__(self, status: int, message: str | None = None, *, key: str = "message") -> None:
+    def __init__(self, status: int, message: Any = None, *, key: str = "message") -> None:
         super().__init__(status)
         self.status = status
         self.document = {key: message or f"{status} {_REASONS.get(status, 'Error')}"}
@@ -231,6 +239,13 @@ _ROUTES: tuple[tuple[str, re.Pattern[str], str, bool], ...] = tuple(
             "_update_note",
             False,
         ),
+        ("POST", r"/api/v4/projects/(?P<project>[^/]+)/statuses/(?P<sha>[0-9a-f]+)", "_create_status", False),
+        (
+            "GET",
+            r"/api/v4/projects/(?P<project>[^/]+)/repository/commits/(?P<sha>[0-9a-f]+)/statuses",
+            "_list_statuses",
+            False,
+        ),
     )
 )
 
@@ -252,6 +267,9 @@ class FakeGitLab(LoopbackServer):
         users: username -> user wire dict (``id``, ``username``, ``name``, ``state``, ``web_url``).
         projects: project id -> project wire dict (``id``, ``path_with_namespace``, ``web_url``, ...).
         merge_requests: (project id, iid) -> merge request wire dict.
+        pipelines: pipeline id -> ``{"id", "project_id", "sha", "ref", "jobs"}`` (``jobs``: its CI job names).
+        statuses: every commit status (external job) posted, in creation order, as wire dicts plus
+            ``project_id`` and ``retried`` (an older status of the same name and pipeline).
         notes: (project id, iid) -> that merge request's notes (wire dicts), in creation order.
         requests: every request in arrival order.
         faults: registered faults, checked in order; the first that fires wins.
@@ -276,6 +294,8 @@ class FakeGitLab(LoopbackServer):
         self.projects: dict[int, dict[str, Any]] = {}
         self.merge_requests: dict[tuple[int, int], dict[str, Any]] = {}
         self.notes: dict[tuple[int, int], list[dict[str, Any]]] = {}
+        self.pipelines: dict[int, dict[str, Any]] = {}
+        self.statuses: list[dict[str, Any]] = []
         self.requests: list[RecordedRequest] = []
         self.faults: list[Fault] = []
         self.lock = threading.RLock()
@@ -300,6 +320,23 @@ class FakeGitLab(LoopbackServer):
             }
             self.projects[pid] = project
             return project
+
+    def add_pipeline(
+        self, project_id: int, *, sha: str, ref: str = "main", pipeline_id: int | None = None,
+        jobs: Iterable[str] = (),
+    ) -> dict[str, Any]:
+        """A CI pipeline of PROJECT_ID for commit SHA on REF, with CI jobs named JOBS (a commit status may
+        not take one of their names: ``GenericCommitStatus#name_uniqueness_across_types``)."""
+        with self.lock:
+            pid = pipeline_id if pipeline_id is not None else self._new_id()
+            pipeline = {"id": pid, "project_id": project_id, "sha": sha, "ref": ref, "jobs": list(jobs)}
+            self.pipelines[pid] = pipeline
+            return pipeline
+
+    def statuses_of(self, sha: str, name: str | None = None) -> list[dict[str, Any]]:
+        """The commit statuses posted for SHA (of NAME), oldest first, retried ones included."""
+        with self.lock:
+            return [dict(s) for s in self.statuses if s["sha"] == sha and (name is None or s["name"] == name)]
 
     def add_merge_request(
         self,
@@ -526,6 +563,91 @@ class FakeGitLab(LoopbackServer):
         note.update(body=self._note_body(request), updated_at=self._now())
         return note
 
+    def _create_status(
+        self, request: RecordedRequest, user: dict[str, Any], host: str, project: str, sha: str
+    ) -> _Response:
+        """``POST /projects/:id/statuses/:sha`` as ``Ci::CreateCommitStatusService`` answers it (gitlabhq at
+        0286e4c6, app/services/ci/create_commit_status_service.rb; lib/api/commit_statuses.rb):
+
+        - ``state`` must be one of pending, running, success, failed, canceled, skipped (Grape: 400);
+        - the commit must be known (404 "404 Commit Not Found"); with ``pipeline_id``, that pipeline must be
+          this commit's (404 "404 Pipeline for pipeline_id, sha and ref Not Found"); without one, the newest
+          pipeline of the commit takes the status;
+        - the status found is the running or pending one of the same name, pipeline and user; otherwise a
+          new job is created and older ones of that name are marked retried
+          (``Ci::Pipelines::AddJobService``, ``update_older_statuses_retried!``);
+        - the state moves by CommitStatus's state machine: ``pending`` only from created, ``running`` from
+          created or pending, success/failed/canceled from created, pending or running; anything else is
+          400 "Cannot transition status via :EVENT from :STATE ...";
+        - ``name`` may not be the name of one of the pipeline's CI jobs (400, ``{"name": ["has already been
+          taken"]}``); ``target_url`` at most 255 characters (``GenericCommitStatus`` validations).
+        """
+        body = request.body if isinstance(request.body, dict) else {}
+        state = body.get("state")
+        if state not in _STATUS_EVENTS:
+            raise _HttpError(400, "state does not have a valid value", key="error")
+        project_record = self._project_or_404(project)
+        pipelines = [p for p in self.pipelines.values() if p["project_id"] == project_record["id"] and p["sha"] == sha]
+        if not pipelines:
+            raise _HttpError(404, "404 Commit Not Found")
+        pipeline_id = body.get("pipeline_id")
+        if pipeline_id is not None:
+            pipelines = [p for p in pipelines if str(p["id"]) == str(pipeline_id)]
+            if not pipelines:
+                raise _HttpError(404, "404 Pipeline for pipeline_id, sha and ref Not Found")
+        pipeline = max(pipelines, key=lambda p: p["id"])
+        name = body.get("name") or body.get("context") or "default"
+        target_url = body.get("target_url")
+        if name in pipeline["jobs"]:
+            raise _HttpError(400, {"name": ["has already been taken"]})
+        if isinstance(target_url, str) and len(target_url) > 255:
+            raise _HttpError(400, {"target_url": ["is too long (maximum is 255 characters)"]})
+        same = [s for s in self.statuses if s["pipeline_id"] == pipeline["id"] and s["name"] == name]
+        status = next(
+            (s for s in same if s["status"] in ("pending", "running") and s["author"]["id"] == user["id"]), None
+        )
+        current = status["status"] if status else "created"
+        event, allowed = _STATUS_EVENTS[state]
+        if current not in allowed:
+            raise _HttpError(
+                400, f'Cannot transition status via :{event} from :{current} (Reason(s): Status cannot transition '
+                f'via "{event}")'
+            )
+        now = self._now()
+        if status is None:
+            for older in same:
+                older["retried"] = True
+            status = {
+                "id": self._new_id(), "sha": sha, "ref": pipeline["ref"], "name": name, "status": "created",
+                "target_url": None, "description": None, "created_at": now, "started_at": None,
+                "finished_at": None, "allow_failure": False, "coverage": None, "pipeline_id": pipeline["id"],
+                "author": user, "project_id": project_record["id"], "retried": False,
+            }
+            self.statuses.append(status)
+        for key in ("target_url", "description", "coverage"):
+            if key in body:
+                status[key] = body[key]
+        status["status"] = state
+        if state == "running":
+            status["started_at"] = now
+        if state in ("success", "failed", "canceled", "skipped"):
+            status["finished_at"] = now
+        return _Response.json(_status_entity(status), 201)
+
+    def _list_statuses(
+        self, request: RecordedRequest, user: dict[str, Any], host: str, project: str, sha: str
+    ) -> _Response:
+        """``GET .../repository/commits/:sha/statuses``: the latest (not retried) unless ``all``; filters
+        ``name`` and ``pipeline_id``; ordered by id."""
+        project_record = self._project_or_404(project)
+        found = [s for s in self.statuses if s["project_id"] == project_record["id"] and s["sha"] == sha]
+        if request.param("all") not in ("true", "1"):
+            found = [s for s in found if not s["retried"]]
+        for key in ("name", "pipeline_id"):
+            if request.param(key):
+                found = [s for s in found if str(s[key]) == request.param(key)]
+        return self._page(request, host, [_status_entity(s) for s in found])
+
     # ---- helpers -------------------------------------------------------------------------------------------
 
     def _page(self, request: RecordedRequest, host: str, items: list[dict[str, Any]]) -> _Response:
@@ -630,6 +752,22 @@ class FakeGitLab(LoopbackServer):
         """GitLab's timestamp format, with milliseconds: ``2024-05-01T12:00:00.123Z``."""
         moment = self.clock().astimezone(UTC)
         return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+# state -> (CommitStatus event, states it may come from) (app/models/commit_status.rb, Ci::HasStatus).
+_STATUS_EVENTS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "pending": ("enqueue", ("created",)),
+    "running": ("run", ("created", "pending")),
+    "success": ("success", ("created", "pending", "running")),
+    "failed": ("drop", ("created", "pending", "running")),
+    "canceled": ("cancel", ("created", "pending", "running")),
+    "skipped": ("skip", ("created", "pending")),
+}
+
+
+def _status_entity(status: Mapping[str, Any]) -> dict[str, Any]:
+    """A status as ``Entities::CommitStatus`` presents it."""
+    return {k: v for k, v in status.items() if k not in ("project_id", "retried")}
 
 
 def _int_param(request: RecordedRequest, name: str, default: int) -> int:

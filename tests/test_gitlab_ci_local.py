@@ -19,7 +19,8 @@ from xml.etree import ElementTree
 import pytest
 import yaml
 
-from tests.fake_kfp import FakeKfpServer, RunStep
+from tests.fake_gitlab import FakeGitLab
+from tests.fake_kfp import PATH_RUN, FakeKfpServer, RunStep
 from tests.helpers import REPO_ROOT
 
 NODE_DIR = REPO_ROOT / ".ci" / "node" / "node_modules"
@@ -323,3 +324,36 @@ def test_the_component_takes_the_project_directory_as_an_input(monorepo: Path, k
     assert result.returncode == 0, result.stdout[-3000:]
     assert len(kfp.runs) == 1
     assert (monorepo / ".gitlab-ci-local" / "artifacts" / "train" / ".kfp-launch" / "run.env").exists()
+
+
+def _status_gitlab(repo: Path) -> tuple[FakeGitLab, dict[str, str]]:
+    """A fake GitLab holding this repository's commit in pipeline 1001, and the job variables that reach it."""
+    sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
+    gitlab = FakeGitLab(access_tokens={"glpat-e2e-st4tus": "kfp-bot"}).start()
+    gitlab.add_project("mlops/kfp-demo", project_id=1217)  # gitlab-ci-local's CI_PROJECT_ID
+    gitlab.add_pipeline(1217, sha=sha, pipeline_id=1001, jobs=["train"])
+    return gitlab, {"CI_SERVER_URL": gitlab.url, "CI_PIPELINE_ID": "1001", "GITLAB_TOKEN": "glpat-e2e-st4tus"}
+
+
+@pytest.mark.parametrize("snippet", ["report-status", "component-report-status"])
+def test_a_report_status_job_ends_after_submitting_with_the_status_running(
+    repo: Path, kfp: FakeKfpServer, snippet: str
+) -> None:
+    content = readme_snippet("report-status") if snippet == "report-status" else (
+        "include:\n"
+        "  - component: $CI_SERVER_FQDN/$CI_PROJECT_PATH/kfp-launch@$CI_COMMIT_SHA\n"
+        "    inputs: {job-name: train, report-status: true}\n")
+    commit(repo, ".gitlab-ci.yml", content)
+    gitlab, variables = _status_gitlab(repo)
+    try:
+        result = gcl(repo, kfp, "train", "--ignore-predefined-vars", "CI_SERVER_URL,CI_PIPELINE_ID",
+                     variables=variables)
+        assert result.returncode == 0, result.stdout[-3000:]
+        [run_id] = kfp.runs
+        [status] = [s for s in gitlab.statuses if not s["retried"]]
+        assert (status["name"], status["status"], status["pipeline_id"]) == ("kfp: train", "running", 1001)
+        assert status["target_url"] == f"{kfp.url}/#/runs/details/{run_id}"
+        assert not kfp.requests_to("GET", PATH_RUN)  # no runner waited for the run
+        assert "glpat-e2e-st4tus" not in result.stdout
+    finally:
+        gitlab.stop()
