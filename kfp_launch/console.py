@@ -102,7 +102,7 @@ class Console:
             if once_key in self._warned:
                 return
             self._warned.add(once_key)
-        self._out.print(escape(self._clean(text)), style=style)
+        self._out.print(escape(self._clean(text)), style=style, emoji=False)  # ":id:" in a log stays text
         self._out_stream.flush()
 
     def markup(self, text: str) -> None:

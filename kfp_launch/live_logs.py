@@ -8,35 +8,38 @@ Facts this relies on (docs/kfp-backend-notes.md, 'Task logs'):
   backend/src/apiserver/server/run_log_server.go), so what is new is what follows the lines already taken;
   a read made while the task writes may end mid-line, and that part is taken at the next read;
 - the user's output is in the executor pod, whose name holds ``system-container-impl``
-  (:data:`kfp_launch.failure_logs.EXECUTOR_MARK`); a task without one has no live log;
+  (:data:`kfp_launch.failure_logs.EXECUTOR_MARK`); a task without one has no live log, and a retried task
+  has one executor pod per attempt;
 - backends after 2.17 may refuse the read with 403 (kubeflow/pipelines#13684, the ``readLog`` check).
 
-Rules, so a chatty task cannot flood the job log or the API server:
+Rules, so a chatty task can flood neither the job log nor the API server:
 
 - reads happen only on a poll tick (after the runs' statuses were read), at most one per task per tick,
-  and for at most :attr:`LogBudget.tasks_at_once` tasks per tick: ended tasks first (their last lines),
-  then the tasks read least recently, so with more running tasks than that (``--all``, a ParallelFor)
-  each is read in turn and its lines come a few polls late, none lost;
-- a task is read while RUNNING, and once more when it has ended, for the lines written between the
-  last read and its end; a task that ran entirely between two ticks is read once, after it ended; a
-  task already ended when the wait began (``watch`` of an old run) is not read;
-- at most :attr:`LogBudget.lines_per_tick` lines per task per tick (the newest; the others are counted
-  and said skipped), :attr:`LogBudget.task_bytes` per task (then it is read again only when it ends, to
-  count what was skipped) and :attr:`LogBudget.job_bytes` in all, a quarter of GitLab's default 4 MiB job
-  log limit (docs.gitlab.com, 'Maximum job log file size'); each skip says how many lines and where the
-  whole log is (the run's page);
+  for at most :attr:`LogBudget.tasks_at_once` tasks per tick and within :attr:`LogBudget.tick_s` seconds
+  per tick: ended tasks first (their last lines), then the tasks read least recently, so with more running
+  tasks than that (``--all``, a ParallelFor) each is read in turn and its lines come a few polls late;
+- a task is read while RUNNING, and once more when it has ended, for the lines written between the last
+  read and its end (an ended task whose log cannot be read is given up after :data:`ENDED_ATTEMPTS`
+  attempts); a task that ran entirely between two ticks is read once, after it ended; a task already ended
+  when the wait began (``watch`` of an old run) is not read;
+- at most :attr:`LogBudget.lines_per_tick` lines per task per tick (the newest; the others are counted and
+  said skipped), :attr:`LogBudget.task_bytes` printed per task (then it is read again only when it ends, to
+  count what was skipped), :attr:`LogBudget.task_read_bytes` read per task (every read returns the whole
+  log: then it is not read again), and :attr:`LogBudget.job_bytes` printed in all, a quarter of GitLab's
+  default 4 MiB job log limit; each skip says how many lines and where the whole log is (the run's page);
 - a 403 turns live logs off with one warning; any other failed read is tried again at the next tick.
 """
 
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from kfp_launch.console import Console
-from kfp_launch.errors import KfpAuthError, KfpLaunchError
+from kfp_launch.errors import KfpAuthError, KfpLaunchError, TransientKfpError
 from kfp_launch.failure_logs import EXECUTOR_MARK
 from kfp_launch.models import RunStatus, TaskResult
 from kfp_launch.states import RunState
@@ -44,26 +47,33 @@ from kfp_launch.states import RunState
 READ_TIMEOUT_S = 10.0
 """A log read that takes longer is given up until the next tick (the wait must go on)."""
 
+ENDED_ATTEMPTS = 2
+"""Reads of an ended task's log before giving it up (its pod may be gone: Argo's pod GC, no log archive)."""
+
 _CONTROL = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|[\x00-\x08\x0b-\x1f\x7f]")
 
 
 @dataclass(frozen=True, kw_only=True)
 class LogBudget:
-    """How much of the tasks' logs goes to the job log (bytes are UTF-8 bytes of printed lines).
+    """How much of the tasks' logs goes to the job log (bytes are UTF-8 bytes of printed lines, masked).
 
     Attributes:
         lines_per_tick: lines printed per task per poll tick; more are skipped (the newest are kept).
         task_bytes: bytes printed per task; then its live log stops and is counted at its end.
+        task_read_bytes: bytes read from the log endpoint per task; then it is not read again.
         job_bytes: bytes printed in all by one wait; then live logs stop (GitLab's default job log
             limit is 4 MiB: docs.gitlab.com/administration/cicd/job_logs, 'Maximum job log file size').
         tasks_at_once: tasks read per tick (several runs or a ParallelFor fan out to many tasks).
+        tick_s: seconds the reads of one tick (and the last reads after the wait) may take in all.
         line_chars: characters kept of one line.
     """
 
     lines_per_tick: int = 200
     task_bytes: int = 256 * 1024
+    task_read_bytes: int = 32 * 1024 * 1024
     job_bytes: int = 1024 * 1024
     tasks_at_once: int = 4
+    tick_s: float = 10.0
     line_chars: int = 1000
 
 
@@ -75,7 +85,7 @@ class LogStats:
         requests: log reads made.
         bytes_read: bytes the reads returned.
         lines_printed: log lines printed.
-        bytes_printed: UTF-8 bytes of the printed log lines (prefixes included).
+        bytes_printed: UTF-8 bytes printed (log lines with their prefixes, and skip notices).
         lines_skipped: lines not printed because of a budget.
     """
 
@@ -94,18 +104,22 @@ class TaskLogReader(Protocol):
 
 @dataclass
 class _Task:
-    """One task's executor log as followed: ``taken`` complete lines are printed or counted skipped."""
+    """One executor pod's log as followed: ``taken`` complete lines are printed or counted skipped."""
 
     run_id: str
     pod: str
     label: str
     ended: bool = False
     taken: int = 0
+    last_taken: str | None = None  # the last line taken: a log whose line there differs was replaced
     printed_bytes: int = 0
+    read_bytes: int = 0
     skipped: int = 0
+    printed_since_skip: int = 0  # lines printed after the last skip: the end of the log, shown whole
     over_budget: bool = False
+    given_up: bool = False
+    failed_reads: int = 0
     done: bool = False
-    shown_in_full: bool = False
     last_read: int = -1
 
 
@@ -122,6 +136,7 @@ class LiveLogs:
         time_left: seconds until the wait deadline (None: none); no read outlasts it.
         before: each run as read before the wait; a task it shows ended is not read (``watch`` of an
             old run, or a retried CI job that attaches: those lines are not new).
+        clock: monotonic seconds, for the time budget of a tick.
     """
 
     api: TaskLogReader
@@ -130,9 +145,13 @@ class LiveLogs:
     budget: LogBudget = field(default_factory=LogBudget)
     time_left: Callable[[], float | None] = lambda: None
     before: Mapping[str, RunStatus] = field(default_factory=dict)
+    clock: Callable[[], float] = time.monotonic
     _tasks: dict[tuple[str, str], _Task] = field(default_factory=dict, init=False)
+    _names: dict[tuple[str, str], int] = field(default_factory=dict, init=False)
+    _labels: dict[tuple[str, str], str] = field(default_factory=dict, init=False)
     _ticks: int = field(default=0, init=False)
     _off: bool = field(default=False, init=False)
+    _refused: bool = field(default=False, init=False)
     _requests: int = field(default=0, init=False)
     _bytes_read: int = field(default=0, init=False)
     _lines_printed: int = field(default=0, init=False)
@@ -150,10 +169,17 @@ class LiveLogs:
             lines_skipped=self._lines_skipped,
         )
 
-    def shown_in_full(self, run_id: str, pod: str) -> bool:
-        """True when every line of this pod's log was printed live, to its end (nothing skipped)."""
+    @property
+    def refused(self) -> bool:
+        """True when Kubeflow refused to read logs (403): reading them again for a failure is pointless."""
+        return self._refused
+
+    def tail_shown(self, run_id: str, pod: str, lines: int) -> bool:
+        """True when the last ``lines`` lines of this pod's log were printed live, in one piece, to its end."""
         task = self._tasks.get((run_id, pod))
-        return task is not None and task.shown_in_full
+        if task is None or not task.done or task.given_up or task.over_budget:
+            return False
+        return task.skipped == 0 or task.printed_since_skip >= lines
 
     def tick(self, statuses: Mapping[str, RunStatus]) -> None:
         """Read and print what is new in the logs of the tasks these statuses show running or just ended."""
@@ -162,142 +188,176 @@ class LiveLogs:
         for run_id, status in statuses.items():
             self._discover(run_id, status)
         self._ticks += 1
-        due = [t for t in self._tasks.values() if not t.done and (t.ended or not t.over_budget)]
+        due = [t for t in self._tasks.values() if not t.done and not t.given_up and (t.ended or not t.over_budget)]
         due.sort(key=lambda t: (0, 0) if t.ended else (1, t.last_read))  # stable: else in discovery order
-        for task in due[: self.budget.tasks_at_once]:
-            if self._off:
-                return
-            self._read(task)
-            task.last_read = self._ticks
+        self._read_some(due[: self.budget.tasks_at_once])
 
     def finish(self) -> None:
-        """After the wait: the last read of each ended task not read to its end yet (one at a time)."""
-        for task in self._tasks.values():
-            if self._off:
-                return
-            if task.ended and not task.done:
-                self._read(task)
+        """After the wait (the runs ended): the last read of each ended task not read to its end yet,
+        within one tick's time budget."""
+        self._read_some([t for t in self._tasks.values() if t.ended and not t.done and not t.given_up])
 
     # -- internals ---------------------------------------------------------------------------------------
 
+    def _read_some(self, tasks: list[_Task]) -> None:
+        stop_at = self.clock() + self.budget.tick_s
+        for task in tasks:
+            left = stop_at - self.clock()
+            if self._off or left <= 0:
+                return
+            if not self._read(task, left):
+                return  # a read timed out or the deadline passed: the rest waits for the next tick
+            task.last_read = self._ticks
+
     def _discover(self, run_id: str, status: RunStatus) -> None:
         before = self.before.get(run_id)
-        ended_before = {_executor_pod(t) for t in before.tasks if t.state.is_terminal} if before else set()
+        ended_before = {p for t in before.tasks if t.state.is_terminal for p in _executor_pods(t)} if before else set()
         job = self.runs.get(run_id, (status.name, ""))[0]
-        names = [t.name for t in status.tasks]
-        ordinal: dict[str, int] = {}
+        repeated = {t.name for t in status.tasks if sum(1 for o in status.tasks if o.name == t.name) > 1}
         for task in status.tasks:
-            pod = _executor_pod(task)
-            index = ordinal[task.name] = ordinal.get(task.name, -1) + 1
-            if not pod:
-                continue
-            key = (run_id, pod)
-            known = self._tasks.get(key)
-            if known is None:
-                if pod in ended_before or task.state not in (RunState.RUNNING, *_ENDED):
-                    continue  # ended before we watched; or not started (no pod yet), or skipped
-                label = task.name + (f"[{index}]" if names.count(task.name) > 1 else "")
-                known = self._tasks[key] = _Task(run_id, pod, f"{job}/{label}" if len(self.runs) > 1 else label)
-            known.ended = task.state.is_terminal
+            pods = _executor_pods(task)
+            for attempt, pod in enumerate(pods, start=1):
+                key = (run_id, pod)
+                known = self._tasks.get(key)
+                if known is None:
+                    if pod in ended_before or task.state not in (RunState.RUNNING, *_ENDED):
+                        continue  # ended before we watched; or not started (no pod yet), or skipped
+                    label = self._label(run_id, task, repeated) + (f" (try {attempt})" if attempt > 1 else "")
+                    known = self._tasks[key] = _Task(run_id, pod, f"{job}/{label}" if len(self.runs) > 1 else label)
+                # an earlier attempt's pod has ended even while the task runs its next attempt
+                known.ended = task.state.is_terminal or attempt < len(pods)
 
-    def _read(self, task: _Task) -> None:
-        """One read of ``task``'s log; prints what is new."""
+    def _label(self, run_id: str, task: TaskResult, repeated: set[str]) -> str:
+        """The task's name; a name several tasks share (a loop's iterations) gets ``[0]``, ``[1]``... in the
+        order they are first seen, never reused; the same for every attempt of one task."""
+        key = (run_id, task.task_id or task.name)
+        if key not in self._labels:
+            count = self._names.get((run_id, task.name), 0)
+            self._names[(run_id, task.name)] = count + 1
+            self._labels[key] = f"{task.name}[{count}]" if count or task.name in repeated else task.name
+        return self._labels[key]
+
+    def _read(self, task: _Task, budget_s: float) -> bool:
+        """One read of ``task``'s log; prints what is new. False when the tick should stop reading."""
         left = self.time_left()
         if left is not None and left <= 0:
-            return
+            return False
+        timeout = min(READ_TIMEOUT_S, budget_s, left if left is not None else READ_TIMEOUT_S)
+        self._requests += 1
         try:
-            text = self.api.task_log(task.run_id, task.pod, timeout_s=min(READ_TIMEOUT_S, left or READ_TIMEOUT_S))
+            text = self.api.task_log(task.run_id, task.pod, timeout_s=timeout)
         except KfpAuthError as exc:
-            self._requests += 1
-            self._off = True
+            if "HTTP 403" not in exc.message:
+                return False  # a 401 or a login page (an expired token): the status poll says so; next tick
+            self._off = self._refused = True
             self.console.warn(
                 f"live logs are off: Kubeflow refused to read the log of {task.pod} ({exc.message}); the run "
                 "goes on and its outcome is unchanged. Newer Kubeflow Pipelines check a separate `readLog` "
                 "permission; ask for it, or set --logs failed."
             )
-            return
-        except KfpLaunchError:
-            self._requests += 1
-            return  # not readable yet (pod not created) or a passing failure: the next tick tries again
-        self._requests += 1
-        self._bytes_read += len(text.encode("utf-8", errors="replace"))
+            return False
+        except KfpLaunchError as exc:
+            if task.ended:
+                task.failed_reads += 1
+                task.given_up = task.failed_reads >= ENDED_ATTEMPTS  # its pod is gone: do not block the others
+            # a timeout or a 5xx: the server struggles, the rest waits for the next tick; else (no pod yet,
+            # or gone: an error body) the next task
+            return not isinstance(exc, TransientKfpError)
+        size = len(text.encode("utf-8", errors="replace"))
+        self._bytes_read += size
+        task.read_bytes += size
         self._take(task, text)
         if task.ended:
             task.done = True
-            task.shown_in_full = task.skipped == 0 and not task.over_budget
+        elif task.read_bytes >= self.budget.task_read_bytes and not task.over_budget:
+            task.over_budget = task.given_up = True  # every read returns the whole log: stop reading it
+            self._notice(
+                task,
+                f"{task.label} | … live log stops here: {task.read_bytes // (1024 * 1024)} MiB were read for it "
+                "(each read returns the whole log); the whole log:",
+            )
+        return True
 
     def _take(self, task: _Task, text: str) -> None:
         lines = text.split("\n")
         complete = lines[:-1] if not task.ended or not lines[-1] else lines  # a last line without "\n"...
-        if len(complete) < task.taken:  # the log started again (a restarted container)
+        replaced = task.taken and (len(complete) < task.taken or complete[task.taken - 1] != task.last_taken)
+        if replaced:  # a restarted container or a rotated log: what it holds now is new
             task.taken = 0
         new = complete[task.taken :]
         task.taken = len(complete)  # ...is taken once the task has ended (else at the next read)
-        if not new and not task.over_budget:
-            return
-        url = self.runs.get(task.run_id, ("", ""))[1]
+        task.last_taken = complete[-1] if complete else None
         if task.over_budget:
             self._skip(task, len(new))
             if task.ended:
-                self.console.line(
-                    f"{task.label} | … {task.skipped} lines skipped in all (past this task's live log budget); "
-                    f"the whole log: {url or 'the run page'}",
-                    style="dim",
-                )
+                self._notice(task, f"{task.label} | … {task.skipped} lines skipped in all; the whole log:")
             return
         if len(new) > self.budget.lines_per_tick:
             dropped = len(new) - self.budget.lines_per_tick
             self._skip(task, dropped)
             new = new[dropped:]
-            self.console.line(
-                f"{task.label} | … {dropped} lines skipped (more than {self.budget.lines_per_tick} since the "
-                f"last poll); the whole log: {url or 'the run page'}",
-                style="dim",
+            self._notice(
+                task,
+                f"{task.label} | … {dropped} lines skipped (more than {self.budget.lines_per_tick} at once); "
+                "the whole log:",
             )
         for position, raw in enumerate(new):
-            line = f"{task.label} | {_printable(raw, self.budget.line_chars)}"
+            masked = self.console.redact(f"{task.label} | {_printable(raw)}")  # masked, then cut: no half secret
+            line = masked if len(masked) <= self.budget.line_chars else masked[: self.budget.line_chars - 1] + "…"
             size = len(line.encode("utf-8", errors="replace")) + 1
             if self._bytes_printed + size > self.budget.job_bytes:
                 self._skip(task, len(new) - position)
                 self._off = True
+                url = self.runs.get(task.run_id, ("", ""))[1] or "the run's page"
                 self.console.line(
-                    f"… live logs stop here: {len(new) - position} lines of {task.label} skipped, and the rest "
-                    f"of every task's log: {self.budget.job_bytes // 1024} KiB were printed, this job's share "
-                    f"(GitLab cuts a job log at 4 MiB by default). The whole logs: {url or 'the run page'}",
+                    f"… live logs stop here: {self.budget.job_bytes // 1024} KiB of task logs were printed, this "
+                    f"job's share (GitLab cuts a job log at 4 MiB by default); {len(new) - position} more lines "
+                    f"of {task.label} and the rest of every task's log are not shown. The whole logs: {url}",
                     style="dim",
                 )
                 return
             if task.printed_bytes + size > self.budget.task_bytes:
                 self._skip(task, len(new) - position)
                 task.over_budget = True
-                self.console.line(
+                what = (
+                    f"{task.skipped} lines skipped in all"
+                    if task.ended
+                    else "the lines it skips are counted when it ends"
+                )
+                self._notice(
+                    task,
                     f"{task.label} | … live log stops here ({self.budget.task_bytes // 1024} KiB printed, the "
-                    f"task's share); the lines skipped are counted when it ends. The whole log: "
-                    f"{url or 'the run page'}",
-                    style="dim",
+                    f"task's share); {what}. The whole log:",
                 )
                 return
             self.console.line(line)
             task.printed_bytes += size
+            task.printed_since_skip += 1
             self._bytes_printed += size
             self._lines_printed += 1
 
+    def _notice(self, task: _Task, text: str) -> None:
+        line = f"{text} {self.runs.get(task.run_id, ('', ''))[1] or 'the run page'}"
+        self._bytes_printed += len(line.encode("utf-8", errors="replace")) + 1
+        self.console.line(line, style="dim")
+
     def _skip(self, task: _Task, count: int) -> None:
-        task.skipped += count
-        self._lines_skipped += count
+        if count:
+            task.skipped += count
+            task.printed_since_skip = 0
+            self._lines_skipped += count
 
 
 _ENDED = (RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELED)
 
 
-def _executor_pod(task: TaskResult) -> str:
-    """The task's executor pod (the one whose log is the user's output), or '' when it has none."""
-    return next((pod for pod in (*task.node_ids, task.pod_name) if pod and EXECUTOR_MARK in pod), "")
+def _executor_pods(task: TaskResult) -> list[str]:
+    """The task's executor pods, one per attempt, in the order KFP lists them (none: no live log)."""
+    return [pod for pod in dict.fromkeys((*task.node_ids, task.pod_name)) if pod and EXECUTOR_MARK in pod]
 
 
-def _printable(line: str, limit: int) -> str:
+def _printable(line: str) -> str:
     """A log line as a terminal would leave it (the text after its last carriage return: progress bars),
-    without escape sequences or control characters (a task cannot open or close a GitLab section or
-    clear the job log's lines), cut to ``limit`` characters."""
-    line = _CONTROL.sub("", line.rstrip("\r").rsplit("\r", 1)[-1])
-    return line if len(line) <= limit else line[: limit - 1] + "…"
+    without escape sequences or control characters (a task cannot open or close a GitLab section or clear
+    the job log's lines)."""
+    return _CONTROL.sub("", line.rstrip("\r").rsplit("\r", 1)[-1])

@@ -186,7 +186,7 @@ def _poll(
                 clock=app.runtime.clock,
                 sleep=app.runtime.sleep,
             )
-            if live is not None:
+            if live is not None and result.reason == "terminal":  # not after an outage or at the deadline
                 live.finish()
             return result
     finally:
@@ -207,6 +207,7 @@ def _live_logs(app: App, api: KfpApi, tracked: Sequence[Tracked], deadline: floa
         runs={t.base.run_id: (t.base.job, t.base.run_url) for t in tracked},
         time_left=left,
         before={t.base.run_id: t.status for t in tracked},
+        clock=app.runtime.clock,
     )
 
 
@@ -321,14 +322,16 @@ def _explained(
     if outcome.state != OutcomeState.FAILED:
         return outcome
     job = outcome.job if several else ""
+    log_lines = app.settings.log_lines
+    refused = live is not None and live.refused  # said once already: reading again would only warn again
     explained = explain_failure(
         api,
         status,
         app.console,
-        log_lines=0 if app.log_mode == "none" else app.settings.log_lines,
+        log_lines=0 if app.log_mode == "none" or refused else log_lines,
         job=job,
         time_left=time_left,
-        shown_live=live.shown_in_full if live is not None else None,
+        shown_live=(lambda run_id, pod: live.tail_shown(run_id, pod, log_lines)) if live is not None else None,
     )
     return replace(outcome, tasks=explained.tasks or outcome.tasks)
 

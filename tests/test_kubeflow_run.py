@@ -330,7 +330,7 @@ def test_a_log_the_credentials_may_not_read_is_a_warning_not_exit_4(
 ) -> None:
     kfp.script_run([RunStep("RUNNING"), RunStep("FAILED")], task_details=FAILED_TASKS)
     kfp.fail(403, method="GET", path=PATH_TASK_LOG, times=None)  # newer backends: a separate readLog permission
-    result = launch(run_cli, project, kfp)
+    result = launch(run_cli, project, kfp, "--logs", "failed")
     assert result.exit_code == ExitCode.RUN_FAILED, result.output
     assert f"warning:\x1b[0m the log of {EXECUTOR} is not readable with these credentials" in result.stderr
 

@@ -139,9 +139,9 @@ def test_a_task_printing_100000_lines_stays_within_the_budgets_and_the_outcome_i
     run_id = next(iter(kfp.runs))
     assert len(whole_log(kfp, run_id, executor(0))) == 100_000
     assert Counter(shown).most_common(1)[0][1] == 1 and shown == sorted(shown)  # none twice, in order
-    per_tick = re.findall(r"… (\d+) lines skipped \(more than 200 since the last poll\)", output)
+    per_tick = re.findall(r"… (\d+) lines skipped \(more than 200 at once\)", output)
     assert per_tick and all(int(n) == 1800 for n in per_tick)  # each poll: 2,000 new lines, the newest 200 shown
-    total = re.search(r"… (\d+) lines skipped in all \(past this task's live log budget\); the whole log: (\S+)",
+    total = re.search(r"… (\d+) lines skipped in all; the whole log: (\S+)",
                       output)
     assert total is not None and int(total.group(1)) + len(shown) == 100_000
     assert total.group(2).endswith(f"/#/runs/details/{run_id}")
@@ -289,3 +289,163 @@ def test_status_polls_are_not_multiplied_by_live_logs(run_cli: RunCli, project: 
             window = []
         else:
             window.append(request.path)
+
+
+# ---- what a real cluster does to logs, and budgets that must hold ---------------------------------------------
+
+
+def live_for(kfp: FakeKfpServer, run_ids: list[str], **budget: float) -> tuple[LiveLogs, io.StringIO, KfpApi]:
+    api = KfpApi(Connection(host=kfp.url, namespace="team-a", token=TOKEN))
+    out = io.StringIO()
+    live = LiveLogs(api=api, console=Console(out=out, err=out), runs={r: ("train", "http://ui/#/runs/1") for r in run_ids},
+                    budget=LogBudget(**budget))  # type: ignore[arg-type]
+    return live, out, api
+
+
+def new_run(kfp: FakeKfpServer, steps: list[RunStep]) -> str:
+    experiment = kfp.add_experiment("e", namespace="team-a")["experiment_id"]
+    run_id = kfp.add_run(experiment, "r", state="PENDING")["run_id"]
+    kfp.script_run(steps, run_id=run_id)
+    return run_id
+
+
+def test_ended_tasks_whose_pods_are_gone_do_not_keep_the_running_task_from_being_read(kfp: FakeKfpServer) -> None:
+    # Argo's pod GC removed the four ended tasks' pods (no log archive): their reads fail for good.
+    gone = [task(n, "SUCCEEDED", name=f"prep{n}") for n in range(4)]
+    steps = [RunStep("RUNNING", [*(task(n, "RUNNING", name=f"prep{n}") for n in range(4))]),
+             *(RunStep("RUNNING", [*gone, task(9, "RUNNING", name="train")], logs={executor(9): f"epoch {i}\n"})
+               for i in range(6))]
+    run_id = new_run(kfp, steps)
+    live, out, api = live_for(kfp, [run_id])
+    for _ in steps:
+        live.tick({run_id: api.get_run(run_id)})
+    assert printed(out.getvalue(), "train") == [f"epoch {i}" for i in range(6)]
+    dead_reads = [r for r in kfp.requests_to("GET", PATH_TASK_LOG) if "impl-9" not in r.path]
+    assert len(dead_reads) <= 4 * 3  # while running, then at most two attempts once ended
+
+
+def test_a_secret_is_masked_before_a_long_line_is_cut(kfp: FakeKfpServer) -> None:
+    secret = "eyJhbGciOi" + "x" * 200  # a JWT straddling the 1,000-character cut
+    run_id = new_run(kfp, [RunStep("RUNNING", [task(0, "RUNNING")], logs={executor(0): "a" * 900 + secret + "\n"})])
+    live, out, api = live_for(kfp, [run_id])
+    live.console.mask(secret)
+    live.tick({run_id: api.get_run(run_id)})
+    text = out.getvalue()
+    assert "[MASKED]" in text and "eyJhbGciOi" not in text and "x" * 20 not in text
+
+
+def test_a_log_that_never_ends_a_line_stops_being_read_at_the_read_budget(kfp: FakeKfpServer) -> None:
+    bar = "".join(f"\r{i}%" for i in range(100)) * 50  # a progress bar: carriage returns, no newline
+    steps = [RunStep("RUNNING", [task(0, "RUNNING")], logs={executor(0): bar}) for _ in range(40)]
+    run_id = new_run(kfp, steps)
+    live, out, api = live_for(kfp, [run_id], task_read_bytes=100_000)
+    for _ in steps:
+        live.tick({run_id: api.get_run(run_id)})
+    assert live.stats.bytes_read < 100_000 + 2 * len(bar) * 40  # stopped soon after the budget
+    assert len(kfp.requests_to("GET", PATH_TASK_LOG)) < 40
+    assert "live log stops here: 0 MiB were read for it" in out.getvalue()
+
+
+def test_a_hung_log_endpoint_costs_one_read_timeout_per_poll_not_one_per_task(kfp: FakeKfpServer) -> None:
+    run_id = new_run(kfp, [RunStep("RUNNING", [task(n, "RUNNING") for n in range(4)])])
+    live, out, api = live_for(kfp, [run_id], tick_s=0.3)
+    kfp.hang(method="GET", path=PATH_TASK_LOG, times=None)
+    status = api.get_run(run_id)
+    live.tick({run_id: status})
+    assert len(kfp.requests_to("GET", PATH_TASK_LOG)) == 1  # the first read timed out: the tick stopped there
+    assert out.getvalue() == ""
+
+
+def test_the_failure_tail_is_not_printed_again_when_its_end_was_printed_live(
+    run_cli: RunCli, project: Path, kfp: FakeKfpServer
+) -> None:
+    burst = "".join(f"batch {i}\n" for i in range(300)) + "ValueError: bad input\n"
+    kfp.script_run([RunStep("RUNNING", tasks("RUNNING")),
+                    RunStep("FAILED", [task(0, "FAILED")], logs={executor(0): burst})])
+    result = launch(run_cli, project, kfp)
+    assert result.exit_code == ExitCode.RUN_FAILED
+    assert result.stdout.count("ValueError: bad input") == 1 and result.stdout.count("batch 260") == 1
+    assert "is printed whole above" in result.stdout
+
+
+def test_a_tail_cut_by_a_skip_is_printed_again(run_cli: RunCli, project: Path, kfp: FakeKfpServer) -> None:
+    burst = "".join(f"batch {i}\n" for i in range(300)) + "ValueError: bad input\n"
+    kfp.script_run([RunStep("RUNNING", tasks("RUNNING")),
+                    RunStep("FAILED", [task(0, "FAILED")], logs={executor(0): burst})])
+    result = launch(run_cli, project, kfp, "--log-lines", "250")  # more than the 200 printed live after the skip
+    assert result.exit_code == ExitCode.RUN_FAILED
+    assert f"last 250 lines of {executor(0)}:" in result.stdout
+
+
+def test_loop_iterations_keep_their_labels_whatever_order_kfp_lists_them_in(kfp: FakeKfpServer) -> None:
+    a, b = task(0, "RUNNING", "train"), task(1, "RUNNING", "train")
+    run_id = new_run(kfp, [RunStep("RUNNING", [a], logs={executor(0): "fold A\n"}),
+                           RunStep("RUNNING", [b, a], logs={executor(1): "fold B\n", executor(0): "fold A2\n"})])
+    live, out, api = live_for(kfp, [run_id])
+    for _ in range(2):
+        live.tick({run_id: api.get_run(run_id)})
+    assert printed(out.getvalue(), "train") == ["fold A", "fold A2"]
+    assert printed(out.getvalue(), "train[1]") == ["fold B"]
+
+
+def test_each_attempt_of_a_retried_task_is_followed(kfp: FakeKfpServer) -> None:
+    first = task(0, "RUNNING")
+    retried = {**first, "child_tasks": [*first["child_tasks"], {"pod_name": executor(7)}]}  # type: ignore[list-item]
+    run_id = new_run(kfp, [RunStep("RUNNING", [first], logs={executor(0): "try 1\nOOMKilled\n"}),
+                           RunStep("RUNNING", [retried], logs={executor(7): "try 2\n"}),
+                           RunStep("SUCCEEDED", [{**retried, "state": "SUCCEEDED"}], logs={executor(7): "done\n"})])
+    live, out, api = live_for(kfp, [run_id])
+    for _ in range(3):
+        live.tick({run_id: api.get_run(run_id)})
+    live.finish()
+    assert printed(out.getvalue(), "fetch-dataset") == ["try 1", "OOMKilled"]
+    assert printed(out.getvalue(), "fetch-dataset (try 2)") == ["try 2", "done"]
+
+
+def test_a_replaced_log_is_printed_from_its_start(kfp: FakeKfpServer) -> None:
+    run_id = new_run(kfp, [RunStep("RUNNING", [task(0, "RUNNING")], logs={executor(0): "old 1\nold 2\n"}),
+                           RunStep("RUNNING", [task(0, "RUNNING")])])
+    live, out, api = live_for(kfp, [run_id])
+    live.tick({run_id: api.get_run(run_id)})
+    kfp.set_task_log(run_id, executor(0), "new 1\nnew 2\nnew 3\n")  # the container restarted
+    live.tick({run_id: api.get_run(run_id)})
+    assert printed(out.getvalue(), "fetch-dataset") == ["old 1", "old 2", "new 1", "new 2", "new 3"]
+
+
+def test_log_text_is_printed_as_written(kfp: FakeKfpServer) -> None:
+    run_id = new_run(kfp, [RunStep("RUNNING", [task(0, "RUNNING")], logs={executor(0): "user:id:42 [bold]x[/] :100:%\n"})])
+    live, out, api = live_for(kfp, [run_id])
+    live.tick({run_id: api.get_run(run_id)})
+    assert printed(out.getvalue(), "fetch-dataset") == ["user:id:42 [bold]x[/] :100:%"]
+
+
+def test_the_job_budget_holds_for_what_is_printed_after_masking(kfp: FakeKfpServer) -> None:
+    lines = "".join(f"ab {i}\n" for i in range(20_000))  # "ab" is masked: each line grows
+    steps = [RunStep("RUNNING", [task(n, "RUNNING") for n in range(4)], logs={executor(n): lines for n in range(4)})]
+    run_id = new_run(kfp, steps * 3)
+    live, out, api = live_for(kfp, [run_id], job_bytes=20_000, lines_per_tick=100_000, task_bytes=10**9)
+    live.console.mask("ab")
+    for _ in range(3):
+        live.tick({run_id: api.get_run(run_id)})
+    log_bytes = sum(len(line.encode()) + 1 for line in out.getvalue().splitlines() if " | " in line)
+    assert 0 < log_bytes <= 20_000
+    assert "live logs stop here" in out.getvalue()
+
+
+def test_a_403_on_a_failing_run_warns_once(run_cli: RunCli, project: Path, kfp: FakeKfpServer) -> None:
+    kfp.script_run([RunStep("RUNNING", tasks("RUNNING")), RunStep("FAILED", [task(0, "FAILED")])])
+    kfp.fail(403, method="GET", path=PATH_TASK_LOG, times=None)
+    result = launch(run_cli, project, kfp)
+    assert result.exit_code == ExitCode.RUN_FAILED
+    assert result.stderr.count("warning:") == 1 and "live logs are off" in result.stderr
+
+
+def test_a_task_that_ended_before_the_wait_is_not_read(kfp: FakeKfpServer) -> None:
+    run_id = new_run(kfp, [RunStep("RUNNING", tasks("SUCCEEDED", "RUNNING"),
+                                   logs={executor(0): "old\n", executor(1): "new\n"})])
+    api = KfpApi(Connection(host=kfp.url, namespace="team-a", token=TOKEN))
+    before = api.get_run(run_id)  # `watch` of a run whose first task has ended
+    out = io.StringIO()
+    live = LiveLogs(api=api, console=Console(out=out, err=out), runs={run_id: ("train", "")}, before={run_id: before})
+    live.tick({run_id: api.get_run(run_id)})
+    assert printed(out.getvalue(), "build-and-fit") == ["new"] and printed(out.getvalue(), "fetch-dataset") == []
