@@ -255,6 +255,22 @@ class KfpApi:
             timeout=self._bounded(timeout_s),
         )
 
+    def server_version(self, *, timeout_s: float | None = None) -> str | None:
+        """The API server's version, ``tag_name`` of ``GET /apis/v2beta1/healthz`` (a handler of its own in
+        backend/src/apiserver/main.go, 2.17.0), or None when it says none.
+
+        Raises:
+            KfpAuthError, TransientKfpError, KfpApiError: as for any request.
+        """
+        body = self._get_raw(
+            "/apis/v2beta1/healthz", "read the server's version", "application/json", timeout_s=timeout_s
+        )
+        try:
+            tag = json.loads(body).get("tag_name")
+        except (ValueError, AttributeError):
+            return None
+        return str(tag) if tag else None
+
     def task_log(self, run_id: str, node_id: str, *, timeout_s: float | None = None) -> str:
         """A task's log as text (``GET /apis/v1alpha1/runs/{run}/nodes/{node}/log``: kubeflow/pipelines
         backend/src/apiserver/server/run_log_server.go (2.17.0), ``ReadRunLogV1``): the ``main`` container

@@ -15,7 +15,7 @@ from kfp_launch import interrupts
 from kfp_launch.app import App
 from kfp_launch.console import Console
 from kfp_launch.descriptions import experiment_description
-from kfp_launch.errors import ExitCode, Interrupted, KfpLaunchError, worst_exit_code
+from kfp_launch.errors import ExitCode, Interrupted, KfpLaunchError, KfpUnavailableError, worst_exit_code
 from kfp_launch.experiments import ExperimentNames, ensure_experiment, experiment_names, find_experiment
 from kfp_launch.kfp_api import KfpApi
 from kfp_launch.models import Experiment, RunOutcome
@@ -72,6 +72,7 @@ def run_on_kubeflow(app: App, jobs: list[str], all_jobs: bool) -> ExitCode:
     api = app.kfp(connection)
     what = planned[0].plan.compiled.pipeline_name if len(planned) == 1 else f"{len(planned)} runs"
     if gate is not None:
+        gate.check_backend(app.retry(max_outage_s=PREFLIGHT_OUTAGE_S)(api.server_version))
         gate.open()  # GITLAB_TOKEN may post statuses, or exit 3 before anything is submitted
     console.section_start("kfp_launch_submit", f"Submitting {what} to {connection.host}")
     description = experiment_description(ci, jira_url=app.jira_url)
@@ -79,16 +80,19 @@ def run_on_kubeflow(app: App, jobs: list[str], all_jobs: bool) -> ExitCode:
         experiment = app.retry(max_outage_s=PREFLIGHT_OUTAGE_S)(
             lambda: ensure_experiment(api, names, description, say=console.line)
         )
-        submitted = submit_recorded(app, api, experiment, planned)
+        on_submitted = (lambda s: gate.submitted(s.plan.job, s.run, s.url)) if gate is not None else (lambda _s: None)
+        submitted = submit_recorded(app, api, experiment, planned, on_submitted)
     except (KfpLaunchError, Interrupted, KeyboardInterrupt) as exc:
         if gate is not None:
             with interrupts.deferred():
-                gate.abandon(f"kfp-launch could not submit the run: {getattr(exc, 'message', 'interrupted')}")
+                gate.abandon(
+                    f"kfp-launch could not submit the run: {getattr(exc, 'message', 'interrupted')}",
+                    runs_left_running=isinstance(exc, KfpUnavailableError),  # the CI job's retry attaches to them
+                    interrupted=not isinstance(exc, KfpLaunchError),
+                )
         raise
     console.section_end("kfp_launch_submit")
     tracked = [_tracked(s, experiment) for s in submitted]
-    if gate is not None:
-        _gate_started(gate, tracked)
     reporting = Reporting(app, note_jobs=[t.base.job for t in tracked])
     try:
         reporting.started([t.base for t in tracked])
@@ -123,18 +127,6 @@ def _tracked(submitted: SubmittedRun, experiment: Experiment) -> Tracked:
         parameters=submitted.plan.params.as_dict(),
     )
     return Tracked(base=base, status=submitted.run)
-
-
-def _gate_started(gate: StatusGate, tracked: list[Tracked]) -> None:
-    """``running`` with each run's link; a run this CI job attached to that has already ended is reported
-    as it ended (its exit task reported to the earlier attempt's status)."""
-    for t in tracked:
-        if not t.status.is_terminal:
-            gate.running(t.base.job, t.base.run_url)
-            continue
-        outcome = ended_outcome(t.base, t.status, 0.0)
-        state = {OutcomeState.SUCCEEDED: "success", OutcomeState.SKIPPED: "success", OutcomeState.CANCELED: "canceled"}
-        gate.final(t.base.job, state.get(outcome.state, "failed"), outcome.message or f"the run {outcome.state}")
 
 
 def _not_waited(tracked: Tracked, console: Console) -> RunOutcome:

@@ -15,7 +15,7 @@ from kfp_launch.app import App
 from kfp_launch.console import Console
 from kfp_launch.errors import ExitCode, Interrupted, KfpLaunchError, LocalRunError, PipelineError, worst_exit_code
 from kfp_launch.local_checks import check_optional_parameters, check_packages
-from kfp_launch.models import LocalRunOutcome, RunOutcome, TaskResult
+from kfp_launch.models import LocalRunOutcome, RunOutcome, RunStatus, TaskResult
 from kfp_launch.naming import experiment_for
 from kfp_launch.plan import JobPlan, plan_jobs, print_plan
 from kfp_launch.reporting import Reporting
@@ -45,6 +45,14 @@ def run_local_jobs(app: App, jobs: list[str], all_jobs: bool) -> ExitCode:
     try:
         for plan in plans:
             ran.append(_run_gated(app, plan, gate) if gate is not None else run_locally(app, plan))
+    except (KfpLaunchError, Interrupted, KeyboardInterrupt) as exc:
+        if gate is not None:  # the jobs not reached: their pending status must not stay
+            with interrupts.deferred():
+                why = (
+                    "an earlier job of this CI job could not run" if isinstance(exc, KfpLaunchError) else "interrupted"
+                )
+                gate.abandon(f"not run: {why}", runs_left_running=True, interrupted=True)
+        raise
     finally:
         if ran:  # one set of report files for every run that ended, as on Kubeflow
             Reporting(app).finished([outcome for outcome, _ in ran])
@@ -66,7 +74,7 @@ def _run_gated(app: App, plan: JobPlan, gate: StatusGate) -> tuple[RunOutcome, L
     run that could not finish (its exit task may not have run) is reported ``failed`` here."""
     from kfp_launch.status_wrapper import EXECUTOR, TOKEN_ENV
 
-    gate.running(plan.job, "", description="the run is running locally with kfp.local")
+    gate.submitted(plan.job, RunStatus(run_id="", state=RunState.RUNNING), "", where="locally with kfp.local")
     try:
         return run_locally(app, plan, executor_env={EXECUTOR: {TOKEN_ENV: str(app.gitlab.token)}})
     except KfpLaunchError as exc:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import inspect
 import tempfile
 import types
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -69,9 +70,12 @@ def report_status(
     """The exit task: post the run's final state to GitLab (``POST /api/v4/projects/:id/statuses/:sha``).
 
     Runs in the exit task's container with the standard library only: it must not fail the run, so every
-    problem is printed and the task still succeeds. States: SUCCEEDED -> success, CANCELED/CANCELLED/
-    CANCELING -> canceled, anything else -> failed; the description is KFP's error message (at most 255
-    characters). Retries HTTP 409 (another update in progress), 429, 5xx and network errors 3 times.
+    problem is printed and the task still succeeds. States: the KFP backend passes ML Metadata's execution
+    state name (``COMPLETE``, ``CACHED``, ``FAILED``, ``CANCELED``: kubeflow/pipelines 2.17.0
+    backend/src/v2/driver/resolve.go, ``GetLastKnownState().String()``, with an empty error message), kfp.local
+    ``SUCCEEDED``/``FAILED`` with one: COMPLETE, CACHED, SUCCEEDED -> success; CANCELED, CANCELLED, CANCELING
+    -> canceled; anything else -> failed. The description is KFP's error message when it gives one (at most
+    255 characters). Retries HTTP 409 (another update in progress), 429, 5xx and network errors 3 times.
     """
     import json
     import os
@@ -83,9 +87,14 @@ def report_status(
     import urllib.request
 
     final = str(getattr(status, "state", "") or "").upper()
-    state = {"SUCCEEDED": "success", "CANCELED": "canceled", "CANCELLED": "canceled", "CANCELING": "canceled"}.get(
-        final, "failed"
-    )
+    state = {
+        "SUCCEEDED": "success",
+        "COMPLETE": "success",
+        "CACHED": "success",
+        "CANCELED": "canceled",
+        "CANCELLED": "canceled",
+        "CANCELING": "canceled",
+    }.get(final, "failed")
     token = os.environ.get("KFP_LAUNCH_GITLAB_TOKEN", "").strip()
     if not token:
         print(
@@ -96,7 +105,8 @@ def report_status(
         )
         return
     error = str(getattr(status, "error_message", "") or "").strip()
-    description = (error or f"the run {final.lower() or 'ended'}")[:255]
+    said = {"success": "the run succeeded", "canceled": "the run was canceled"}
+    description = (error or said.get(state, f"the run failed ({final or 'no state'}); its page says why"))[:255]
     link = run_url_prefix + run_id if run_url_prefix else fallback_url
     data: dict[str, object] = {"state": state, "name": name, "description": description}
     if link:
@@ -172,17 +182,39 @@ def wrap_for_status(compiled: CompiledPipeline, target: StatusTarget) -> Compile
 
     pipeline_body.__signature__ = signature  # type: ignore[attr-defined]
     pipeline_body.__annotations__ = {p.name: p.annotation for p in signature.parameters.values()}
-    wrapper = dsl.pipeline(name=compiled.pipeline_name, description=compiled.description or None)(pipeline_body)
     with tempfile.TemporaryDirectory(prefix="kfp-launch-") as tmp:
         path = Path(tmp) / "wrapped.yaml"
         try:
+            wrapper = dsl.pipeline(name=compiled.pipeline_name, description=compiled.description or None)(pipeline_body)
             compiler.Compiler().compile(pipeline_func=wrapper, package_path=str(path))
-        except Exception as exc:  # noqa: BLE001 - the compiler's errors, said as the job's
+        except Exception as exc:  # noqa: BLE001 - the SDK's errors, said as the job's
             raise PipelineError(
                 f"Wrapping job {compiled.job} for --report-status failed with {type(exc).__name__}: {exc}",
                 hint="run it without --report-status, and tell the kfp-launch maintainers; nothing was submitted.",
             ) from None
-        return replace(compiled, package_yaml=path.read_text(encoding="utf-8"))
+        wrapped = _with_pipeline_settings(path.read_text(encoding="utf-8"), compiled.package_yaml)
+    return replace(compiled, package_yaml=wrapped)
+
+
+def _with_pipeline_settings(wrapped_yaml: str, original_yaml: str) -> str:
+    """The wrapped package with the user's pipeline-level settings, which a nested pipeline does not carry:
+    ``defaultPipelineRoot``, ``pipelineInfo.displayName`` and the platform spec's ``pipelineConfig``
+    (workspace, TTL, active deadline: kfp 2.17 ``dsl.pipeline(pipeline_config=...)``)."""
+    import yaml
+
+    original = list(yaml.safe_load_all(original_yaml))
+    wrapped = list(yaml.safe_load_all(wrapped_yaml))
+    spec, user = wrapped[0], original[0]
+    if "defaultPipelineRoot" in user:
+        spec["defaultPipelineRoot"] = user["defaultPipelineRoot"]
+    if "displayName" in user.get("pipelineInfo", {}):
+        spec["pipelineInfo"]["displayName"] = user["pipelineInfo"]["displayName"]
+    config = (original[1] if len(original) > 1 else {}).get("platforms", {}).get("kubernetes", {}).get("pipelineConfig")
+    if config is not None:
+        if len(wrapped) < 2:
+            wrapped.append({"platforms": {"kubernetes": {}}})
+        wrapped[1].setdefault("platforms", {}).setdefault("kubernetes", {})["pipelineConfig"] = config
+    return yaml.safe_dump_all(wrapped, sort_keys=False)
 
 
 def _typed_exit_function(final_status_type: type) -> Callable[..., None]:
@@ -202,7 +234,7 @@ def _signature(parameters: tuple[PipelineParameter, ...]) -> inspect.Signature:
     for p in parameters:
         annotation: Any = _PYTHON_TYPES.get(p.type, str)
         if p.optional and not p.has_default:
-            annotation = annotation | None
+            annotation = typing.Optional[annotation]  # noqa: UP045 - KFP's tracer reads Optional, not X | None
         default = p.default if p.has_default else (None if p.optional else inspect.Parameter.empty)
         built.append(
             inspect.Parameter(p.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default, annotation=annotation)

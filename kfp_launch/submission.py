@@ -205,8 +205,15 @@ def plan_runs(app: App, plans: list[JobPlan]) -> list[PlannedRun]:
     return planned
 
 
-def submit_recorded(app: App, api: KfpApi, experiment: Experiment, planned: list[PlannedRun]) -> list[SubmittedRun]:
-    """Submit (or attach) each planned run, keeping the state file true at every step.
+def submit_recorded(
+    app: App,
+    api: KfpApi,
+    experiment: Experiment,
+    planned: list[PlannedRun],
+    on_submitted: Callable[[SubmittedRun], None] = lambda _run: None,
+) -> list[SubmittedRun]:
+    """Submit (or attach) each planned run, keeping the state file true at every step; ``on_submitted`` is
+    told of each run as soon as it exists (``--report-status`` posts its ``running`` status then).
 
     The state file is written before the first request, with each run's key: an unwritable path fails
     before anything is submitted, and a job killed mid-submission leaves what ``cancel --state-file``
@@ -249,6 +256,7 @@ def submit_recorded(app: App, api: KfpApi, experiment: Experiment, planned: list
             if not attached:
                 console.line("submitted run " + run.run_id)
             submitted.append(SubmittedRun(plan=p.plan, run=run, url=url, attached=attached))
+            on_submitted(submitted[-1])
     except (Interrupted, KeyboardInterrupt):
         _terminate_submitted(app, api, experiment, planned, submitted)
         raise

@@ -26,6 +26,7 @@ from kfp_launch.progress import progress_for
 from kfp_launch.reporting import Reporting
 from kfp_launch.state_file import mark_detached
 from kfp_launch.states import OutcomeState, RunState, exit_code_for
+from kfp_launch.status_gate import settle
 from kfp_launch.termination import terminate_runs
 
 DEADLINE_MARGIN_S = 300.0
@@ -112,6 +113,8 @@ def wait_and_report(
         with interrupts.deferred():
             active = [run_id for run_id, status in seen.items() if not status.is_terminal]
             terminate_runs(api, active, app.console, why="interrupted", policy=settings.on_cancel)
+            if settings.on_cancel == "terminate":
+                _settle_statuses(app, tracked, active, "the CI job was interrupted: the run was terminated")
             code = ExitCode(128 + getattr(exc, "signum", 2))
             message = f"the CI job was interrupted; --on-cancel {settings.on_cancel}"
             _report(reporting, _stopped(tracked, seen, OutcomeState.INTERRUPTED, code, message, clock() - started))
@@ -127,7 +130,7 @@ def wait_and_report(
     try:
         outcomes = [_terminated_elsewhere(api, o, time_left) if o.state == OutcomeState.FAILED else o for o in outcomes]
         if result.reason == "deadline":
-            outcomes = _at_deadline(app, api, outcomes, deadline_source)
+            outcomes = _at_deadline(app, api, tracked, outcomes, deadline_source)
         if state_path is not None:
             mark_detached(state_path, [o.run_id for o in outcomes if _left_running(o, settings.on_timeout)])
         outcomes = [
@@ -298,10 +301,21 @@ def _terminated_elsewhere(api: KfpApi, outcome: RunOutcome, time_left: Callable[
     return outcome
 
 
-def _at_deadline(app: App, api: KfpApi, outcomes: list[RunOutcome], source: str) -> list[RunOutcome]:
+def _settle_statuses(app: App, tracked: Sequence[Tracked], run_ids: Sequence[str], why: str) -> None:
+    """``--report-status``: the runs kfp-launch terminated get ``canceled`` (their exit task may not run)."""
+    for t in tracked:
+        if t.base.run_id in run_ids and t.status.status_target is not None:
+            settle(app, t.status, t.base.run_url, why, state="canceled")
+
+
+def _at_deadline(
+    app: App, api: KfpApi, tracked: Sequence[Tracked], outcomes: list[RunOutcome], source: str
+) -> list[RunOutcome]:
     late = [o.run_id for o in outcomes if o.state == OutcomeState.TIMED_OUT]
     policy = app.settings.on_timeout
     terminate_runs(api, late, app.console, why="the wait deadline passed", policy=policy, policy_flag="--on-timeout")
+    if policy == "terminate":
+        _settle_statuses(app, tracked, late, f"the wait deadline ({source}) passed: the run was terminated")
     left = "terminated the run" if policy == "terminate" else "the run keeps running (--on-timeout detach)"
     message = f"the wait deadline ({source}) passed: {left}"
     return [replace(o, message=message) if o.run_id in late else o for o in outcomes]

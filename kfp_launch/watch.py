@@ -17,7 +17,7 @@ from kfp_launch.polling import PREFLIGHT_OUTAGE_S
 from kfp_launch.reporting import outcome_document
 from kfp_launch.state_file import StateEntry, read_state
 from kfp_launch.states import OutcomeState, RunState
-from kfp_launch.status_gate import settle_canceled
+from kfp_launch.status_gate import settle
 from kfp_launch.submission import find_by_key
 from kfp_launch.termination import terminate_runs
 from kfp_launch.waiting import Tracked, wait_and_report
@@ -137,10 +137,8 @@ def _cancel_one(app: App, entry: StateEntry) -> tuple[ExitCode, str]:
         console.url("run", url)
         result = "terminating"
     if run.status_target is not None:  # --report-status: its exit task may not run once KFP ends the workflow
-        why = (
-            "terminated with kfp-launch cancel"
-            if result == "terminating"
-            else f"run {run.state.lower()}, ended without reporting"
-        )
-        settle_canceled(app, run.status_target, url, why)
+        if result == "terminating":
+            settle(app, run, url, "terminated with kfp-launch cancel", state="canceled")
+        else:
+            settle(app, run, url, f"the run ended {run.state} without its exit task reporting")
     return ExitCode.SUCCESS, result

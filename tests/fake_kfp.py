@@ -830,6 +830,7 @@ class FakeKfpServer(LoopbackServer):
         self.run_scripts: dict[str, RunScript] = {}
         self.pending_scripts: list[RunScript] = []
         self.task_logs: dict[tuple[str, str], str] = {}
+        self.version = "2.17.0"  # healthz's tag_name
         self.workflows: dict[str, dict[str, Any]] = {}
         self.pipeline_versions: dict[str, dict[str, Any]] = {}
         self.faults: list[Fault] = []
@@ -1140,7 +1141,7 @@ class FakeKfpServer(LoopbackServer):
 
     def _healthz(self, request: RecordedRequest) -> dict[str, Any]:
         # A hand-written handler in main.go, not the gateway: all four keys, always.
-        return {"commit_sha": "0000000", "tag_name": "2.17.0", "multi_user": self.multi_user,
+        return {"commit_sha": "0000000", "tag_name": self.version, "multi_user": self.multi_user,
                 "pipeline_store": "database"}
 
     def _create_experiment(self, request: RecordedRequest) -> dict[str, Any]:

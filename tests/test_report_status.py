@@ -122,7 +122,8 @@ def test_cancel_clears_the_running_status_a_run_terminated_in_the_ui_left_and_le
     assert launch(run_cli, project, kfp, "--no-wait", "--report-status", **gitlab_env(gitlab)).exit_code == 0
     [run_id] = kfp.runs
     with kfp.lock:  # terminated from the Kubeflow UI: FAILED after CANCELING; its exit task never reported
-        kfp.runs[run_id]["state"] = "FAILED"
+        kfp._set_state(kfp.runs[run_id], "CANCELING")
+        kfp._set_state(kfp.runs[run_id], "FAILED")
     env = {**env_for(kfp), **gitlab_env(gitlab)}
     result = run_cli(["cancel", run_id], cwd=project, env=env)
     assert result.exit_code == 0, result.output
@@ -264,3 +265,192 @@ def test_report_status_implies_no_wait_unless_wait_is_given(
     result = launch(run_cli, project, kfp, "--report-status", "--wait", **gitlab_env(gitlab, CI_JOB_NAME="good 2/2"))
     assert result.exit_code == 0, result.output
     assert kfp.requests_to("GET", PATH_RUN) and "run SUCCEEDED" in result.stdout
+
+
+def test_cancel_of_a_run_that_succeeded_without_reporting_posts_success(
+    run_cli: RunCli, project: Path, kfp: FakeKfpServer, gitlab: FakeGitLab
+) -> None:
+    assert launch(run_cli, project, kfp, "--report-status", **gitlab_env(gitlab)).exit_code == 0
+    [run_id] = kfp.runs
+    with kfp.lock:  # the Kubernetes secret was missing: the exit task could not report
+        kfp._set_state(kfp.runs[run_id], "SUCCEEDED")
+    result = run_cli(["cancel", run_id], cwd=project, env={**env_for(kfp), **gitlab_env(gitlab)})
+    assert result.exit_code == 0, result.output
+    assert states(gitlab, "kfp: good") == ["pending", "running", "success"]
+
+
+# ---- what the review found: servers, races, names, hosts, partial submissions --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("state", "error", "posted", "description"),
+    [
+        ("COMPLETE", "", "success", "the run succeeded"),  # KFP 2.14-2.17: ML Metadata's state name, no message
+        ("CACHED", "", "success", "the run succeeded"),
+        ("FAILED", "", "failed", "the run failed (FAILED); its page says why"),
+        ("CANCELED", "", "canceled", "the run was canceled"),
+        ("FAILED", "Task exit-handler-1 failed.", "failed", "Task exit-handler-1 failed."),  # kfp.local's message
+    ],
+)
+def test_the_exit_task_maps_the_states_kfp_backends_and_kfp_local_pass(
+    gitlab: FakeGitLab, monkeypatch: pytest.MonkeyPatch, state: str, error: str, posted: str, description: str
+) -> None:
+    monkeypatch.setenv(TOKEN_ENV, GITLAB_TOKEN)
+    call_exit_task(target(gitlab), state, error)
+    [status] = gitlab.statuses_of(SHA, "kfp: train")
+    assert (status["status"], status["description"]) == (posted, description)
+
+
+def test_running_is_not_posted_over_a_status_the_exit_task_already_finished(
+    run_cli: RunCli, project: Path, kfp: FakeKfpServer, gitlab: FakeGitLab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import kfp_launch.status_gate as gate_module
+
+    real = gate_module.StatusGate.submitted
+
+    def exit_task_first(self: object, job: str, run: object, link: str, **kw: str) -> None:
+        monkeypatch.setenv(TOKEN_ENV, GITLAB_TOKEN)  # the run was quicker than kfp-launch's next request
+        call_exit_task(target(gitlab, name="kfp: good"), "COMPLETE")
+        real(self, job, run, link, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(gate_module.StatusGate, "submitted", exit_task_first)
+    assert launch(run_cli, project, kfp, "--report-status", **gitlab_env(gitlab)).exit_code == 0
+    assert states(gitlab, "kfp: good") == ["pending", "success"]
+
+
+def test_a_ci_job_named_apart_from_its_pipeline_job_gets_a_status_of_its_own(
+    run_cli: RunCli, project: Path, kfp: FakeKfpServer, gitlab: FakeGitLab
+) -> None:
+    result = launch(run_cli, project, kfp, "--report-status", **gitlab_env(gitlab, CI_JOB_NAME="good-gpu", KFP_JOB="good"))
+    assert result.exit_code == 0, result.output
+    assert states(gitlab, "kfp: good-gpu/good") == ["pending", "running"]
+
+
+def test_statuses_go_to_the_pipelines_project_in_a_merge_request_from_a_fork(
+    run_cli: RunCli, project: Path, kfp: FakeKfpServer, gitlab: FakeGitLab
+) -> None:
+    env = gitlab_env(gitlab, CI_MERGE_REQUEST_PROJECT_ID="99", CI_MERGE_REQUEST_IID="7")
+    result = launch(run_cli, project, kfp, "--report-status", **env)
+    assert result.exit_code == 0, result.output
+    assert all("/projects/42/" in r.path for r in gitlab.requests_to("POST", PATH_STATUSES))
+
+
+def test_cancel_posts_only_to_this_jobs_gitlab_never_to_the_host_a_run_names(
+    run_cli: RunCli, project: Path, kfp: FakeKfpServer, gitlab: FakeGitLab
+) -> None:
+    assert launch(run_cli, project, kfp, "--report-status", **gitlab_env(gitlab)).exit_code == 0
+    [run_id] = kfp.runs
+    with FakeGitLab(access_tokens={GITLAB_TOKEN: "kfp-bot"}) as other:
+        result = run_cli(["cancel", run_id], cwd=project,
+                         env={**env_for(kfp), **gitlab_env(gitlab), "CI_SERVER_URL": other.url})
+        assert result.exit_code == 0, result.output
+        assert not other.requests and states(gitlab, "kfp: good") == ["pending", "running"]
+    assert "left as it is: the run reports to" in result.stderr
+
+
+def test_a_proxy_password_never_reaches_the_runs_spec(
+    run_cli: RunCli, project: Path, kfp: FakeKfpServer, gitlab: FakeGitLab
+) -> None:
+    env = gitlab_env(gitlab, HTTPS_PROXY="http://bob:pr0xy-pw@proxy.example.com:3128")
+    result = launch(run_cli, project, kfp, "--report-status", **env)
+    assert result.exit_code == 0, result.output
+    assert "pr0xy-pw" not in str(kfp.requests_to("POST", PATH_RUNS)[0].body)
+    assert "HTTPS_PROXY carries a password" in result.stderr
+
+
+def test_with_all_and_an_outage_a_submitted_run_keeps_running_and_the_others_fail(
+    run_cli: RunCli, tmp_path: Path, kfp: FakeKfpServer, gitlab: FakeGitLab
+) -> None:
+    from tests.helpers import make_project
+
+    project = make_project(tmp_path, 2)
+    kfp.fail(503, method="POST", path=PATH_RUNS, skip=1, times=None)
+    result = run_cli(["run", "--all", "--report-status"], cwd=project,
+                     env={**env_for(kfp, KFP_LAUNCH_MAX_OUTAGE="1s"), **gitlab_env(gitlab)})
+    assert result.exit_code == ExitCode.UNREACHABLE, result.output
+    assert states(gitlab, "kfp: good/job00") == ["pending", "running"]  # its run is left for the retry
+    assert states(gitlab, "kfp: good/job01") == ["pending", "failed"]
+
+
+def test_a_run_kfp_launch_terminates_at_its_deadline_gets_canceled(project: Path, kfp: FakeKfpServer, gitlab: FakeGitLab) -> None:
+    from tests.helpers import FakeClock, run_use_case
+
+    code, output = run_use_case(project, kfp, clock=FakeClock(), env={
+        **gitlab_env(gitlab), "KFP_LAUNCH_REPORT_STATUS": "true", "KFP_LAUNCH_WAIT": "true", "KFP_LAUNCH_TIMEOUT": "2m"})
+    assert code == ExitCode.DEADLINE, output
+    assert states(gitlab, "kfp: good") == ["pending", "running", "canceled"]
+
+
+@pytest.mark.parametrize(("version", "code"), [("2.5.0", ExitCode.INVALID_INPUT), ("2.14.1", ExitCode.INVALID_INPUT),
+                                                ("2.15.0", ExitCode.SUCCESS), ("master-55ec846", ExitCode.SUCCESS)])
+def test_report_status_needs_a_backend_whose_exit_task_reports(
+    run_cli: RunCli, project: Path, kfp: FakeKfpServer, gitlab: FakeGitLab, version: str, code: int
+) -> None:
+    kfp.version = version
+    result = launch(run_cli, project, kfp, "--report-status", **gitlab_env(gitlab))
+    assert result.exit_code == code, result.output
+    assert bool(kfp.requests_to("POST", PATH_RUNS)) == (code == ExitCode.SUCCESS)
+    if version.startswith("master"):
+        assert "version is unknown" in result.stderr
+
+
+def test_gitlab_failing_before_submission_is_exit_5(
+    run_cli: RunCli, project: Path, kfp: FakeKfpServer, gitlab: FakeGitLab
+) -> None:
+    gitlab.fail(503, method="POST", path=PATH_STATUSES, times=20)
+    result = launch(run_cli, project, kfp, "--report-status", **gitlab_env(gitlab))
+    assert result.exit_code == ExitCode.UNREACHABLE, result.output
+    assert not kfp.requests_to("POST", PATH_RUNS)
+
+
+def test_a_file_type_gitlab_token_is_refused(
+    run_cli: RunCli, project: Path, kfp: FakeKfpServer, gitlab: FakeGitLab, tmp_path: Path
+) -> None:
+    token_file = tmp_path / "GITLAB_TOKEN"
+    token_file.write_text(GITLAB_TOKEN)
+    result = launch(run_cli, project, kfp, "--report-status", **gitlab_env(gitlab, GITLAB_TOKEN=str(token_file)))
+    assert result.exit_code == ExitCode.INVALID_INPUT
+    assert "type File" in result.stderr and not kfp.requests_to("POST", PATH_RUNS)
+
+
+def test_local_all_cancels_the_status_of_a_job_never_reached(
+    run_cli: RunCli, iris: Path, gitlab: FakeGitLab
+) -> None:
+    (iris / "pipelines" / "aa_box.py").write_text(  # a container component: kfp.local refuses it
+        "from kfp import dsl\n\n"
+        "@dsl.container_component\n"
+        "def box():\n"
+        "    return dsl.ContainerSpec(image='alpine', command=['true'])\n\n"
+        "@dsl.pipeline(name='box')\n"
+        "def pipeline():\n"
+        "    box()\n")
+    env = {**CI, **gitlab_env(gitlab), "CI_JOB_NAME": "all"}
+    result = run_cli(["run", "aa_box", "train", "--local", "--report-status"], cwd=iris, env=env)
+    assert result.exit_code == ExitCode.INVALID_INPUT, result.output
+    assert states(gitlab, "kfp: all/aa_box") == ["pending", "running", "failed"]
+    assert states(gitlab, "kfp: all/train") == ["pending", "canceled"]
+
+
+def test_the_wrapper_keeps_optional_parameters_and_pipeline_settings(tmp_path: Path) -> None:
+    from kfp_launch.pipeline_package import compile_job
+    from kfp_launch.status_wrapper import wrap_for_status
+
+    (tmp_path / "pipelines").mkdir()
+    (tmp_path / "pipelines" / "__init__.py").write_text("")
+    (tmp_path / "pipelines" / "tuned.py").write_text(
+        "from typing import Optional\nfrom kfp import dsl\n\n"
+        "@dsl.component(base_image='python:3.11')\n"
+        "def step(x: int) -> int:\n    return x\n\n"
+        "@dsl.pipeline(name='tuned', display_name='Tuned', pipeline_root='s3://b/roots',\n"
+        "              pipeline_config=dsl.PipelineConfig(ttl_seconds_after_finished=60))\n"
+        "def pipeline(x: int = 1, tag: Optional[str] = None, flags: list = [1], on: bool = True):\n"
+        "    step(x=x)\n")
+    compiled = compile_job("tuned", project_dir=tmp_path, package="pipelines")
+    wrapped = wrap_for_status(compiled, StatusTarget(gitlab_url="https://g", project="1", sha=SHA, pipeline_id="",
+                                                    name="kfp: tuned"))
+    (original, original_platform), (spec, platform) = (list(yaml.safe_load_all(c.package_yaml))
+                                                       for c in (compiled, wrapped))
+    assert spec["root"]["inputDefinitions"] == original["root"]["inputDefinitions"]
+    assert spec["defaultPipelineRoot"] == "s3://b/roots" and spec["pipelineInfo"]["displayName"] == "Tuned"
+    config = platform["platforms"]["kubernetes"]["pipelineConfig"]
+    assert config == original_platform["platforms"]["kubernetes"]["pipelineConfig"]
