@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -206,6 +207,11 @@ def make_console(environ: Mapping[str, str], *, human_to_stderr: bool = False) -
     out = sys.stderr if human_to_stderr else sys.stdout
     console = Console(out=out, err=sys.stderr, in_gitlab=in_gitlab(environ), color=False if no_color else None)
     console.mask(*(environ.get(name) for name in SECRET_VARIABLES))
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):  # a proxy's password, anywhere
+        try:
+            console.mask(urllib.parse.urlsplit(environ.get(name, "")).password)
+        except ValueError:
+            pass  # not a URL: nothing to mask
     token_file = environ.get("KF_PIPELINES_SA_TOKEN_PATH", "")
     if token_file and "/" not in token_file:  # the token itself, in a CI/CD variable of type Variable
         console.mask(token_file)

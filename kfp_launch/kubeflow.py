@@ -102,7 +102,7 @@ def run_on_kubeflow(app: App, jobs: list[str], all_jobs: bool) -> ExitCode:
             terminate_runs(api, run_ids, console, why="interrupted", policy=settings.on_cancel)
         raise
     if not settings.wait:
-        outcomes = [_not_waited(t, console) for t in tracked]
+        outcomes = [_not_waited(t, console, gate, namespace=connection.namespace) for t in tracked]
         reporting.finished(outcomes)
         code = worst_exit_code([o.exit_code for o in outcomes])
         console.line("run " + ", ".join(f"{o.job} {o.state}" for o in outcomes) + f" (exit {int(code)})")
@@ -129,15 +129,24 @@ def _tracked(submitted: SubmittedRun, experiment: Experiment) -> Tracked:
     return Tracked(base=base, status=submitted.run)
 
 
-def _not_waited(tracked: Tracked, console: Console) -> RunOutcome:
-    """``--no-wait``: DETACHED, unless the run (this CI job's earlier one) has already ended: then how."""
+def _not_waited(tracked: Tracked, console: Console, gate: StatusGate | None, *, namespace: str) -> RunOutcome:
+    """``--no-wait``: DETACHED, unless the run (this CI job's earlier one) has already ended: then how. With
+    ``--report-status`` the message says where the run's end will show."""
     if tracked.status.is_terminal:
         return ended_outcome(tracked.base, tracked.status, 0.0)
-    console.line("not waiting (--no-wait): kfp-launch watch " + tracked.base.run_id)
     state = OutcomeState.DETACHED
-    return replace(
-        tracked.base, state=state, exit_code=exit_code_for(state), message="submitted without waiting (--no-wait)"
-    )
+    if gate is None:
+        console.line("not waiting (--no-wait): kfp-launch watch " + tracked.base.run_id)
+        message = "submitted without waiting (--no-wait)"
+    else:
+        target = gate.targets[tracked.base.job]
+        message = f"submitted; the run reports its end to GitLab as the commit status '{target.name}' (--report-status)"
+        where = f"namespace {namespace}" if namespace else "the run's namespace"
+        console.line(
+            f"not waiting: the run's exit task reports its end as '{target.name}', with the GitLab token of the "
+            f"Kubernetes secret '{target.secret}' (key token) in {where}"
+        )
+    return replace(tracked.base, state=state, exit_code=exit_code_for(state), message=message)
 
 
 def clear_previous_run_files(app: App) -> None:

@@ -150,6 +150,8 @@ class LiveLogs:
     _names: dict[tuple[str, str], int] = field(default_factory=dict, init=False)
     _labels: dict[tuple[str, str], str] = field(default_factory=dict, init=False)
     _ticks: int = field(default=0, init=False)
+    _reads_left: int = field(default=0, init=False)
+    _stop_at: float = field(default=0.0, init=False)
     _off: bool = field(default=False, init=False)
     _refused: bool = field(default=False, init=False)
     _requests: int = field(default=0, init=False)
@@ -182,31 +184,49 @@ class LiveLogs:
         return task.skipped == 0 or task.printed_since_skip >= lines
 
     def tick(self, statuses: Mapping[str, RunStatus]) -> None:
-        """Read and print what is new in the logs of the tasks these statuses show running or just ended."""
+        """Read and print what is new in the logs of the tasks these statuses show running or just ended
+        (:meth:`ended_first`, then :meth:`running`)."""
+        self.ended_first(statuses)
+        self.running()
+
+    def ended_first(self, statuses: Mapping[str, RunStatus]) -> None:
+        """The first half of a tick, before the progress lines: the last lines of the tasks that ended (so
+        that they come before the line saying the task ended)."""
         if self._off:
             return
         for run_id, status in statuses.items():
             self._discover(run_id, status)
         self._ticks += 1
-        due = [t for t in self._tasks.values() if not t.done and not t.given_up and (t.ended or not t.over_budget)]
-        due.sort(key=lambda t: (0, 0) if t.ended else (1, t.last_read))  # stable: else in discovery order
-        self._read_some(due[: self.budget.tasks_at_once])
+        self._reads_left = self.budget.tasks_at_once
+        self._stop_at = self.clock() + self.budget.tick_s
+        self._read_some([t for t in self._due() if t.ended])
+
+    def running(self) -> None:
+        """The second half of a tick, after the progress lines: the new lines of running tasks, the ones
+        read least recently first, with what is left of the tick's budget."""
+        self._read_some(sorted((t for t in self._due() if not t.ended), key=lambda t: t.last_read))
 
     def finish(self) -> None:
         """After the wait (the runs ended): the last read of each ended task not read to its end yet,
         within one tick's time budget."""
-        self._read_some([t for t in self._tasks.values() if t.ended and not t.done and not t.given_up])
+        self._reads_left = len(self._tasks)
+        self._stop_at = self.clock() + self.budget.tick_s
+        self._read_some([t for t in self._due() if t.ended])
 
     # -- internals ---------------------------------------------------------------------------------------
 
+    def _due(self) -> list[_Task]:
+        return [t for t in self._tasks.values() if not t.done and not t.given_up and (t.ended or not t.over_budget)]
+
     def _read_some(self, tasks: list[_Task]) -> None:
-        stop_at = self.clock() + self.budget.tick_s
         for task in tasks:
-            left = stop_at - self.clock()
-            if self._off or left <= 0:
+            left = self._stop_at - self.clock()
+            if self._off or left <= 0 or self._reads_left <= 0:
                 return
+            self._reads_left -= 1
             if not self._read(task, left):
-                return  # a read timed out or the deadline passed: the rest waits for the next tick
+                self._reads_left = 0  # a read timed out or the deadline passed: the rest waits for the next tick
+                return
             task.last_read = self._ticks
 
     def _discover(self, run_id: str, status: RunStatus) -> None:
@@ -251,9 +271,8 @@ class LiveLogs:
                 return False  # a 401 or a login page (an expired token): the status poll says so; next tick
             self._off = self._refused = True
             self.console.warn(
-                f"live logs are off: Kubeflow refused to read the log of {task.pod} ({exc.message}); the run "
-                "goes on and its outcome is unchanged. Newer Kubeflow Pipelines check a separate `readLog` "
-                "permission; ask for it, or set --logs failed."
+                f"live logs are off: {exc.message}. The run goes on and its outcome is unchanged; newer Kubeflow "
+                "Pipelines check a separate `readLog` permission: ask for it, or set --logs failed."
             )
             return False
         except KfpLaunchError as exc:

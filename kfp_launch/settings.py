@@ -253,7 +253,8 @@ class Settings:
     )
     status_image: str = setting(
         "python:3.11",
-        "Container image of --report-status's exit task (Python 3, standard library only) [default: python:3.11]",
+        "Container image of --report-status's exit task (Python 3 with pip: KFP installs its runtime there, as for "
+        "any lightweight component) [default: python:3.11]",
         metavar="IMAGE",
         commands={RUN},
         kubeflow_only=True,

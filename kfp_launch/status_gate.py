@@ -13,6 +13,7 @@ docs/gitlab-notes.md, 'Commit statuses').
 from __future__ import annotations
 
 import urllib.parse
+import urllib.request
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -94,6 +95,11 @@ class StatusGate:
                 "nothing was submitted.",
                 hint=_TOKEN_HINT if "GITLAB_TOKEN" in missing else "run it in a GitLab CI job, or set the variables.",
             )
+        if ci.pipeline_id and not ci.pipeline_id.isdigit():
+            raise InputError(
+                f"CI_PIPELINE_ID is {ci.pipeline_id!r}, not a pipeline id (digits); nothing was submitted.",
+                hint="leave CI_PIPELINE_ID to GitLab, which sets it in every CI job.",
+            )
         token = str(config.token)
         if token.startswith("/") and Path(token).is_file():
             raise InputError(
@@ -112,7 +118,7 @@ class StatusGate:
                 run_url_prefix=run_url_prefix,
                 fallback_url=(ci.job_url or "") if not run_url_prefix else "",
                 ca_bundle=_ca_bundle(app),
-                proxy=_proxy(app),
+                proxy=_proxy(app, str(config.url)),
                 secret=app.settings.status_secret,
                 image=app.settings.status_image,
             )
@@ -275,10 +281,14 @@ def _origin(url: str) -> tuple[str, str]:
     return parts.scheme.lower(), parts.netloc.lower()
 
 
-def _proxy(app: App) -> str:
-    """``HTTPS_PROXY`` for the exit task, unless it carries credentials (they would be readable in the run's
-    spec, which the Kubeflow UI shows): then none, with a warning."""
+def _proxy(app: App, gitlab_url: str) -> str:
+    """``HTTPS_PROXY`` for the exit task, unless ``NO_PROXY`` exempts GitLab's host, or it carries credentials
+    (they would be readable in the run's spec, which the Kubeflow UI shows): then none, with a warning."""
     proxy = (app.environ.get("HTTPS_PROXY") or app.environ.get("https_proxy") or "").strip()
+    no_proxy = (app.environ.get("NO_PROXY") or app.environ.get("no_proxy") or "").strip()
+    host = urllib.parse.urlsplit(gitlab_url).hostname or ""
+    if proxy and no_proxy and urllib.request.proxy_bypass_environment(host, {"no": no_proxy}):  # type: ignore[attr-defined]  # stdlib, untyped
+        return ""
     if proxy and urllib.parse.urlsplit(proxy).password is not None:
         app.console.warn(
             "HTTPS_PROXY carries a password: the exit task does not get it (it would be readable in the run's "

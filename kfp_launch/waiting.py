@@ -175,9 +175,11 @@ def _poll(
                     raise while_waiting(exc) from exc
                 seen.update(statuses)
                 canceling.update(run_id for run_id, status in statuses.items() if status.state == RunState.CANCELING)
+                if live is not None:  # an ended task's last lines before the line saying it ended
+                    live.ended_first(statuses)
                 progress.update(statuses)
                 if live is not None:
-                    live.tick(statuses)
+                    live.running()
                 return statuses
 
             result = wait_for_runs(

@@ -141,7 +141,7 @@ class Fault:
         kind: ``"status"`` (answer ``status`` with ``body``) or ``"drop"`` (close without an answer).
         method: the HTTP method to match, or None for any.
         path: a regex fullmatched against the request path (see the ``PATH_*`` constants).
-        times: how many matching requests get the fault.
+        times: how many matching requests get the fault (None: every one).
         skip: matching requests to let through first.
         status: the HTTP status for ``kind="status"``.
         body: the response body; None gives GitLab's ``{"message": "<status> <reason>"}``.
@@ -152,7 +152,7 @@ class Fault:
     kind: str
     method: str | None = None
     path: str = ".*"
-    times: int = 1
+    times: int | None = 1
     skip: int = 0
     status: int = 500
     body: str | None = None
@@ -166,7 +166,7 @@ class Fault:
         ):
             return False
         self.matched += 1
-        if self.matched <= self.skip or self.fired >= self.times:
+        if self.matched <= self.skip or (self.times is not None and self.fired >= self.times):
             return False
         self.fired += 1
         return True
@@ -394,14 +394,14 @@ class FakeGitLab(LoopbackServer):
         *,
         method: str | None = None,
         path: str = ".*",
-        times: int = 1,
+        times: int | None = 1,
         skip: int = 0,
         body: str | None = None,
     ) -> Fault:
         """Answer STATUS (body ``{"message": "<status> <reason>"}`` unless given) on the next matches."""
         return self._add_fault(Fault("status", method, path, times, skip, status, body))
 
-    def drop(self, *, method: str | None = None, path: str = ".*", times: int = 1, skip: int = 0) -> Fault:
+    def drop(self, *, method: str | None = None, path: str = ".*", times: int | None = 1, skip: int = 0) -> Fault:
         """Close the connection without an answer on the next TIMES matching requests."""
         return self._add_fault(Fault("drop", method, path, times, skip))
 

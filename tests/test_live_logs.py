@@ -449,3 +449,21 @@ def test_a_task_that_ended_before_the_wait_is_not_read(kfp: FakeKfpServer) -> No
     live = LiveLogs(api=api, console=Console(out=out, err=out), runs={run_id: ("train", "")}, before={run_id: before})
     live.tick({run_id: api.get_run(run_id)})
     assert printed(out.getvalue(), "build-and-fit") == ["new"] and printed(out.getvalue(), "fetch-dataset") == []
+
+
+def test_a_tasks_last_lines_come_before_the_line_saying_it_ended(
+    run_cli: RunCli, project: Path, kfp: FakeKfpServer
+) -> None:
+    kfp.script_run(GROWING)
+    output = launch(run_cli, project, kfp).stdout
+    assert output.index("fetch-dataset | wrote dataset") < output.index("task fetch-dataset SUCCEEDED")
+    assert output.index("report | report done") < output.index("task report SUCCEEDED")
+
+
+def test_a_proxy_password_in_a_task_log_is_masked(run_cli: RunCli, project: Path, kfp: FakeKfpServer) -> None:
+    kfp.script_run([RunStep("RUNNING", tasks("RUNNING"), logs={executor(0): "via proxy pw Pr0xyS3cret\n"}),
+                    RunStep("SUCCEEDED", tasks("SUCCEEDED"))])
+    result = launch(run_cli, project, kfp, HTTPS_PROXY="http://bob:Pr0xyS3cret@proxy.example.com:3128",
+                    NO_PROXY="127.0.0.1")
+    assert result.exit_code == 0, result.output
+    assert printed(result.stdout, "fetch-dataset") == ["via proxy pw [MASKED]"]

@@ -454,3 +454,19 @@ def test_the_wrapper_keeps_optional_parameters_and_pipeline_settings(tmp_path: P
     assert spec["defaultPipelineRoot"] == "s3://b/roots" and spec["pipelineInfo"]["displayName"] == "Tuned"
     config = platform["platforms"]["kubernetes"]["pipelineConfig"]
     assert config == original_platform["platforms"]["kubernetes"]["pipelineConfig"]
+
+
+def test_a_pipeline_id_that_is_not_a_number_is_refused(
+    run_cli: RunCli, project: Path, kfp: FakeKfpServer, gitlab: FakeGitLab
+) -> None:
+    result = launch(run_cli, project, kfp, "--report-status", **gitlab_env(gitlab, CI_PIPELINE_ID="abc"))
+    assert result.exit_code == ExitCode.INVALID_INPUT, result.output
+    assert "CI_PIPELINE_ID is 'abc'" in result.stderr and not kfp.requests_to("POST", PATH_RUNS)
+
+
+def test_no_proxy_for_gitlab_means_no_proxy_for_the_exit_task(
+    run_cli: RunCli, project: Path, kfp: FakeKfpServer, gitlab: FakeGitLab
+) -> None:
+    env = gitlab_env(gitlab, HTTPS_PROXY="http://proxy.example.com:3128", NO_PROXY="127.0.0.1,localhost")
+    assert launch(run_cli, project, kfp, "--report-status", **env).exit_code == 0
+    assert "proxy.example.com" not in str(kfp.requests_to("POST", PATH_RUNS)[0].body)
