@@ -467,3 +467,19 @@ def test_a_proxy_password_in_a_task_log_is_masked(run_cli: RunCli, project: Path
                     NO_PROXY="127.0.0.1")
     assert result.exit_code == 0, result.output
     assert printed(result.stdout, "fetch-dataset") == ["via proxy pw [MASKED]"]
+
+
+def test_a_long_line_is_cut_to_the_line_budget(kfp: FakeKfpServer) -> None:
+    run_id = new_run(kfp, [RunStep("RUNNING", [task(0, "RUNNING")], logs={executor(0): "z" * 5000 + "\n"})])
+    live, out, api = live_for(kfp, [run_id])
+    live.tick({run_id: api.get_run(run_id)})
+    [line] = out.getvalue().splitlines()
+    assert len(line) == 1000 and line.endswith("…")
+
+
+def test_no_log_is_read_once_the_wait_deadline_has_passed(kfp: FakeKfpServer) -> None:
+    run_id = new_run(kfp, [RunStep("RUNNING", [task(0, "RUNNING")], logs={executor(0): "late\n"})])
+    live, out, api = live_for(kfp, [run_id])
+    live.time_left = lambda: 0.0
+    live.tick({run_id: api.get_run(run_id)})
+    assert not kfp.requests_to("GET", PATH_TASK_LOG) and out.getvalue() == ""
