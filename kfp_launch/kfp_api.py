@@ -256,19 +256,34 @@ class KfpApi:
         )
 
     def server_version(self, *, timeout_s: float | None = None) -> str | None:
-        """The API server's version, ``tag_name`` of ``GET /apis/v2beta1/healthz`` (a handler of its own in
-        backend/src/apiserver/main.go, 2.17.0), or None when it says none.
+        """The API server's version from ``GET /apis/v2beta1/healthz``: ``tag_name`` from the API server (a
+        handler of its own in backend/src/apiserver/main.go, 2.17.0), ``apiServerTagName`` when the host is the
+        KFP UI, which answers that path itself (frontend/server/handlers/healthz.ts); None when neither says
+        one, or the path is unknown (404).
 
         Raises:
-            KfpAuthError, TransientKfpError, KfpApiError: as for any request.
+            KfpAuthError: 401/403, or an HTML login page. TransientKfpError: as for any request.
         """
-        body = self._get_raw(
-            "/apis/v2beta1/healthz", "read the server's version", "application/json", timeout_s=timeout_s
-        )
+        what = "read the server's version"
         try:
-            tag = json.loads(body).get("tag_name")
-        except (ValueError, AttributeError):
+            body = self._get_raw("/apis/v2beta1/healthz", what, "application/json", timeout_s=timeout_s)
+        except KfpApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        if body.lstrip()[:1] == b"<":
+            raise KfpAuthError(
+                f"Kubeflow answered {what} with an HTML page instead of JSON: a login page of the authentication "
+                "proxy in front of Kubeflow.",
+                hint=self.connection.auth_hint(),
+            )
+        try:
+            document = json.loads(body)
+        except ValueError:
             return None
+        if not isinstance(document, dict):
+            return None
+        tag = document.get("tag_name") or document.get("apiServerTagName")
         return str(tag) if tag else None
 
     def task_log(self, run_id: str, node_id: str, *, timeout_s: float | None = None) -> str:

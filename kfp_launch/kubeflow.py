@@ -24,7 +24,7 @@ from kfp_launch.polling import PREFLIGHT_OUTAGE_S
 from kfp_launch.reporting import Reporting
 from kfp_launch.state_file import recorded_by_this_job
 from kfp_launch.states import OutcomeState, exit_code_for
-from kfp_launch.status_gate import StatusGate
+from kfp_launch.status_gate import StatusGate, settle
 from kfp_launch.submission import (
     PlannedRun,
     SubmittedRun,
@@ -65,7 +65,7 @@ def run_on_kubeflow(app: App, jobs: list[str], all_jobs: bool) -> ExitCode:
     for variable in environ_experiment_overrides(app.environ):
         console.warn(f"{variable} is ignored: kfp-launch resolves the experiment itself and passes its id")
     if settings.dry_run:
-        return _dry_run(app, app.kfp(connection), names, planned)
+        return _dry_run(app, app.kfp(connection), names, planned, gate)
     check_time_to_wait(app)
     if not app.ci.in_ci:  # on a laptop they are the user's own: kept by a dry run or a refused run
         clear_previous_run_files(app)
@@ -85,10 +85,13 @@ def run_on_kubeflow(app: App, jobs: list[str], all_jobs: bool) -> ExitCode:
     except (KfpLaunchError, Interrupted, KeyboardInterrupt) as exc:
         if gate is not None:
             with interrupts.deferred():
+                interrupted = not isinstance(exc, KfpLaunchError)
                 gate.abandon(
                     f"kfp-launch could not submit the run: {getattr(exc, 'message', 'interrupted')}",
-                    runs_left_running=isinstance(exc, KfpUnavailableError),  # the CI job's retry attaches to them
-                    interrupted=not isinstance(exc, KfpLaunchError),
+                    # left for the CI job's retry to attach to, or by --on-cancel detach
+                    runs_left_running=isinstance(exc, KfpUnavailableError)
+                    or (interrupted and settings.on_cancel == "detach"),
+                    interrupted=interrupted,
                 )
         raise
     console.section_end("kfp_launch_submit")
@@ -99,7 +102,13 @@ def run_on_kubeflow(app: App, jobs: list[str], all_jobs: bool) -> ExitCode:
     except (Interrupted, KeyboardInterrupt):
         with interrupts.deferred():
             run_ids = [s.run.run_id for s in submitted]
-            terminate_runs(api, run_ids, console, why="interrupted", policy=settings.on_cancel)
+            failed = terminate_runs(api, run_ids, console, why="interrupted", policy=settings.on_cancel)
+            if settings.on_cancel == "terminate":
+                for t in tracked:
+                    if t.base.run_id not in failed:
+                        settle(
+                            app, t.status, t.base.run_url, "the CI job was interrupted", state="canceled", quick=True
+                        )
         raise
     if not settings.wait:
         outcomes = [_not_waited(t, console, gate, namespace=connection.namespace) for t in tracked]
@@ -164,8 +173,17 @@ def clear_previous_run_files(app: App) -> None:
             pass  # not removable (e.g. a path through a file): writing it later says so clearly
 
 
-def _dry_run(app: App, api: KfpApi, names: ExperimentNames, planned: list[PlannedRun]) -> ExitCode:
+def _dry_run(
+    app: App, api: KfpApi, names: ExperimentNames, planned: list[PlannedRun], gate: StatusGate | None
+) -> ExitCode:
     console = app.console
+    if gate is not None:
+        gate.check_backend(app.retry(max_outage_s=PREFLIGHT_OUTAGE_S)(api.server_version))
+        for target in gate.targets.values():
+            console.line(
+                f"dry run: would post the commit status '{target.name}' for {target.sha[:12]}; the run's exit task "
+                f"would report its end with the token of the Kubernetes secret '{target.secret}' (key token)"
+            )
     experiment, name = app.retry(max_outage_s=PREFLIGHT_OUTAGE_S)(lambda: find_experiment(api, names))
     if experiment is None:
         state = "does not exist yet: would be created"

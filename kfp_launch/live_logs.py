@@ -248,8 +248,9 @@ class LiveLogs:
                 known.ended = task.state.is_terminal or attempt < len(pods)
 
     def _label(self, run_id: str, task: TaskResult, repeated: set[str]) -> str:
-        """The task's name; a name several tasks share (a loop's iterations) gets ``[0]``, ``[1]``... in the
-        order they are first seen, never reused; the same for every attempt of one task."""
+        """The task's name; a name several tasks share (a loop's iterations) gets ``[1]``, ``[2]``... from the
+        second task seen with it on (``[0]`` too for the first when several show up at once), never reused;
+        the same for every attempt of one task. KFP's task details carry no iteration index to use."""
         key = (run_id, task.task_id or task.name)
         if key not in self._labels:
             count = self._names.get((run_id, task.name), 0)

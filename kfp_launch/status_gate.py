@@ -241,11 +241,13 @@ def post_final(
     app.console.line(f"commit status: '{target.name}' {state}")
 
 
-def settle(app: App, run: RunStatus, run_url: str, why: str, *, state: str | None = None) -> None:
+def settle(app: App, run: RunStatus, run_url: str, why: str, *, state: str | None = None, quick: bool = False) -> None:
     """A wrapped run was terminated, or ended without its exit task reporting: post ``state`` (default: the
     state the run's end deserves, :func:`final_state`) if its status is still pending or running; a final
     status is left as it is. Posts only to this job's GitLab (``CI_SERVER_URL``): a run's spec names where it
     reports, and anyone who may create runs writes specs, so the token goes nowhere else.
+
+    ``quick`` (on a signal, when little time is left): one attempt of at most 3 s per request.
 
     Never raises: GitLab's failures are warnings (the run is terminated either way).
     """
@@ -258,13 +260,17 @@ def settle(app: App, run: RunStatus, run_url: str, why: str, *, state: str | Non
             f"commit status '{target.name}' left as it is: it needs GITLAB_TOKEN and CI_SERVER_URL ({_TOKEN_HINT})"
         )
         return
-    if _origin(config.url) != _origin(target.gitlab_url):
+    try:
+        same_gitlab = _origin(config.url) == _origin(target.gitlab_url)
+    except ValueError:
+        same_gitlab = False
+    if not same_gitlab:
         app.console.warn(
             f"commit status '{target.name}' left as it is: the run reports to {target.gitlab_url}, and this job's "
             f"GitLab is {config.url} (CI_SERVER_URL)"
         )
         return
-    statuses = CommitStatuses(config)
+    statuses = CommitStatuses(replace(config, timeout_s=3.0, max_retries=0) if quick else config)
     try:
         current = statuses.latest(target)
     except CommitStatusError as exc:

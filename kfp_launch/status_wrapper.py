@@ -22,6 +22,7 @@ import inspect
 import tempfile
 import types
 import typing
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -113,34 +114,40 @@ def report_status(
         data["target_url"] = link
     if pipeline_id:
         data["pipeline_id"] = int(pipeline_id)
-    url = f"{gitlab_url.rstrip('/')}/api/v4/projects/{urllib.parse.quote(project, safe='')}/statuses/{sha}"
-    handlers: list[urllib.request.BaseHandler] = [
-        urllib.request.HTTPSHandler(context=ssl.create_default_context(cadata=ca_bundle or None))
-    ]
-    if proxy:
-        handlers.append(urllib.request.ProxyHandler({"http": proxy, "https": proxy}))
-    opener = urllib.request.build_opener(*handlers)
-    request = urllib.request.Request(
-        url,
-        data=json.dumps(data).encode(),
-        headers={"PRIVATE-TOKEN": token, "Content-Type": "application/json"},
-        method="POST",
-    )
-    for attempt in range(4):
-        try:
-            with opener.open(request, timeout=30) as response:
-                print(f"kfp-launch: reported '{state}' to GitLab as '{name}' (HTTP {response.status})")
-                return
-        except urllib.error.HTTPError as exc:
-            answer = exc.read()[:300].decode("utf-8", "replace")
-            if exc.code not in (409, 429) and exc.code < 500:
-                print(f"kfp-launch: GitLab refused '{state}' for '{name}': HTTP {exc.code} {answer}", file=sys.stderr)
-                return
-            problem = f"HTTP {exc.code} {answer}"
-        except OSError as exc:
-            problem = f"{type(exc).__name__}: {exc}"
-        if attempt < 3:
-            time.sleep(2 ** (attempt + 1))
+    problem = ""
+    try:  # nothing here may fail the run it reports on
+        url = f"{gitlab_url.rstrip('/')}/api/v4/projects/{urllib.parse.quote(project, safe='')}/statuses/{sha}"
+        handlers: list[urllib.request.BaseHandler] = [
+            urllib.request.HTTPSHandler(context=ssl.create_default_context(cadata=ca_bundle or None))
+        ]
+        if proxy:
+            handlers.append(urllib.request.ProxyHandler({"http": proxy, "https": proxy}))
+        opener = urllib.request.build_opener(*handlers)
+        request = urllib.request.Request(
+            url,
+            data=json.dumps(data).encode(),
+            headers={"PRIVATE-TOKEN": token, "Content-Type": "application/json"},
+            method="POST",
+        )
+        for attempt in range(4):
+            try:
+                with opener.open(request, timeout=30) as response:
+                    print(f"kfp-launch: reported '{state}' to GitLab as '{name}' (HTTP {response.status})")
+                    return
+            except urllib.error.HTTPError as exc:
+                answer = exc.read()[:300].decode("utf-8", "replace")
+                if exc.code not in (409, 429) and exc.code < 500:
+                    print(
+                        f"kfp-launch: GitLab refused '{state}' for '{name}': HTTP {exc.code} {answer}", file=sys.stderr
+                    )
+                    return
+                problem = f"HTTP {exc.code} {answer}"
+            except Exception as exc:  # noqa: BLE001 - OSError, http.client.HTTPException...: retried
+                problem = f"{type(exc).__name__}: {exc}"
+            if attempt < 3:
+                time.sleep(2 ** (attempt + 1))
+    except Exception as exc:  # noqa: BLE001 - a bad CA bundle, URL...: said, never raised
+        problem = f"{type(exc).__name__}: {exc}"
     print(f"kfp-launch: could not report '{state}' to GitLab as '{name}': {problem}", file=sys.stderr)
 
 
@@ -253,6 +260,13 @@ def target_from_spec(pipeline_spec: object) -> StatusTarget | None:
         task = next(t for t in tasks.values() if t["componentRef"]["name"] == "comp-" + EXIT_TASK)
         inputs = task["inputs"]["parameters"]
         values = {name: str(inputs[name]["runtimeValue"]["constant"]) for name in _TARGET_INPUTS}
-    except (KeyError, TypeError, StopIteration, AttributeError):
+        url = urllib.parse.urlsplit(values["gitlab_url"])
+    except (KeyError, TypeError, StopIteration, AttributeError, ValueError):
         return None
+    if (
+        url.scheme not in ("http", "https")
+        or not url.netloc
+        or (not values["pipeline_id"].isdigit() and values["pipeline_id"])
+    ):
+        return None  # not what kfp-launch writes: a spec edited by hand
     return StatusTarget(**values)

@@ -112,12 +112,15 @@ def wait_and_report(
     except (Interrupted, KeyboardInterrupt) as exc:
         with interrupts.deferred():
             active = [run_id for run_id, status in seen.items() if not status.is_terminal]
-            terminate_runs(api, active, app.console, why="interrupted", policy=settings.on_cancel)
-            if settings.on_cancel == "terminate":
-                _settle_statuses(app, tracked, active, "the CI job was interrupted: the run was terminated")
+            failed = terminate_runs(api, active, app.console, why="interrupted", policy=settings.on_cancel)
             code = ExitCode(128 + getattr(exc, "signum", 2))
             message = f"the CI job was interrupted; --on-cancel {settings.on_cancel}"
             _report(reporting, _stopped(tracked, seen, OutcomeState.INTERRUPTED, code, message, clock() - started))
+            if settings.on_cancel == "terminate":  # after the reports: GitLab may be slow, and time is short
+                terminated = [run_id for run_id in active if run_id not in failed]
+                _settle_statuses(
+                    app, tracked, terminated, "the CI job was interrupted: the run was terminated", quick=True
+                )
         raise
     except KfpLaunchError as exc:
         _report(reporting, _stopped(tracked, seen, OutcomeState.ERROR, exc.exit_code, exc.message, clock() - started))
@@ -303,11 +306,13 @@ def _terminated_elsewhere(api: KfpApi, outcome: RunOutcome, time_left: Callable[
     return outcome
 
 
-def _settle_statuses(app: App, tracked: Sequence[Tracked], run_ids: Sequence[str], why: str) -> None:
+def _settle_statuses(
+    app: App, tracked: Sequence[Tracked], run_ids: Sequence[str], why: str, *, quick: bool = False
+) -> None:
     """``--report-status``: the runs kfp-launch terminated get ``canceled`` (their exit task may not run)."""
     for t in tracked:
         if t.base.run_id in run_ids and t.status.status_target is not None:
-            settle(app, t.status, t.base.run_url, why, state="canceled")
+            settle(app, t.status, t.base.run_url, why, state="canceled", quick=quick)
 
 
 def _at_deadline(
@@ -315,9 +320,12 @@ def _at_deadline(
 ) -> list[RunOutcome]:
     late = [o.run_id for o in outcomes if o.state == OutcomeState.TIMED_OUT]
     policy = app.settings.on_timeout
-    terminate_runs(api, late, app.console, why="the wait deadline passed", policy=policy, policy_flag="--on-timeout")
+    failed = terminate_runs(
+        api, late, app.console, why="the wait deadline passed", policy=policy, policy_flag="--on-timeout"
+    )
     if policy == "terminate":
-        _settle_statuses(app, tracked, late, f"the wait deadline ({source}) passed: the run was terminated")
+        terminated = [run_id for run_id in late if run_id not in failed]
+        _settle_statuses(app, tracked, terminated, f"the wait deadline ({source}) passed: the run was terminated")
     left = "terminated the run" if policy == "terminate" else "the run keeps running (--on-timeout detach)"
     message = f"the wait deadline ({source}) passed: {left}"
     return [replace(o, message=message) if o.run_id in late else o for o in outcomes]

@@ -831,6 +831,7 @@ class FakeKfpServer(LoopbackServer):
         self.pending_scripts: list[RunScript] = []
         self.task_logs: dict[tuple[str, str], str] = {}
         self.version = "2.17.0"  # healthz's tag_name
+        self.healthz_from_ui = False  # answer healthz as the KFP UI does (KFP_HOST = the UI's /pipeline URL)
         self.workflows: dict[str, dict[str, Any]] = {}
         self.pipeline_versions: dict[str, dict[str, Any]] = {}
         self.faults: list[Fault] = []
@@ -1141,6 +1142,9 @@ class FakeKfpServer(LoopbackServer):
 
     def _healthz(self, request: RecordedRequest) -> dict[str, Any]:
         # A hand-written handler in main.go, not the gateway: all four keys, always.
+        if self.healthz_from_ui:  # the KFP UI answers this path itself (frontend/server/handlers/healthz.ts)
+            return {"apiServerCommitHash": "0000000", "apiServerTagName": self.version, "apiServerMultiUser":
+                    self.multi_user, "multi_user": self.multi_user, "frontendTagName": self.version}
         return {"commit_sha": "0000000", "tag_name": self.version, "multi_user": self.multi_user,
                 "pipeline_store": "database"}
 

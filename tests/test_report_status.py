@@ -470,3 +470,72 @@ def test_no_proxy_for_gitlab_means_no_proxy_for_the_exit_task(
     env = gitlab_env(gitlab, HTTPS_PROXY="http://proxy.example.com:3128", NO_PROXY="127.0.0.1,localhost")
     assert launch(run_cli, project, kfp, "--report-status", **env).exit_code == 0
     assert "proxy.example.com" not in str(kfp.requests_to("POST", PATH_RUNS)[0].body)
+
+
+def test_the_version_is_read_when_kfp_host_is_the_kfp_ui(
+    run_cli: RunCli, project: Path, kfp: FakeKfpServer, gitlab: FakeGitLab
+) -> None:
+    kfp.version, kfp.healthz_from_ui = "2.14.1", True
+    result = launch(run_cli, project, kfp, "--report-status", **gitlab_env(gitlab))
+    assert result.exit_code == ExitCode.INVALID_INPUT and "this one is 2.14.1" in result.stderr
+
+
+def test_a_healthz_404_is_an_unknown_version_and_a_login_page_is_exit_4_before_any_status(
+    run_cli: RunCli, project: Path, kfp: FakeKfpServer, gitlab: FakeGitLab
+) -> None:
+    from tests.fake_kfp import PATH_HEALTHZ
+
+    kfp.fail(404, method="GET", path=PATH_HEALTHZ, times=None)
+    result = launch(run_cli, project, kfp, "--report-status", **gitlab_env(gitlab))
+    assert result.exit_code == 0 and "version is unknown" in result.stderr
+    kfp.clear_faults()
+    kfp.html_login(method="GET", path=PATH_HEALTHZ, times=None)
+    result = launch(run_cli, project, kfp, "--report-status", **gitlab_env(gitlab, CI_JOB_NAME="good 2/2"))
+    assert result.exit_code == ExitCode.AUTH, result.output
+    assert states(gitlab, "kfp: good 2/2") == []
+
+
+def test_dry_run_checks_the_backend_and_says_what_it_would_post(
+    run_cli: RunCli, project: Path, kfp: FakeKfpServer, gitlab: FakeGitLab
+) -> None:
+    result = launch(run_cli, project, kfp, "--report-status", "--dry-run", **gitlab_env(gitlab))
+    assert result.exit_code == 0, result.output
+    assert "would post the commit status 'kfp: good'" in result.stdout and "'kfp-launch-gitlab'" in result.stdout
+    assert not gitlab.requests_to("POST", PATH_STATUSES)
+    kfp.version = "2.5.0"
+    assert launch(run_cli, project, kfp, "--report-status", "--dry-run", **gitlab_env(gitlab)).exit_code == 3
+
+
+def test_a_run_whose_terminate_failed_keeps_its_status(project: Path, kfp: FakeKfpServer, gitlab: FakeGitLab) -> None:
+    from tests.helpers import FakeClock, run_use_case
+
+    kfp.fail(500, method="POST", path=PATH_RUN_TERMINATE, times=None)
+    code, output = run_use_case(project, kfp, clock=FakeClock(), env={
+        **gitlab_env(gitlab), "KFP_LAUNCH_REPORT_STATUS": "true", "KFP_LAUNCH_WAIT": "true", "KFP_LAUNCH_TIMEOUT": "2m"})
+    assert code == ExitCode.DEADLINE, output
+    assert states(gitlab, "kfp: good") == ["pending", "running"]  # not terminated: its exit task still reports
+
+
+def test_the_exit_task_never_fails_the_run(
+    gitlab: FakeGitLab, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv(TOKEN_ENV, GITLAB_TOKEN)
+    status = SimpleNamespace(state="COMPLETE", error_message="")
+    report_status(status, gitlab.url, "42", SHA, "1001", "kfp: train", "", "run-1", "", "not a PEM", "")  # type: ignore[arg-type]
+    assert "could not report 'success'" in capsys.readouterr().err
+
+
+def test_a_spec_edited_by_hand_names_no_status_target() -> None:
+    from kfp_launch.status_wrapper import target_from_spec
+
+    def spec(**values: str) -> dict[str, object]:
+        inputs = {"gitlab_url": "https://gitlab.example.com", "project": "42", "sha": SHA, "pipeline_id": "1001",
+                  "name": "kfp: good", "run_url_prefix": "", "fallback_url": "", **values}
+        parameters = {k: {"runtimeValue": {"constant": v}} for k, v in inputs.items()}
+        task = {"componentRef": {"name": f"comp-{EXIT_TASK}"}, "inputs": {"parameters": parameters}}
+        return {"root": {"dag": {"tasks": {"t": task}}}}
+
+    assert target_from_spec(spec()) is not None
+    assert target_from_spec(spec(pipeline_id="abc")) is None
+    assert target_from_spec(spec(gitlab_url="http://[::1")) is None
+    assert target_from_spec(spec(gitlab_url="file:///etc/passwd")) is None
