@@ -144,8 +144,22 @@ def wait_and_report(
             _report(reporting, outcomes)  # the runs ended: report how, even if the explanation was cut short
         raise
     _report(reporting, outcomes)
+    _settle_unreported(app, tracked, seen)
     print_outcomes(outcomes, app.console)  # the outcome is the last thing said
     return outcomes
+
+
+def _settle_unreported(app: App, tracked: Sequence[Tracked], seen: dict[str, RunStatus]) -> None:
+    """``--report-status`` runs that ended while we waited (``run --wait``, ``watch``): a run ends after its exit
+    handler, so a status still pending or running means the exit task could not report (no secret, say):
+    post the run's end. Only where this job's GitLab and token are set: else there is nothing to say."""
+    if not (app.gitlab.token and app.gitlab.url):
+        return
+    for t in tracked:
+        status = seen.get(t.base.run_id, t.status)
+        run = status if status.status_target is not None else replace(status, status_target=t.status.status_target)
+        if run.status_target is not None and run.is_terminal:
+            settle(app, run, t.base.run_url, f"the run ended {run.state} without its exit task reporting", quick=True)
 
 
 def _poll(

@@ -539,3 +539,36 @@ def test_a_spec_edited_by_hand_names_no_status_target() -> None:
     assert target_from_spec(spec(pipeline_id="abc")) is None
     assert target_from_spec(spec(gitlab_url="http://[::1")) is None
     assert target_from_spec(spec(gitlab_url="file:///etc/passwd")) is None
+
+
+def test_watch_posts_the_end_of_a_run_whose_exit_task_could_not_report(
+    run_cli: RunCli, project: Path, kfp: FakeKfpServer, gitlab: FakeGitLab
+) -> None:
+    assert launch(run_cli, project, kfp, "--report-status", **gitlab_env(gitlab)).exit_code == 0
+    [run_id] = kfp.runs
+    kfp.script_run(["RUNNING", "SUCCEEDED"], run_id=run_id)  # its exit task had no secret: nothing reported
+    result = run_cli(["watch", run_id], cwd=project, env={**env_for(kfp), **gitlab_env(gitlab)})
+    assert result.exit_code == 0, result.output
+    assert states(gitlab, "kfp: good") == ["pending", "running", "success"]
+    assert result.stdout.rstrip().splitlines()[-1].endswith("(exit 0)")  # the outcome is still the last line
+
+
+def test_a_waited_run_whose_exit_task_reported_is_left_alone(
+    run_cli: RunCli, project: Path, kfp: FakeKfpServer, gitlab: FakeGitLab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kfp.script_run(["RUNNING", "SUCCEEDED"])
+
+    import kfp_launch.status_gate as gate_module
+
+    real = gate_module.StatusGate.submitted
+
+    def then_the_exit_task_reports(self: object, job: str, run: object, link: str, **kw: str) -> None:
+        real(self, job, run, link, **kw)  # type: ignore[arg-type]
+        monkeypatch.setenv(TOKEN_ENV, GITLAB_TOKEN)  # the CLI runs with a clean environment: the pod's own
+        call_exit_task(target(gitlab, name="kfp: good"), "COMPLETE")
+
+    monkeypatch.setattr(gate_module.StatusGate, "submitted", then_the_exit_task_reports)
+    result = launch(run_cli, project, kfp, "--report-status", "--wait", **gitlab_env(gitlab))
+    assert result.exit_code == 0, result.output
+    assert states(gitlab, "kfp: good") == ["pending", "running", "success"]  # nothing posted after the exit task
+    assert "is already success: left as it is" in result.stdout
