@@ -24,12 +24,22 @@ EXECUTOR_MARK = "system-container-impl"
 DRIVER_MARKS = ("system-container-driver", "system-dag-driver")  # argocompiler container.go and dag.go
 
 
+def _pods(task: TaskResult) -> list[str]:
+    """Every pod of a task, once each: its ``child_tasks`` pods, then its own."""
+    return list(dict.fromkeys([*task.node_ids, *([task.pod_name] if task.pod_name else [])]))
+
+
+def executor_pods(task: TaskResult) -> list[str]:
+    """The task's executor pods (its user output), one per attempt, in the order KFP lists them."""
+    return [pod for pod in _pods(task) if EXECUTOR_MARK in pod]
+
+
 def log_pods(task: TaskResult) -> tuple[list[str], list[str]]:
     """A task's pods in the order their logs are tried: the executor first, then the task's own pod, then
     any other pod; and, apart, the driver pods (tried only when none of those has a log)."""
-    pods = list(dict.fromkeys([*task.node_ids, *([task.pod_name] if task.pod_name else [])]))
+    pods = _pods(task)
     drivers = [pod for pod in pods if any(mark in pod for mark in DRIVER_MARKS)]
-    executors = [pod for pod in pods if EXECUTOR_MARK in pod]
+    executors = executor_pods(task)
     own = [task.pod_name] if task.pod_name and task.pod_name not in executors + drivers else []
     others = [pod for pod in pods if pod not in executors + drivers + own]
     return executors + own + others, drivers

@@ -40,7 +40,7 @@ from typing import Protocol
 
 from kfp_launch.console import Console
 from kfp_launch.errors import KfpAuthError, KfpLaunchError, TransientKfpError
-from kfp_launch.failure_logs import EXECUTOR_MARK
+from kfp_launch.failure_logs import executor_pods
 from kfp_launch.models import RunStatus, TaskResult
 from kfp_launch.states import RunState
 
@@ -231,11 +231,11 @@ class LiveLogs:
 
     def _discover(self, run_id: str, status: RunStatus) -> None:
         before = self.before.get(run_id)
-        ended_before = {p for t in before.tasks if t.state.is_terminal for p in _executor_pods(t)} if before else set()
+        ended_before = {p for t in before.tasks if t.state.is_terminal for p in executor_pods(t)} if before else set()
         job = self.runs.get(run_id, (status.name, ""))[0]
         repeated = {t.name for t in status.tasks if sum(1 for o in status.tasks if o.name == t.name) > 1}
         for task in status.tasks:
-            pods = _executor_pods(task)
+            pods = executor_pods(task)
             for attempt, pod in enumerate(pods, start=1):
                 key = (run_id, pod)
                 known = self._tasks.get(key)
@@ -369,11 +369,6 @@ class LiveLogs:
 
 
 _ENDED = (RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELED)
-
-
-def _executor_pods(task: TaskResult) -> list[str]:
-    """The task's executor pods, one per attempt, in the order KFP lists them (none: no live log)."""
-    return [pod for pod in dict.fromkeys((*task.node_ids, task.pod_name)) if pod and EXECUTOR_MARK in pod]
 
 
 def _printable(line: str) -> str:
