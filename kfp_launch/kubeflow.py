@@ -24,7 +24,7 @@ from kfp_launch.polling import PREFLIGHT_OUTAGE_S
 from kfp_launch.reporting import Reporting
 from kfp_launch.state_file import recorded_by_this_job
 from kfp_launch.states import OutcomeState, exit_code_for
-from kfp_launch.status_gate import StatusGate, settle
+from kfp_launch.status_gate import StatusGate
 from kfp_launch.submission import (
     PlannedRun,
     SubmittedRun,
@@ -33,7 +33,7 @@ from kfp_launch.submission import (
     submit_recorded,
 )
 from kfp_launch.termination import terminate_runs
-from kfp_launch.waiting import Tracked, check_time_to_wait, ended_outcome, wait_and_report
+from kfp_launch.waiting import Tracked, check_time_to_wait, ended_outcome, settle_terminated, wait_and_report
 
 
 def run_on_kubeflow(app: App, jobs: list[str], all_jobs: bool) -> ExitCode:
@@ -103,12 +103,8 @@ def run_on_kubeflow(app: App, jobs: list[str], all_jobs: bool) -> ExitCode:
         with interrupts.deferred():
             run_ids = [s.run.run_id for s in submitted]
             failed = terminate_runs(api, run_ids, console, why="interrupted", policy=settings.on_cancel)
-            if settings.on_cancel == "terminate":
-                for t in tracked:
-                    if t.base.run_id not in failed:
-                        settle(
-                            app, t.status, t.base.run_url, "the CI job was interrupted", state="canceled", quick=True
-                        )
+            why = "the CI job was interrupted"
+            settle_terminated(app, tracked, run_ids, failed, policy=settings.on_cancel, why=why, quick=True)
         raise
     if not settings.wait:
         outcomes = [_not_waited(t, console, gate, namespace=connection.namespace) for t in tracked]

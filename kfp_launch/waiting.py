@@ -8,7 +8,7 @@ CANCELED (exit 7) whatever the number of runs.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -116,11 +116,8 @@ def wait_and_report(
             code = ExitCode(128 + getattr(exc, "signum", 2))
             message = f"the CI job was interrupted; --on-cancel {settings.on_cancel}"
             _report(reporting, _stopped(tracked, seen, OutcomeState.INTERRUPTED, code, message, clock() - started))
-            if settings.on_cancel == "terminate":  # after the reports: GitLab may be slow, and time is short
-                terminated = [run_id for run_id in active if run_id not in failed]
-                _settle_statuses(
-                    app, tracked, terminated, "the CI job was interrupted: the run was terminated", quick=True
-                )
+            why = "the CI job was interrupted: the run was terminated"  # after the reports: time is short
+            settle_terminated(app, tracked, active, failed, policy=settings.on_cancel, why=why, quick=True)
         raise
     except KfpLaunchError as exc:
         _report(reporting, _stopped(tracked, seen, OutcomeState.ERROR, exc.exit_code, exc.message, clock() - started))
@@ -320,12 +317,24 @@ def _terminated_elsewhere(api: KfpApi, outcome: RunOutcome, time_left: Callable[
     return outcome
 
 
-def _settle_statuses(
-    app: App, tracked: Sequence[Tracked], run_ids: Sequence[str], why: str, *, quick: bool = False
+def settle_terminated(
+    app: App,
+    tracked: Sequence[Tracked],
+    asked: Sequence[str],
+    failed: Mapping[str, object],
+    *,
+    policy: str,
+    why: str,
+    quick: bool = False,
 ) -> None:
-    """``--report-status``: the runs kfp-launch terminated get ``canceled`` (their exit task may not run)."""
+    """``--report-status``: the runs kfp-launch asked Kubeflow to terminate (``asked``, as
+    :func:`~kfp_launch.termination.terminate_runs` did under ``policy``; ``failed``: the ones it could not)
+    get ``canceled``, since their exit task may not run. ``quick`` on a signal (see ``status_gate.settle``)."""
+    if policy != "terminate":
+        return
     for t in tracked:
-        if t.base.run_id in run_ids and t.status.status_target is not None:
+        run_id = t.base.run_id
+        if run_id in asked and run_id not in failed and t.status.status_target is not None:
             settle(app, t.status, t.base.run_url, why, state="canceled", quick=quick)
 
 
@@ -337,9 +346,8 @@ def _at_deadline(
     failed = terminate_runs(
         api, late, app.console, why="the wait deadline passed", policy=policy, policy_flag="--on-timeout"
     )
-    if policy == "terminate":
-        terminated = [run_id for run_id in late if run_id not in failed]
-        _settle_statuses(app, tracked, terminated, f"the wait deadline ({source}) passed: the run was terminated")
+    why = f"the wait deadline ({source}) passed: the run was terminated"
+    settle_terminated(app, tracked, late, failed, policy=policy, why=why)
     left = "terminated the run" if policy == "terminate" else "the run keeps running (--on-timeout detach)"
     message = f"the wait deadline ({source}) passed: {left}"
     return [replace(o, message=message) if o.run_id in late else o for o in outcomes]
