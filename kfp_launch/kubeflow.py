@@ -72,7 +72,7 @@ def run_on_kubeflow(app: App, jobs: list[str], all_jobs: bool) -> ExitCode:
     api = app.kfp(connection)
     what = planned[0].plan.compiled.pipeline_name if len(planned) == 1 else f"{len(planned)} runs"
     if gate is not None:
-        gate.check_backend(app.retry(max_outage_s=PREFLIGHT_OUTAGE_S)(api.server_version))
+        gate.check_backend(api)
         gate.open()  # GITLAB_TOKEN may post statuses, or exit 3 before anything is submitted
     console.section_start("kfp_launch_submit", f"Submitting {what} to {connection.host}")
     description = experiment_description(ci, jira_url=app.jira_url)
@@ -174,7 +174,7 @@ def _dry_run(
 ) -> ExitCode:
     console = app.console
     if gate is not None:
-        gate.check_backend(app.retry(max_outage_s=PREFLIGHT_OUTAGE_S)(api.server_version))
+        gate.check_backend(api)
         for target in gate.targets.values():
             console.line(
                 f"dry run: would post the commit status '{target.name}' for {target.sha[:12]}; the run's exit task "

@@ -17,13 +17,18 @@ import urllib.request
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kfp_launch.app import App
 from kfp_launch.commit_statuses import CommitStatusError, CommitStatuses
 from kfp_launch.errors import ConfigError, ExitCode, InputError, KfpLaunchError
 from kfp_launch.models import RunStatus, StatusTarget
 from kfp_launch.plan import JobPlan
+from kfp_launch.polling import PREFLIGHT_OUTAGE_S
 from kfp_launch.states import RunState
+
+if TYPE_CHECKING:
+    from kfp_launch.kfp_api import KfpApi
 
 MIN_KFP_VERSION = (2, 15)
 """The oldest KFP backend whose exit task gets its final status (2.0-2.5 refuse one: "task final status not
@@ -135,13 +140,15 @@ class StatusGate:
 
         return [replace(p, compiled=wrap_for_status(p.compiled, self.targets[p.job])) for p in plans]
 
-    def check_backend(self, version: str | None) -> None:
-        """Refuse a KFP backend older than :data:`MIN_KFP_VERSION` (its ``healthz`` ``tag_name``); an unknown
-        version (a development build, or unreadable) is a warning.
+    def check_backend(self, api: KfpApi) -> None:
+        """Refuse a KFP backend older than :data:`MIN_KFP_VERSION` (``KfpApi.server_version``, read within the
+        preflight outage window); an unknown version (a development build, or unreadable) is a warning.
 
         Raises:
             InputError: the backend is too old (exit 3, nothing submitted).
+            KfpAuthError, KfpUnavailableError: reading the version failed (exit 4, 5).
         """
+        version = self._app.retry(max_outage_s=PREFLIGHT_OUTAGE_S)(api.server_version)
         parts = (version or "").lstrip("v").split(".")
         try:
             found = (int(parts[0]), int(parts[1]))
