@@ -259,30 +259,20 @@ class KfpApi:
         """The API server's version from ``GET /apis/v2beta1/healthz``: ``tag_name`` from the API server (a
         handler of its own in backend/src/apiserver/main.go, 2.17.0), ``apiServerTagName`` when the host is the
         KFP UI, which answers that path itself (frontend/server/handlers/healthz.ts); None when neither says
-        one, or the path is unknown (404).
+        one, the path is unknown (404) or the body is not JSON.
 
         Raises:
             KfpAuthError: 401/403, or an HTML login page. TransientKfpError: as for any request.
         """
-        what = "read the server's version"
+        import kfp_server_api
+
+        healthz = kfp_server_api.HealthzServiceApi(self._runs.api_client).healthz_service_get_healthz
         try:
-            body = self._get_raw("/apis/v2beta1/healthz", what, "application/json", timeout_s=timeout_s)
+            document = self._call(healthz, "read the server's version", timeout=self._bounded(timeout_s))
         except KfpApiError as exc:
-            if exc.status == 404:
+            if exc.status in (0, 404):  # no such path, or a body that is not JSON: the version is unknown
                 return None
             raise
-        if body.lstrip()[:1] == b"<":
-            raise KfpAuthError(
-                f"Kubeflow answered {what} with an HTML page instead of JSON: a login page of the authentication "
-                "proxy in front of Kubeflow.",
-                hint=self.connection.auth_hint(),
-            )
-        try:
-            document = json.loads(body)
-        except ValueError:
-            return None
-        if not isinstance(document, dict):
-            return None
         tag = document.get("tag_name") or document.get("apiServerTagName")
         return str(tag) if tag else None
 
