@@ -12,6 +12,7 @@ token's allowed endpoints, docs.gitlab.com/ci/jobs/ci_job_token): ``GITLAB_TOKEN
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from kfp_launch.gitlab_notes import GitLabReportConfig, describe_gitlab_error, gitlab_client
@@ -88,11 +89,15 @@ class CommitStatuses:
         found = self._call(lambda: self._commit(target).statuses.list(get_all=True, **filters, **self._options()))
         return str(found[-1].status) if found else None
 
+    @cached_property
+    def _client(self) -> Any:
+        """One ``gitlab.Gitlab`` (and its HTTP session) for every request of this object."""
+        return gitlab_client(self.config)
+
     def _commit(self, target: StatusTarget) -> Any:
         project = target.project
         project_id: int | str = int(project) if project.isdigit() else project
-        client = gitlab_client(self.config)
-        return client.projects.get(project_id, lazy=True).commits.get(target.sha, lazy=True)
+        return self._client.projects.get(project_id, lazy=True).commits.get(target.sha, lazy=True)
 
     def _options(self) -> dict[str, Any]:
         return {"timeout": self.config.timeout_s, "max_retries": self.config.max_retries, "obey_rate_limit": False}
